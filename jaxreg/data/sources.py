@@ -1,0 +1,181 @@
+"""Where the IDX datasets (Fashion-MNIST, MNIST) come from: local directories, then a download.
+
+Offline-first: the files are looked for, in this order, in
+
+1. the ``data_dir`` argument (the directory holding the four files),
+2. ``$JAXREG_DATA_DIR/<name>/``,
+3. the cache ``$XDG_CACHE_HOME/jaxreg/<name>/`` (``~/.cache/jaxreg/<name>/`` by default),
+4. system directories (Debian's ``dataset-fashion-mnist`` package installs
+   ``/usr/share/datasets/fashion-mnist/``),
+
+and only when none holds all four files are they downloaded from the official source into the
+cache. Each file may be gzip-compressed (``<stem>.gz``, as distributed) or not (``<stem>``).
+A download is checked against the published sha256 and written to a temporary file in the
+cache directory that is renamed into place only when complete and verified, so the cache never
+holds a partial or unverified file. This stays a few standard-library calls rather than a
+dependency such as tensorflow-datasets or torchvision: four files do not justify a heavy
+install, and machines without network access must work from local copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import NamedTuple
+
+from jaxreg.data.idx import DataError
+
+# File stems of an MNIST-format dataset, as distributed (each with a ``.gz`` suffix).
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+class IdxSource(NamedTuple):
+    """Where an IDX dataset is downloaded from and how its files are verified.
+
+    Attributes:
+      base_url: URL prefix; file ``<stem>.gz`` is fetched from ``base_url + stem + ".gz"``.
+      sha256: file stem -> sha256 hex digest of the ``.gz`` file.
+      system_dirs: directories where system packages install the files.
+    """
+
+    base_url: str
+    sha256: dict[str, str]
+    system_dirs: tuple[str, ...] = ()
+
+
+IDX_SOURCES = {
+    # Zalando's official location. The Debian package's files are byte-identical to it
+    # (sums from ../shared/datasets.md, package version 0.0~git20200523.55506a9-1).
+    "fashion-mnist": IdxSource(
+        base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        sha256={
+            "train-images-idx3-ubyte": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+            "train-labels-idx1-ubyte": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+            "t10k-images-idx3-ubyte": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+            "t10k-labels-idx1-ubyte": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+        },
+        system_dirs=("/usr/share/datasets/fashion-mnist",),
+    ),
+    # The mirror TensorFlow uses (yann.lecun.com no longer serves the files reliably); the
+    # sums are those of the original files, as published by TFDS and torchvision.
+    "mnist": IdxSource(
+        base_url="https://storage.googleapis.com/cvdf-datasets/mnist/",
+        sha256={
+            "train-images-idx3-ubyte": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "train-labels-idx1-ubyte": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "t10k-images-idx3-ubyte": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "t10k-labels-idx1-ubyte": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        },
+    ),
+}
+
+
+def cache_dir(name: str) -> Path:
+    """The download cache of dataset ``name``: ``$XDG_CACHE_HOME/jaxreg/<name>`` (XDG spec)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "jaxreg" / name
+
+
+def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The directories searched for dataset ``name``, in order (see the module docstring)."""
+    dirs = [] if data_dir is None else [Path(data_dir).expanduser()]
+    if env := os.environ.get("JAXREG_DATA_DIR"):
+        dirs.append(Path(env).expanduser() / name)
+    dirs.append(cache_dir(name))
+    dirs.extend(Path(d) for d in IDX_SOURCES[name].system_dirs)
+    return dirs
+
+
+def find_file(directory: Path, stem: str) -> Path | None:
+    """``directory/<stem>.gz`` if it exists, else the uncompressed ``directory/<stem>``, else None."""
+    for path in (directory / f"{stem}.gz", directory / stem):
+        if path.is_file():
+            return path
+    return None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_file(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> Path:
+    """Downloads ``url`` to ``dest`` atomically, keeping it only if its sha256 matches.
+
+    The bytes go to a temporary file in ``dest``'s directory (so the final ``os.replace`` is an
+    atomic rename on the same file system); on any failure, checksum mismatch included, the
+    temporary file is removed and ``dest`` is left untouched. Any URL scheme ``urllib``
+    supports works, ``file://`` included (used by the tests).
+
+    Raises:
+      DataError: the download failed or its sha256 differs from ``sha256``.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise DataError(f"{url}: sha256 mismatch: expected {sha256}, got "
+                            f"{digest.hexdigest()}; the download was discarded")
+        os.replace(tmp, dest)
+    except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"download of {url} failed: {type(e).__name__}: {e}") from e
+    except BaseException:  # e.g. KeyboardInterrupt: still leave nothing half-written
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def locate(name: str, data_dir: str | os.PathLike | None = None,
+           download: bool = True) -> tuple[Path, str]:
+    """Finds (or downloads) the four IDX files of dataset ``name``.
+
+    Returns:
+      The directory holding all four files, and a human-readable description of the source.
+
+    Raises:
+      DataError: no searched directory holds all four files and downloading is disabled or
+        failed; the message lists the directories searched and how to supply the files.
+    """
+    searched = search_dirs(name, data_dir)
+    for directory in searched:
+        if all(find_file(directory, stem) for stem in IDX_FILES):
+            return directory, str(directory)
+    source = IDX_SOURCES[name]
+    target = cache_dir(name)
+    problem = (f"{name}: no directory holds all four IDX files "
+               f"({', '.join(s + '[.gz]' for s in IDX_FILES)}); searched:\n"
+               + "".join(f"  {d}\n" for d in searched))
+    remedy = (f"Supply the files: put them in a directory and pass data_dir=DIR, or set "
+              f"JAXREG_DATA_DIR=ROOT with the files in ROOT/{name}/, or download them from "
+              f"{source.base_url} into {target}/.")
+    if not download:
+        raise DataError(f"{problem}Downloading is disabled (download=False). {remedy}")
+    try:
+        for stem in IDX_FILES:
+            if find_file(target, stem) is None:
+                download_file(source.base_url + stem + ".gz", target / f"{stem}.gz",
+                              source.sha256[stem])
+    except DataError as e:
+        raise DataError(f"{problem}{e}\n{remedy}") from e
+    return target, f"{target} (downloaded from {source.base_url})"

@@ -1,0 +1,274 @@
+"""Tests for jaxreg.data: IDX parsing, the search order, checksummed downloads, the datasets.
+
+No network: downloads are served from a local directory through ``file://`` URLs. Small IDX
+files are written by an encoder of this file's own (``write_idx``), independent of the parser.
+"""
+
+import gzip
+import hashlib
+import re
+import struct
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jaxreg.data as data
+from jaxreg.data import DataError, sources
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+# Copied from ../shared/datasets.md (Debian package dataset-fashion-mnist).
+DEBIAN_SHA256 = {
+    "train-images-idx3-ubyte": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "train-labels-idx1-ubyte": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "t10k-images-idx3-ubyte": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+}
+
+
+def write_idx(path, array, dtype_code=0x08, compress=None):
+    """Writes ``array`` as an IDX file (gzip when the name ends in .gz); returns the bytes."""
+    array = np.asarray(array)
+    raw = (struct.pack(">BBBB", 0, 0, dtype_code, array.ndim)
+           + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(">u1").tobytes())
+    blob = gzip.compress(raw) if str(path).endswith(".gz") else raw
+    Path(path).write_bytes(blob)
+    return blob
+
+
+def write_dataset(directory, marker, n_train=6, n_test=4, suffix=".gz"):
+    """Writes four tiny IDX files whose first pixel is ``marker``, to tell sources apart."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = np.zeros((n, 28, 28), np.uint8)
+        images[0, 0, 0] = marker
+        images[-1, -1, -1] = 255
+        write_idx(directory / f"{prefix}-images-idx3-ubyte{suffix}", images)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte{suffix}", np.arange(n) % 10)
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """No JAXREG_DATA_DIR, and a cache under tmp_path, so tests never see the user's files."""
+    monkeypatch.delenv("JAXREG_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return data.load("fashion-mnist", download=False)
+
+
+def test_fashion_mnist_from_debian_files(fashion):
+    assert fashion.source == str(DEBIAN_DIR)
+    assert (fashion.name, fashion.task, fashion.num_classes) == ("fashion-mnist",
+                                                                 "classification", 10)
+    assert fashion.x_train.shape == (60000, 28, 28, 1)
+    assert fashion.x_test.shape == (10000, 28, 28, 1)
+    assert fashion.x_train.dtype == fashion.x_test.dtype == np.float32
+    assert fashion.y_train.dtype == fashion.y_test.dtype == np.int32
+    assert fashion.x_train.min() == 0.0 and fashion.x_train.max() == 1.0
+    np.testing.assert_array_equal(np.bincount(fashion.y_train), [6000] * 10)
+    np.testing.assert_array_equal(np.bincount(fashion.y_test), [1000] * 10)
+
+
+def test_debian_files_match_datasets_md_and_source_constants():
+    for stem, expected in DEBIAN_SHA256.items():
+        blob = (DEBIAN_DIR / f"{stem}.gz").read_bytes()
+        assert hashlib.sha256(blob).hexdigest() == expected
+    assert sources.IDX_SOURCES["fashion-mnist"].sha256 == DEBIAN_SHA256
+
+
+def test_first_pixels_match_an_independent_decode(fashion):
+    raw = gzip.decompress((DEBIAN_DIR / "t10k-images-idx3-ubyte.gz").read_bytes())
+    first = np.frombuffer(raw[16:16 + 784], np.uint8).reshape(28, 28)
+    np.testing.assert_allclose(fashion.x_test[0, :, :, 0] * 255, first, atol=1e-4)
+
+
+def test_search_order_data_dir_then_env_then_cache_then_debian(tmp_path, monkeypatch):
+    given = write_dataset(tmp_path / "given", marker=1)
+    write_dataset(tmp_path / "env-root" / "fashion-mnist", marker=2)
+    cache = write_dataset(tmp_path / "xdg-cache" / "jaxreg" / "fashion-mnist", marker=3)
+    monkeypatch.setenv("JAXREG_DATA_DIR", str(tmp_path / "env-root"))
+
+    def first_pixel(**kwargs):
+        ds = data.load("fashion-mnist", download=False, **kwargs)
+        assert ds.x_train.shape == (6, 28, 28, 1) and ds.x_test.shape == (4, 28, 28, 1)
+        return round(float(ds.x_train[0, 0, 0, 0]) * 255), ds.source
+
+    assert first_pixel(data_dir=given) == (1, str(given))
+    assert first_pixel() == (2, str(tmp_path / "env-root" / "fashion-mnist"))
+    monkeypatch.delenv("JAXREG_DATA_DIR")
+    assert first_pixel() == (3, str(cache))
+    for f in cache.iterdir():
+        f.unlink()
+    assert sources.locate("fashion-mnist", download=False) == (DEBIAN_DIR, str(DEBIAN_DIR))
+
+
+def test_incomplete_directory_is_skipped(tmp_path):
+    partial = write_dataset(tmp_path / "partial", marker=7)
+    (partial / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert sources.locate("fashion-mnist", partial, download=False)[0] == DEBIAN_DIR
+
+
+def test_uncompressed_idx_files_are_accepted(tmp_path):
+    plain = write_dataset(tmp_path / "plain", marker=9, suffix="")
+    ds = data.load("mnist", data_dir=plain, download=False)
+    assert ds.x_train[0, 0, 0, 0] == np.float32(9 / 255)
+    assert ds.x_train[-1, -1, -1, 0] == 1.0
+    np.testing.assert_array_equal(ds.y_test, [0, 1, 2, 3])
+
+
+def test_digits_split_is_stratified_and_deterministic():
+    ds = data.load("digits")
+    assert ds.x_train.shape == (1437, 8, 8, 1) and ds.x_test.shape == (360, 8, 8, 1)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert ds.x_train.min() == 0.0 and ds.x_train.max() == 1.0
+    assert (ds.num_classes, ds.task) == (10, "classification")
+    overall = np.bincount(np.concatenate([ds.y_train, ds.y_test]))
+    assert np.all(np.abs(np.bincount(ds.y_test) - overall * 360 / 1797) <= 1)
+    again = data.load("digits")
+    np.testing.assert_array_equal(ds.x_test, again.x_test)
+    np.testing.assert_array_equal(ds.y_train, again.y_train)
+
+
+def test_synthetic_ridge_is_deterministic_and_linear():
+    ds = data.load("synthetic-ridge", seed=3)
+    assert (ds.task, ds.num_classes) == ("regression", None)
+    assert ds.x_train.shape == (200, 50) and ds.y_train.shape == (200,)
+    assert ds.x_test.shape == (1000, 50) and ds.y_test.dtype == np.float32
+    again = data.load("synthetic-ridge", seed=3)
+    np.testing.assert_array_equal(ds.x_train, again.x_train)
+    np.testing.assert_array_equal(ds.y_test, again.y_test)
+    assert not np.array_equal(ds.y_train, data.load("synthetic-ridge", seed=4).y_train)
+    *_, w_true = data.make_ridge(seed=3)
+    residual = ds.y_test - ds.x_test @ w_true
+    assert 0.9 < residual.std() < 1.1  # the noise, std 1
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(ValueError, match=r"name='cifar'.*fashion-mnist, mnist, digits") as e:
+        data.load("cifar")
+    assert not isinstance(e.value, DataError)
+    assert data.available() == data.DATASETS
+
+
+def test_truncated_gzip_names_the_file(tmp_path):
+    path = tmp_path / "t.gz"
+    blob = write_idx(path, np.zeros((5, 28, 28)))
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}.*EOFError"):
+        data.read_idx(path)
+    path.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}.*BadGzipFile"):
+        data.read_idx(path)
+
+
+def test_wrong_magic_and_dtype_name_the_file(tmp_path):
+    path = tmp_path / "m"
+    path.write_bytes(b"\x12\x34\x08\x01" + b"\x00" * 8)
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: not an IDX file: magic number 0x12340801"):
+        data.read_idx(path)
+    write_idx(path, np.zeros(3), dtype_code=0x07)
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: unknown IDX dtype code 0x07"):
+        data.read_idx(path)
+
+
+def test_payload_size_mismatch_names_the_file(tmp_path):
+    path = tmp_path / "s.gz"
+    raw = struct.pack(">BBBBIII", 0, 0, 8, 3, 2, 28, 28) + bytes(784)  # claims 2 images, has 1
+    path.write_bytes(gzip.compress(raw))
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: IDX payload is 784 bytes .* need 1568"):
+        data.read_idx(path)
+    path.write_bytes(gzip.compress(raw[:10]))
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: truncated IDX header"):
+        data.read_idx(path)
+
+
+def test_parse_idx_reads_big_endian_types():
+    raw = struct.pack(">BBBBII", 0, 0, 0x0B, 2, 2, 2) + struct.pack(">4h", 1, -2, 300, 4)
+    parsed = data.idx.parse_idx(raw)
+    np.testing.assert_array_equal(parsed, [[1, -2], [300, 4]])
+    assert parsed.dtype == np.int16 and parsed.dtype.isnative
+
+
+def test_label_count_mismatch_names_the_labels_file(tmp_path):
+    d = write_dataset(tmp_path / "d", marker=1)
+    write_idx(d / "t10k-labels-idx1-ubyte.gz", np.arange(3))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: 3 labels for the 4 images"):
+        data.load("fashion-mnist", data_dir=d)
+
+
+def test_images_file_with_labels_layout_names_the_file(tmp_path):
+    d = write_dataset(tmp_path / "d", marker=1)
+    write_idx(d / "train-images-idx3-ubyte.gz", np.arange(6))  # magic 0x00000801
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: expected 3-d"):
+        data.load("fashion-mnist", data_dir=d)
+
+
+def serve_mnist(tmp_path, monkeypatch, corrupt=None):
+    """Fake MNIST mirror: tiny files under a file:// URL, with their true sha256 registered."""
+    mirror = write_dataset(tmp_path / "mirror", marker=5)
+    sums = {s: hashlib.sha256((mirror / f"{s}.gz").read_bytes()).hexdigest()
+            for s in sources.IDX_FILES}
+    if corrupt:
+        sums[corrupt] = "0" * 64
+    fake = sources.IdxSource(base_url=mirror.as_uri() + "/", sha256=sums)
+    monkeypatch.setitem(sources.IDX_SOURCES, "mnist", fake)
+    return mirror
+
+
+def test_download_populates_cache_and_is_reused(tmp_path, monkeypatch):
+    mirror = serve_mnist(tmp_path, monkeypatch)
+    ds = data.load("mnist")
+    cache = tmp_path / "xdg-cache" / "jaxreg" / "mnist"
+    assert ds.source == f"{cache} (downloaded from {mirror.as_uri()}/)"
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{s}.gz" for s in sources.IDX_FILES)
+    for s in sources.IDX_FILES:
+        assert (cache / f"{s}.gz").read_bytes() == (mirror / f"{s}.gz").read_bytes()
+    assert ds.x_train[0, 0, 0, 0] == np.float32(5 / 255)
+    for f in mirror.iterdir():  # the mirror goes away: the cache alone must serve
+        f.unlink()
+    assert data.load("mnist").source == str(cache)
+
+
+def test_checksum_mismatch_leaves_nothing_in_cache(tmp_path, monkeypatch):
+    serve_mnist(tmp_path, monkeypatch, corrupt="train-images-idx3-ubyte")
+    with pytest.raises(DataError, match=r"(?s)searched:.*sha256 mismatch.*JAXREG_DATA_DIR"):
+        data.load("mnist")
+    cache = tmp_path / "xdg-cache" / "jaxreg" / "mnist"
+    assert list(cache.iterdir()) == []
+
+
+def test_interrupted_download_leaves_nothing_in_cache(tmp_path, monkeypatch):
+    serve_mnist(tmp_path, monkeypatch)
+    real_urlopen = urllib.request.urlopen
+
+    def dropping_urlopen(url, timeout):
+        response = real_urlopen(url, timeout=timeout)
+        response.read = lambda n: (_ for _ in ()).throw(ConnectionResetError("peer reset"))
+        return response
+
+    monkeypatch.setattr(urllib.request, "urlopen", dropping_urlopen)
+    with pytest.raises(DataError, match="ConnectionResetError: peer reset"):
+        data.load("mnist")
+    assert list((tmp_path / "xdg-cache" / "jaxreg" / "mnist").iterdir()) == []
+
+
+def test_nothing_found_lists_places_and_remedies(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXREG_DATA_DIR", str(tmp_path / "root"))
+    with pytest.raises(DataError) as e:
+        data.load("mnist", data_dir=tmp_path / "given", download=False)
+    message = str(e.value)
+    for place in (tmp_path / "given", tmp_path / "root" / "mnist",
+                  tmp_path / "xdg-cache" / "jaxreg" / "mnist"):
+        assert f"  {place}\n" in message
+    assert "download=False" in message and "data_dir=" in message
+    assert "JAXREG_DATA_DIR" in message
+    monkeypatch.setitem(sources.IDX_SOURCES, "mnist", sources.IdxSource(
+        (tmp_path / "no-mirror").as_uri() + "/", sources.IDX_SOURCES["mnist"].sha256))
+    with pytest.raises(DataError, match=r"(?s)searched:.*download of file://.* failed"):
+        data.load("mnist")

@@ -9,3 +9,5 @@ __version__ = "0.1.0"
 # --- regularization transforms (masks, penalties, transforms, proximal) ---
 
 # --- schedules and plateau ---
+from jaxreg import schedules
+from jaxreg.plateau import ReduceOnPlateauState, reduce_on_plateau

@@ -1,0 +1,182 @@
+"""Reduce the learning rate when a monitored metric stops improving (seed 001, Keras semantics).
+
+Unlike ``optax.contrib.reduce_on_plateau``, this version maximizes as well as minimizes, and
+its relative threshold is measured with ``|best|``, so it is correct for negative metrics
+(negative log-likelihoods, ELBOs, rewards; optax issue/PR 1767).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class ReduceOnPlateauState(NamedTuple):
+    """State of ``reduce_on_plateau``.
+
+    Attributes:
+        scale: factor multiplying the updates (starts at 1).
+        best_value: best (averaged) metric seen so far; ``+inf`` ('min') or ``-inf`` ('max')
+            before the first decision.
+        plateau_count: decisions since the last improvement (Keras's ``wait``).
+        cooldown_count: decisions left in the cooldown after a reduction.
+        count: values accumulated since the last decision, in ``[0, accumulation_size)``.
+        accumulated_value: sum of those values.
+    """
+
+    scale: jax.Array
+    best_value: jax.Array
+    plateau_count: jax.Array
+    cooldown_count: jax.Array
+    count: jax.Array
+    accumulated_value: jax.Array
+
+
+def _check_int(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value}.")
+    return int(value)
+
+
+def reduce_on_plateau(
+    factor: float = 0.1,
+    patience: int = 10,
+    cooldown: int = 0,
+    min_scale: float = 0.0,
+    threshold: float = 1e-4,
+    threshold_mode: str = "rel",
+    mode: str = "min",
+    accumulation_size: int = 1,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Scale updates down by ``factor`` when a monitored metric has stopped improving.
+
+    Keras's ``ReduceLROnPlateau`` as an optax transformation: the learning rate is the
+    optimizer's times ``state.scale``. Each *decision* takes :math:`x`, the mean of the last
+    ``accumulation_size`` values fed with ``value=``, and with :math:`b` the best value so far:
+
+    - improvement, 'min' mode: :math:`x < b - \delta`; 'max' mode: :math:`x > b + \delta`,
+      where :math:`\delta = \text{threshold}\cdot|b|` ('rel') or :math:`\text{threshold}`
+      ('abs'), and :math:`\delta = 0` while :math:`b = \pm\infty` (before the first decision).
+      Using :math:`|b|` keeps the margin on the correct side for negative metrics, where
+      ``x < b * (1 - threshold)`` (PyTorch, optax contrib) would accept a worse value.
+    - in cooldown (``cooldown_count > 0``): decrement ``cooldown_count``, reset
+      ``plateau_count`` to 0.
+    - if improved: :math:`b \leftarrow x`, ``plateau_count = 0``.
+    - else, if no longer in cooldown: ``plateau_count += 1``; when it reaches ``patience`` and
+      ``scale > min_scale``: ``scale = max(scale * factor, min_scale)``,
+      ``cooldown_count = cooldown``, ``plateau_count = 0``.
+
+    This is Keras's ``on_epoch_end`` step for step (its ``min_delta`` is ``threshold`` with
+    ``threshold_mode='abs'``; ``min_lr`` is ``min_scale`` times the base learning rate).
+
+    A non-finite :math:`x` (NaN or :math:`\pm\infty`, e.g. a diverged loss) is never an
+    improvement: it counts toward ``patience`` like any bad epoch and never becomes
+    ``best_value``. A NaN inside an accumulation window only affects that window's decision.
+
+    Feeding a validation metric once per epoch (the intended use), without touching the other
+    optimizer state::
+
+        plateau = jaxreg.reduce_on_plateau(patience=5)
+        opt = optax.chain(optax.sgd(0.1), plateau)
+        state = opt.init(params)
+        # each step: no value, statistics untouched, updates scaled by the current scale
+        updates, state = opt.update(grads, state, params)
+        # each epoch: update only the plateau part of the chain's state
+        _, plateau_state = plateau.update(None, state[1], value=val_loss)
+        state = (state[0], plateau_state)
+
+    To feed a per-step training loss instead, pass ``value=loss`` to ``opt.update``
+    (``optax.chain`` forwards it), with ``accumulation_size`` > 1 to average over several
+    steps before each decision.
+
+    Args:
+        factor: multiplier applied to the scale on a plateau, in (0, 1).
+        patience: number of decisions without improvement before reducing, >= 0.
+        cooldown: decisions to wait after a reduction before counting again, >= 0.
+        min_scale: lower bound on the scale, >= 0.
+        threshold: improvement margin, >= 0 (relative or absolute, see ``threshold_mode``).
+        threshold_mode: 'rel' or 'abs'.
+        mode: 'min' (the metric should decrease) or 'max' (it should increase).
+        accumulation_size: number of values averaged per decision, >= 1.
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state,
+        params=None, *, value=None, **extra_args)`` returns ``(scale * updates, new_state)``
+        with the updates' dtypes kept. ``value=None`` (static) leaves the statistics alone and
+        only scales; ``updates=None`` returns ``(None, new_state)``.
+    """
+    if not 0.0 < factor < 1.0:  # also rejects NaN
+        raise ValueError(f"`factor` must be in (0, 1), got {factor}.")
+    patience = _check_int("patience", patience, 0)
+    cooldown = _check_int("cooldown", cooldown, 0)
+    accumulation_size = _check_int("accumulation_size", accumulation_size, 1)
+    if not min_scale >= 0.0 or min_scale == float("inf"):
+        raise ValueError(f"`min_scale` must be a finite number >= 0, got {min_scale}.")
+    if not threshold >= 0.0 or threshold == float("inf"):
+        raise ValueError(f"`threshold` must be a finite number >= 0, got {threshold}.")
+    if threshold_mode not in ("rel", "abs"):
+        raise ValueError(f"`threshold_mode` must be 'rel' or 'abs', got {threshold_mode!r}.")
+    if mode not in ("min", "max"):
+        raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}.")
+    sign = 1.0 if mode == "min" else -1.0  # compare sign * value: 'max' becomes 'min'
+
+    def init_fn(params) -> ReduceOnPlateauState:
+        del params
+        dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is enabled
+        return ReduceOnPlateauState(
+            scale=jnp.ones((), dtype),
+            best_value=jnp.asarray(sign * jnp.inf, dtype),
+            plateau_count=jnp.zeros((), jnp.int32),
+            cooldown_count=jnp.zeros((), jnp.int32),
+            count=jnp.zeros((), jnp.int32),
+            accumulated_value=jnp.zeros((), dtype),
+        )
+
+    def decide(state: ReduceOnPlateauState, x: jax.Array) -> ReduceOnPlateauState:
+        best = state.best_value
+        margin = threshold * jnp.abs(best) if threshold_mode == "rel" else threshold
+        margin = jnp.where(jnp.isfinite(best), margin, 0.0)
+        improved = jnp.isfinite(x) & (sign * x < sign * best - margin)
+
+        in_cooldown = state.cooldown_count > 0
+        cooldown_count = jnp.where(in_cooldown, state.cooldown_count - 1, state.cooldown_count)
+        counting = ~improved & (cooldown_count == 0)
+        plateau_count = jnp.where(
+            counting,
+            optax.safe_increment(jnp.where(in_cooldown, 0, state.plateau_count)),
+            0,
+        )
+        reduce = counting & (plateau_count >= patience) & (state.scale > min_scale)
+        return state._replace(
+            scale=jnp.where(
+                reduce, jnp.maximum(state.scale * factor, min_scale), state.scale
+            ).astype(state.scale.dtype),
+            best_value=jnp.where(improved, x, best),
+            plateau_count=jnp.where(reduce, 0, plateau_count),
+            cooldown_count=jnp.where(reduce, cooldown, cooldown_count),
+        )
+
+    def update_fn(updates, state, params=None, *, value=None, **extra_args):
+        del params, extra_args
+        if value is not None:
+            acc_dtype = state.accumulated_value.dtype
+            count = state.count + 1
+            total = state.accumulated_value + jnp.asarray(value, acc_dtype)
+            ready = count == accumulation_size
+            decided = decide(state, total / accumulation_size)
+            waiting = state._replace(count=count, accumulated_value=total)
+            state = jax.tree.map(
+                lambda d, w: jnp.where(ready, d, w),
+                decided._replace(
+                    count=jnp.zeros_like(count), accumulated_value=jnp.zeros_like(total)
+                ),
+                waiting,
+            )
+        scale = state.scale
+        updates = jax.tree.map(lambda g: (scale * g).astype(g.dtype), updates)
+        return updates, state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,191 @@
+"""Learning-rate and batch-size schedules (seed 002).
+
+A schedule is a function ``step -> value`` (``optax.Schedule``); pass it as ``learning_rate=``
+to any optax optimizer. Where optax already computes a seed formula, the optax schedule is
+returned unchanged; the tests check each one against its formula in float64.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import optax
+
+
+def _check_real(name: str, value: float, *, positive: bool = False) -> float:
+    """Returns ``float(value)``; ValueError naming ``name`` if NaN/inf or negative (or zero)."""
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        need = "positive" if positive else "non-negative"
+        raise ValueError(f"`{name}` must be a finite {need} number, got {value}.")
+    return value
+
+
+def fixed(learning_rate: float) -> optax.Schedule:
+    r"""Constant learning rate, :math:`\eta_t = \eta_0`.
+
+    Args:
+        learning_rate: the value :math:`\eta_0 \ge 0` returned at every step.
+
+    Returns:
+        ``optax.constant_schedule(learning_rate)``.
+    """
+    return optax.constant_schedule(_check_real("learning_rate", learning_rate))
+
+
+def poly_to_zero(init_value: float, total_steps: int, power: float) -> optax.Schedule:
+    r"""Polynomial decay to zero at ``total_steps`` (the seed's "exponential" schedule).
+
+    .. math::
+        \eta_t = \eta_0 \left(1 - \frac{t}{T}\right)^{a} \text{ for } 0 \le t \le T,
+        \qquad \eta_t = 0 \text{ for } t > T.
+
+    This is ``optax.polynomial_schedule(init_value, end_value=0, power, total_steps)``, which
+    clips ``t`` to ``[0, T]`` and evaluates :math:`(\eta_0 - 0)(1 - t/T)^a + 0`. Steps below 0
+    give :math:`\eta_0`.
+
+    Args:
+        init_value: :math:`\eta_0 \ge 0`.
+        total_steps: :math:`T > 0`, the step at which the value reaches 0.
+        power: :math:`a > 0`. ``power=0`` is rejected: the seed formula would then be a step from
+            :math:`\eta_0` to 0 after :math:`T`, while ``optax.polynomial_schedule`` evaluates
+            :math:`0^0 = 1` and stays at :math:`\eta_0` forever; use ``fixed`` or
+            ``optax.piecewise_constant_schedule`` for a step.
+
+    Returns:
+        An ``optax.Schedule``.
+    """
+    init_value = _check_real("init_value", init_value)
+    total_steps = _check_real("total_steps", total_steps, positive=True)
+    power = _check_real("power", power, positive=True)
+    return optax.polynomial_schedule(
+            init_value=init_value, end_value=0.0, power=power, transition_steps=total_steps
+    )
+
+
+def linear_step(init_value: float, step_size: float, floor: float = 0.0) -> optax.Schedule:
+    r"""Linear decay with slope :math:`\eta_0 / s`, clipped below at ``floor``.
+
+    .. math::
+        \eta_t = \max\left(\eta_0 \left(1 - \frac{t}{s}\right),\ \eta_{\min}\right).
+
+    Written here rather than taken from optax: ``optax.linear_schedule(eta0, floor,
+    transition_steps=s * (1 - floor / eta0))`` equals it only in exact arithmetic. It evaluates
+    :math:`(\eta_0 - \eta_{\min})(1 - t/T') + \eta_{\min}`, which rounds differently when
+    ``floor > 0``, needs a non-integer ``transition_steps`` in general, and falls back to the
+    constant :math:`\eta_0` when ``floor == init_value``. With ``floor=0`` the two agree.
+
+    Args:
+        init_value: :math:`\eta_0 \ge 0`.
+        step_size: :math:`s > 0`, the step at which the unclipped line reaches 0.
+        floor: :math:`0 \le \eta_{\min} \le \eta_0`, the lower bound.
+
+    Returns:
+        An ``optax.Schedule``.
+    """
+    init_value = _check_real("init_value", init_value)
+    step_size = _check_real("step_size", step_size, positive=True)
+    floor = _check_real("floor", floor)
+    if floor > init_value:
+        raise ValueError(f"`floor` ({floor}) must not exceed `init_value` ({init_value}).")
+
+    def schedule(count):
+        return jnp.maximum(init_value * (1 - count / step_size), floor)
+
+    return schedule
+
+
+class BatchSizeSchedule(NamedTuple):
+    """What ``batch_size_schedule`` returns.
+
+    Attributes:
+        batch_size: host-side ``step -> int``, the batch size to draw at ``step``.
+        learning_rate: ``optax.Schedule``, the learning rate to use with that batch size.
+    """
+
+    batch_size: Callable[[int], int]
+    learning_rate: optax.Schedule
+
+
+def batch_size_schedule(
+        init_batch_size: int,
+        boundaries_and_scales: Mapping[int, float],
+        max_batch_size: int | None = None,
+        init_value: float = 1.0,
+) -> BatchSizeSchedule:
+    r"""Increase the batch size instead of decaying the learning rate (Smith et al., 2017).
+
+    SGD's noise scale is :math:`g \approx \eta N / B` (learning rate :math:`\eta`, training set
+    size :math:`N`, batch size :math:`B`). A step-decay schedule
+    ``optax.piecewise_constant_schedule(init_value, boundaries_and_scales)`` multiplies
+    :math:`\eta` by :math:`f_i \in (0, 1]` at step :math:`b_i`; this function instead multiplies
+    :math:`B` by :math:`1/f_i` there, so that :math:`g` follows the same trajectory:
+
+    .. math::
+        B_t = \min\left(\operatorname{round}\left(B_0 \prod_{b_i \le t} f_i^{-1}\right),
+            B_{\max}\right), \qquad
+        \eta_t = \eta_0 \prod_{b_i \le t} f_i \cdot \frac{B_t}{B_0},
+        \qquad\text{hence}\qquad \frac{\eta_t}{B_t} = \frac{\eta_0 \prod_{b_i \le t} f_i}{B_0}.
+
+    Until ``max_batch_size`` is reached, :math:`\eta_t = \eta_0` up to the rounding of
+    :math:`B_t` to an integer (the learning rate absorbs that rounding, so :math:`\eta_t/B_t` is
+    exactly the decayed schedule's :math:`\eta/B_0`). Once :math:`B_t` is capped, the remaining
+    decay goes back to the learning rate.
+
+    ``step`` is whatever counter the milestones are written in. Smith et al. use epochs; if both
+    functions are indexed by optimizer steps, note that larger batches mean fewer steps per
+    epoch. A single decay factor at several milestones is
+    ``{m: decay_factor for m in milestones}``.
+
+    Args:
+        init_batch_size: :math:`B_0 \ge 1`.
+        boundaries_and_scales: ``{b_i: f_i}``, the learning-rate decay being replaced, with the
+            meaning of ``optax.piecewise_constant_schedule`` (``f_i`` applies from step ``b_i`` on);
+            each ``f_i`` in ``(0, 1]``.
+        max_batch_size: :math:`B_{\max} \ge B_0`, or ``None`` for no cap.
+        init_value: :math:`\eta_0`; the default 1.0 makes ``learning_rate`` a multiplier.
+
+    Returns:
+        A ``BatchSizeSchedule(batch_size, learning_rate)``.
+    """
+    if isinstance(init_batch_size, bool) or int(init_batch_size) != init_batch_size or (
+            init_batch_size < 1
+    ):
+        raise ValueError(f"`init_batch_size` must be a positive integer, got {init_batch_size}.")
+    if max_batch_size is not None and (
+            int(max_batch_size) != max_batch_size or max_batch_size < init_batch_size
+    ):
+        raise ValueError(
+                f"`max_batch_size` must be an integer >= init_batch_size ({init_batch_size}), "
+                f"got {max_batch_size}."
+        )
+    init_value = _check_real("init_value", init_value)
+    for boundary, scale in boundaries_and_scales.items():
+        if not 0 < scale <= 1:  # also rejects NaN
+            raise ValueError(
+                    f"`boundaries_and_scales` factors must be in (0, 1], "
+                f"got {scale} at step {boundary}."
+            )
+
+    boundaries = sorted(boundaries_and_scales)
+    sizes = [int(init_batch_size)]  # sizes[k]: batch size once the first k boundaries passed
+    lr_scales = {}  # residual learning-rate factor at each boundary
+    decay = 1.0
+    for b in boundaries:
+        decay *= boundaries_and_scales[b]
+        size = round(init_batch_size / decay)
+        if max_batch_size is not None:
+            size = min(size, int(max_batch_size))
+        lr_scales[b] = boundaries_and_scales[b] * size / sizes[-1]
+        sizes.append(size)
+
+    def batch_size(step: int) -> int:
+        return sizes[bisect.bisect_right(boundaries, step)]
+
+    return BatchSizeSchedule(
+            batch_size, optax.piecewise_constant_schedule(init_value, lr_scales)
+    )

@@ -50,16 +50,23 @@ def write_dataset(directory, marker, n_train=6, n_test=4, suffix=".gz"):
     return directory
 
 
+def isolate(monkeypatch, cache_root):
+    """No JAXREG_DATA_DIR and a cache under ``cache_root``: tests never see the user's files."""
+    monkeypatch.delenv("JAXREG_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_root))
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
-    """No JAXREG_DATA_DIR, and a cache under tmp_path, so tests never see the user's files."""
-    monkeypatch.delenv("JAXREG_DATA_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    isolate(monkeypatch, tmp_path / "xdg-cache")
 
 
 @pytest.fixture(scope="module")
-def fashion():
-    return data.load("fashion-mnist", download=False)
+def fashion(tmp_path_factory):
+    # Module-scoped fixtures run before the function-scoped isolation: isolate here too.
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        isolate(monkeypatch, tmp_path_factory.mktemp("xdg-cache"))
+        return data.load("fashion-mnist", download=False)
 
 
 def test_fashion_mnist_from_debian_files(fashion):
@@ -158,33 +165,36 @@ def test_unknown_name_lists_known_names():
 
 def test_truncated_gzip_names_the_file(tmp_path):
     path = tmp_path / "t.gz"
+    name = re.escape(str(path))
     blob = write_idx(path, np.zeros((5, 28, 28)))
     path.write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(DataError, match=rf"{re.escape(str(path))}.*EOFError"):
+    with pytest.raises(DataError, match=rf"{name}.*EOFError"):
         data.read_idx(path)
     path.write_bytes(b"not gzip at all")
-    with pytest.raises(DataError, match=rf"{re.escape(str(path))}.*BadGzipFile"):
+    with pytest.raises(DataError, match=rf"{name}.*BadGzipFile"):
         data.read_idx(path)
 
 
 def test_wrong_magic_and_dtype_name_the_file(tmp_path):
     path = tmp_path / "m"
+    name = re.escape(str(path))
     path.write_bytes(b"\x12\x34\x08\x01" + b"\x00" * 8)
-    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: not an IDX file: magic number 0x12340801"):
+    with pytest.raises(DataError, match=rf"{name}: not an IDX file: magic number 0x12340801"):
         data.read_idx(path)
     write_idx(path, np.zeros(3), dtype_code=0x07)
-    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: unknown IDX dtype code 0x07"):
+    with pytest.raises(DataError, match=rf"{name}: unknown IDX dtype code 0x07"):
         data.read_idx(path)
 
 
 def test_payload_size_mismatch_names_the_file(tmp_path):
     path = tmp_path / "s.gz"
+    name = re.escape(str(path))
     raw = struct.pack(">BBBBIII", 0, 0, 8, 3, 2, 28, 28) + bytes(784)  # claims 2 images, has 1
     path.write_bytes(gzip.compress(raw))
-    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: IDX payload is 784 bytes .* need 1568"):
+    with pytest.raises(DataError, match=rf"{name}: IDX payload is 784 bytes .* need 1568"):
         data.read_idx(path)
     path.write_bytes(gzip.compress(raw[:10]))
-    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: truncated IDX header"):
+    with pytest.raises(DataError, match=rf"{name}: truncated IDX header"):
         data.read_idx(path)
 
 

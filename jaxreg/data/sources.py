@@ -96,7 +96,7 @@ def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Pa
 
 
 def find_file(directory: Path, stem: str) -> Path | None:
-    """``directory/<stem>.gz`` if it exists, else the uncompressed ``directory/<stem>``, else None."""
+    """``directory/<stem>.gz`` if it is a file, else ``directory/<stem>`` if it is, else None."""
     for path in (directory / f"{stem}.gz", directory / stem):
         if path.is_file():
             return path

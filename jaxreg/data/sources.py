@@ -103,25 +103,17 @@ def find_file(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """The sha256 hex digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download_file(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> Path:
     """Downloads ``url`` to ``dest`` atomically, keeping it only if its sha256 matches.
 
     The bytes go to a temporary file in ``dest``'s directory (so the final ``os.replace`` is an
-    atomic rename on the same file system); on any failure, checksum mismatch included, the
-    temporary file is removed and ``dest`` is left untouched. Any URL scheme ``urllib``
-    supports works, ``file://`` included (used by the tests).
+    atomic rename on the same file system); on any failure, checksum mismatch and interruption
+    included, the temporary file is removed and ``dest`` is left untouched. Any URL scheme
+    ``urllib`` supports works, ``file://`` included (used by the tests).
 
     Raises:
-      DataError: the download failed or its sha256 differs from ``sha256``.
+      DataError: the download's sha256 differs from ``sha256``.
+      OSError, ValueError, http.client.HTTPException: the download failed (``urllib``'s own).
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
@@ -132,15 +124,10 @@ def download_file(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> P
                 digest.update(chunk)
                 out.write(chunk)
         if digest.hexdigest() != sha256:
-            raise DataError(f"{url}: sha256 mismatch: expected {sha256}, got "
-                            f"{digest.hexdigest()}; the download was discarded")
+            raise DataError(f"sha256 mismatch: expected {sha256}, got {digest.hexdigest()}; "
+                            "the download was discarded")
         os.replace(tmp, dest)
-    except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"download of {url} failed: {type(e).__name__}: {e}") from e
-    except BaseException:  # e.g. KeyboardInterrupt: still leave nothing half-written
+    except BaseException:  # KeyboardInterrupt included: never leave a partial file behind
         Path(tmp).unlink(missing_ok=True)
         raise
     return dest
@@ -171,11 +158,12 @@ def locate(name: str, data_dir: str | os.PathLike | None = None,
               f"{source.base_url} into {target}/.")
     if not download:
         raise DataError(f"{problem}Downloading is disabled (download=False). {remedy}")
-    try:
-        for stem in IDX_FILES:
-            if find_file(target, stem) is None:
-                download_file(source.base_url + stem + ".gz", target / f"{stem}.gz",
-                              source.sha256[stem])
-    except DataError as e:
-        raise DataError(f"{problem}{e}\n{remedy}") from e
+    for stem in IDX_FILES:
+        if find_file(target, stem) is None:
+            url = source.base_url + stem + ".gz"
+            try:
+                download_file(url, target / f"{stem}.gz", source.sha256[stem])
+            except (OSError, ValueError, http.client.HTTPException) as e:  # URLError: OSError
+                raise DataError(f"{problem}download of {url} failed: {type(e).__name__}: {e}\n"
+                                f"{remedy}") from e
     return target, f"{target} (downloaded from {source.base_url})"

@@ -7,6 +7,10 @@ plateau) -> nn (flax modules) -> data -> train -> cli. A lower layer never impor
 __version__ = "0.1.0"
 
 # --- regularization transforms (masks, penalties, transforms, proximal) ---
+from jaxreg import masks, penalties
+from jaxreg.proximal import proximal_elastic_net, proximal_l1
+from jaxreg.transforms import (ScheduleState, add_l1, add_l2, batch_scaled_l2, data_scaled_l1,
+                               data_scaled_l2)
 
 # --- schedules and plateau ---
 from jaxreg import schedules

@@ -1,0 +1,154 @@
+"""Masks: which parameters a regularizer touches.
+
+A mask is a pytree of Python bools with the structure of the params (or a prefix of it, as in
+:func:`optax.masked`): ``True`` where the regularizer applies, ``False`` where the leaf is left
+alone. Every transform in :mod:`jaxreg.transforms` / :mod:`jaxreg.proximal` and every function in
+:mod:`jaxreg.penalties` takes a ``mask`` argument and resolves it with :func:`resolve`:
+
+==========================  ====================================================================
+``mask``                    leaves regularized
+==========================  ====================================================================
+``None`` (default)          :func:`kernels_only`: weight matrices / kernels, not biases or norms
+``True`` or ``"all"``       every leaf (:func:`all_leaves`)
+a callable                  ``mask(params)``, e.g. :func:`by_path` or :func:`kernels_only`
+a pytree of bools           as given (same structure as the params, or a prefix of it)
+==========================  ====================================================================
+
+A mask whose structure does not match the params raises a ``ValueError`` that names ``mask``
+and shows both structures.
+"""
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+PyTree = Any
+Mask = None | bool | str | PyTree | Callable[[PyTree], PyTree]
+
+KERNEL_NAMES = frozenset({"kernel", "embedding"})
+"""Leaf names that are always regularized by :func:`kernels_only`."""
+
+NON_KERNEL_NAMES = frozenset({"bias", "scale", "mean", "var"})
+"""Leaf names that :func:`kernels_only` never regularizes (biases, norm scales, batch stats)."""
+
+
+def path_str(path: tuple) -> str:
+    """``"/"``-joined key path of a leaf, e.g. ``"params/Dense_0/kernel"`` or ``"layers/0"``."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def _leaf_name(path: tuple) -> str | None:
+    """The name of a leaf: its last dict key or attribute name; ``None`` for tuple/list items."""
+    if not path:
+        return None
+    key = path[-1]
+    if isinstance(key, jax.tree_util.DictKey):
+        return str(key.key)
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name
+    return None
+
+
+def _is_kernel(path: tuple, leaf) -> bool:
+    name = _leaf_name(path)
+    if name in KERNEL_NAMES:
+        return True
+    if name in NON_KERNEL_NAMES:
+        return False
+    return np.ndim(leaf) >= 2
+
+
+def kernels_only(params: PyTree) -> PyTree:
+    """Mask of the weight matrices: the default mask of every jaxreg regularizer.
+
+    Rule, per leaf, from its name (last dict key or attribute of its path):
+
+    * ``kernel`` (flax ``Dense``/``Conv``/``DenseGeneral``) and ``embedding`` (flax ``Embed``):
+      ``True``. Embedding tables are weight matrices and are decayed like kernels.
+    * ``bias``, ``scale`` (``BatchNorm``/``LayerNorm``/``GroupNorm``), ``mean``, ``var``
+      (batch statistics): ``False``.
+    * any other leaf, including unnamed ones (a bare array, tuple or list items):
+      ``True`` iff ``ndim >= 2``. A 1-D weight vector (linear regression) is therefore *not*
+      selected by default: pass ``mask=True`` for it.
+
+    Args:
+      params: a pytree of arrays (e.g. flax ``variables["params"]``).
+
+    Returns:
+      A pytree of bools with the structure of ``params``.
+    """
+    return jax.tree_util.tree_map_with_path(_is_kernel, params)
+
+
+def by_path(pattern: str) -> Callable[[PyTree], PyTree]:
+    """Mask function selecting the leaves whose ``"/"``-joined path matches a regex.
+
+    The path of a leaf joins its keys with ``"/"`` (see :func:`path_str`), e.g.
+    ``"Dense_0/kernel"``; the pattern is searched anywhere in it (:func:`re.search`), so anchor
+    it with ``^``/``$`` for an exact match.
+
+    Args:
+      pattern: a regular expression, e.g. ``r"Dense_\\d+/kernel$"``.
+
+    Returns:
+      A callable ``params -> pytree of bools``.
+    """
+    regex = re.compile(pattern)
+
+    def mask_fn(params: PyTree) -> PyTree:
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: regex.search(path_str(path)) is not None, params
+        )
+
+    return mask_fn
+
+
+def all_leaves(params: PyTree) -> PyTree:
+    """Mask selecting every leaf of ``params`` (what ``mask=True`` / ``"all"`` means)."""
+    return jax.tree.map(lambda _: True, params)
+
+
+def resolve(mask: Mask, params: PyTree) -> PyTree:
+    """Turn any accepted ``mask`` argument into a full pytree of bools matching ``params``.
+
+    The one place where jaxreg interprets masks (see the module docstring for the accepted
+    forms). A prefix mask is broadcast to the subtrees it covers.
+
+    Args:
+      mask: ``None``, ``True``, ``"all"``, a callable ``params -> mask`` or a pytree of bools.
+      params: the params (or updates: same structure) the mask applies to.
+
+    Returns:
+      A pytree of Python bools with exactly the structure of ``params``.
+
+    Raises:
+      ValueError: if the mask structure is not ``params``' structure or a prefix of it.
+      TypeError: if a mask leaf is not a bool, or ``mask`` is a string other than ``"all"``.
+    """
+    if mask is None:
+        return kernels_only(params)
+    if mask is True or (isinstance(mask, str) and mask == "all"):
+        return all_leaves(params)
+    if isinstance(mask, str):
+        raise TypeError(f'`mask` must be None, True, "all", a callable or a pytree of bools; '
+                        f"got the string {mask!r}")
+    tree = mask(params) if callable(mask) else mask
+    mask_def = jax.tree.structure(tree)
+    try:
+        subtrees = mask_def.flatten_up_to(params)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            "`mask` does not match the structure of the params.\n"
+            f"  mask:   {mask_def}\n  params: {jax.tree.structure(params)}"
+        ) from err
+    flags = jax.tree.leaves(tree)
+    bad = [m for m in flags if not isinstance(m, (bool, np.bool_))]
+    if bad:
+        raise TypeError(f"`mask` leaves must be Python bools (static); got {type(bad[0]).__name__}: "
+                        f"{bad[0]!r}")
+    return mask_def.unflatten(
+        [jax.tree.map(lambda _, m=bool(m): m, sub) for m, sub in zip(flags, subtrees)]
+    )

@@ -1,0 +1,274 @@
+"""Penalty gradients as optax gradient transformations.
+
+Each transform adds the gradient of a weight penalty ``R(w)`` to the incoming updates, so that
+``optax.chain(jaxreg.add_l2(s), optax.sgd(lr))`` minimizes ``L(w) + R(w)`` from the gradient of
+``L`` alone. The penalty of every transform is written with the unit penalties of
+:mod:`jaxreg.penalties` (``l2 = sum w^2``, ``l1 = sum |w|``):
+
+=================================================  =========================  ==================
+transform                                          penalty ``R(w)``           gradient added
+=================================================  =========================  ==================
+``add_l2(s)``                                      ``s/2 * l2``               ``s * w``
+``add_l1(s)``                                      ``s * l1``                 ``s * sign(w)``
+``data_scaled_l2(s, m)``                           ``s/(2m) * l2``            ``s/m * w``
+``data_scaled_l1(s, m)``                           ``s/m * l1``               ``s/m * sign(w)``
+``batch_scaled_l2(s)`` with ``batch_size=b``       ``s/(2b) * l2``            ``s/b * w``
+``batch_scaled_l2(s, convention="seed")``          ``s/b * l2``               ``2 s/b * w``
+=================================================  =========================  ==================
+
+Shared behaviour:
+
+* ``mask`` (default ``None``: :func:`jaxreg.masks.kernels_only`) picks the regularized leaves;
+  see :mod:`jaxreg.masks`. It is applied with :func:`optax.masked`; a mask that does not match
+  the params raises ``ValueError`` at ``init`` and at ``update``, before any state changes.
+* Strengths are a non-negative float or an optax schedule ``count -> value``; with a schedule
+  the state keeps the step ``count`` (:class:`ScheduleState`) and step ``t`` uses
+  ``schedule(t)``. Negative/NaN/Inf strengths raise ``ValueError``, non-numbers ``TypeError``,
+  at construction. Traced strengths (``jax.vmap``, ``optax.inject_hyperparams``) are accepted;
+  they are checked only when concrete. With ``optax.inject_hyperparams`` pass a callable mask
+  through ``static_args=("mask",)`` (inject_hyperparams treats callables as schedules).
+* Updates keep their dtype (bfloat16 stays bfloat16); ``params`` are required.
+* All return :class:`optax.GradientTransformationExtraArgs`, so they work inside
+  :func:`optax.chain`, which forwards extra keyword arguments such as ``batch_size``.
+"""
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxreg import masks
+
+ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
+
+
+class ScheduleState(NamedTuple):
+    """State of a transform whose hyperparameters include a schedule: the step count."""
+
+    count: jax.Array  # int32 scalar
+
+
+def check_hyperparam(name: str, value: Any, *, schedule: bool = True, positive: bool = False,
+                     integer: bool = False) -> None:
+    """Validate a scalar hyperparameter at construction time.
+
+    Args:
+      name: the argument name, used in the error message.
+      value: the value given by the user.
+      schedule: whether a callable (optax schedule) is allowed.
+      positive: require ``value > 0`` instead of ``value >= 0``.
+      integer: require an integer (e.g. a number of examples).
+
+    Raises:
+      TypeError: not a real scalar (or schedule), or not an integer when ``integer``.
+      ValueError: a concrete value that is negative (or zero when ``positive``), NaN or Inf.
+    """
+    if callable(value):
+        if schedule:
+            return
+        raise TypeError(f"`{name}` must be a number, not a callable: got {value!r}")
+    kind = "an integer" if integer else ("a number or a schedule" if schedule else "a number")
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray, np.generic,
+                                                         jax.Array)):
+        raise TypeError(f"`{name}` must be {kind}; got {type(value).__name__}: {value!r}")
+    dtype = np.dtype(value.dtype) if hasattr(value, "dtype") else np.result_type(value)
+    if jnp.ndim(value) != 0 or dtype.kind not in ("iu" if integer else "iuf"):
+        raise TypeError(f"`{name}` must be {kind} (a scalar); got {value!r}")
+    if isinstance(value, jax.core.Tracer):
+        return
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"`{name}` must be finite and {bound}; got {name}={value!r}")
+
+
+def leafwise(
+    name: str,
+    leaf_fn: Callable[..., jax.Array],
+    hyperparams: dict[str, ScalarOrSchedule],
+    mask: masks.Mask,
+    step_values: Callable[..., dict[str, Any]] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """The body shared by every jaxreg transform: a per-leaf map of (update, param) pairs.
+
+    At each step the schedules in ``hyperparams`` are evaluated at the step count, then
+    ``leaf_fn(update, param, **hyperparams, **step_values(**extra_args))`` gives the new update
+    of each masked leaf, cast back to the update's dtype. Unmasked leaves pass through.
+
+    Args:
+      name: the public transform's name, for error messages.
+      leaf_fn: ``(update, param, **values) -> new update``.
+      hyperparams: name -> number or schedule; a schedule adds a step count to the state.
+      mask: any mask accepted by :func:`jaxreg.masks.resolve`.
+      step_values: optional ``(**extra_args) -> dict`` of per-step values taken from the extra
+        keyword arguments of ``update`` (e.g. ``batch_size``), validated there.
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` that requires ``params``.
+    """
+    scheduled = any(callable(v) for v in hyperparams.values())
+
+    def init_fn(params):
+        del params
+        return ScheduleState(count=jnp.zeros([], jnp.int32)) if scheduled else optax.EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError(f"jaxreg.{name} uses the current value of the parameters, but "
+                             "`params` was not passed: call `tx.update(updates, state, params)`.")
+        values = {k: v(state.count) if callable(v) else v for k, v in hyperparams.items()}
+        if step_values is not None:
+            values.update(step_values(**extra_args))
+        new_updates = jax.tree.map(
+            lambda u, p: leaf_fn(u, p, **values).astype(u.dtype), updates, params)
+        if scheduled:
+            state = ScheduleState(count=optax.safe_increment(state.count))
+        return new_updates, state
+
+    return optax.masked(optax.GradientTransformationExtraArgs(init_fn, update_fn),
+                        lambda tree: masks.resolve(mask, tree))
+
+
+def _add_penalty_gradient(name: str, direction: Callable[[jax.Array], jax.Array],
+                          strength: ScalarOrSchedule, mask: masks.Mask, factor: Any = 1.0,
+                          step_factor: Callable[..., Any] | None = None):
+    """``updates + strength * factor * step_factor(**extra_args) * direction(params)``."""
+    def leaf(g, p, strength, step=1.0):
+        return g + (strength * factor * step) * direction(p)
+
+    step_values = None if step_factor is None else (lambda **kw: {"step": step_factor(**kw)})
+    return leafwise(name, leaf, {"strength": strength}, mask, step_values)
+
+
+def add_l2(strength: ScalarOrSchedule, mask: masks.Mask = None
+           ) -> optax.GradientTransformationExtraArgs:
+    """Add ``strength * w``: the gradient of the L2 penalty ``strength/2 * sum w^2``.
+
+    Seeds 000/003 write the regularized objective ``J(w) = L(w) + lambda/2 * R(w)`` with
+    ``R(w) = sum w^2`` (:func:`jaxreg.penalties.l2`), so ``grad J = grad L + lambda * w``:
+    this transform with ``strength = lambda``. Same maths as :func:`optax.add_decayed_weights`,
+    with jaxreg's mask default (kernels only) and input validation.
+
+    Args:
+      strength: ``lambda >= 0``, a float or a schedule ``count -> value``.
+      mask: which leaves to regularize (:mod:`jaxreg.masks`; default kernels only).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs`.
+    """
+    check_hyperparam("strength", strength)
+    return _add_penalty_gradient("add_l2", lambda w: w, strength, mask)
+
+
+def add_l1(strength: ScalarOrSchedule, mask: masks.Mask = None
+           ) -> optax.GradientTransformationExtraArgs:
+    """Add ``strength * sign(w)``: a subgradient of the L1 penalty ``strength * sum |w|``.
+
+    ``sign(0) = 0``, so weights at exactly zero get no push. Subgradient steps hover around
+    zero rather than reach it; for exact zeros use :func:`jaxreg.proximal_l1`.
+
+    Args:
+      strength: ``lambda >= 0``, a float or a schedule ``count -> value``.
+      mask: which leaves to regularize (:mod:`jaxreg.masks`; default kernels only).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs`.
+    """
+    check_hyperparam("strength", strength)
+    return _add_penalty_gradient("add_l1", jnp.sign, strength, mask)
+
+
+def data_scaled_l2(strength: ScalarOrSchedule, num_examples: int, mask: masks.Mask = None
+                   ) -> optax.GradientTransformationExtraArgs:
+    """Seed 002's L2 term ``lambda/(2m) * sum w^2``: adds ``lambda/m * w``.
+
+    ``m`` is the number of training examples, so the penalty weighs like one more example
+    of a mean loss over the data set.
+
+    Args:
+      strength: ``lambda >= 0``, a float or a schedule ``count -> value``.
+      num_examples: ``m > 0``, the training set size.
+      mask: which leaves to regularize (:mod:`jaxreg.masks`; default kernels only).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs`.
+    """
+    check_hyperparam("strength", strength)
+    check_hyperparam("num_examples", num_examples, schedule=False, positive=True, integer=True)
+    return _add_penalty_gradient("data_scaled_l2", lambda w: w, strength, mask,
+                                 factor=1.0 / num_examples)
+
+
+def data_scaled_l1(strength: ScalarOrSchedule, num_examples: int, mask: masks.Mask = None
+                   ) -> optax.GradientTransformationExtraArgs:
+    """Seed 002's L1 term ``lambda/m * sum |w|``: adds ``lambda/m * sign(w)``.
+
+    Args:
+      strength: ``lambda >= 0``, a float or a schedule ``count -> value``.
+      num_examples: ``m > 0``, the training set size.
+      mask: which leaves to regularize (:mod:`jaxreg.masks`; default kernels only).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs`.
+    """
+    check_hyperparam("strength", strength)
+    check_hyperparam("num_examples", num_examples, schedule=False, positive=True, integer=True)
+    return _add_penalty_gradient("data_scaled_l1", jnp.sign, strength, mask,
+                                 factor=1.0 / num_examples)
+
+
+_CONVENTION_FACTOR = {"half": 1.0, "seed": 2.0}
+
+
+def _batch_factor(batch_size=None, **extra_args):
+    del extra_args
+    if batch_size is None:
+        raise TypeError("batch_scaled_l2 needs the batch size at every step: call "
+                        "`tx.update(updates, state, params, batch_size=b)` (optax.chain "
+                        "forwards it).")
+    if jnp.ndim(batch_size) != 0:
+        raise TypeError(f"`batch_size` must be a scalar; got shape {jnp.shape(batch_size)}")
+    if not isinstance(batch_size, jax.core.Tracer) and not batch_size > 0:
+        raise ValueError(f"`batch_size` must be > 0; got batch_size={batch_size!r}")
+    return 1.0 / batch_size
+
+
+def batch_scaled_l2(strength: ScalarOrSchedule, mask: masks.Mask = None, *,
+                    convention: Literal["half", "seed"] = "half"
+                    ) -> optax.GradientTransformationExtraArgs:
+    """Seed 000's batch regularization: L2 with strength ``lambda_b = lambda / b`` per batch.
+
+    The batch size ``b`` is given at every step, ``tx.update(grads, state, params,
+    batch_size=b)``, as a Python int or a (traced) array: a jitted step does not recompile when
+    ``b`` changes (pass it as an array argument). Seed 000 writes the step as
+    ``theta <- theta - eta * grad(L + lambda_b * sum w^2)``; the convention picks the penalty:
+
+    ==================  ===============================  ====================  ===============
+    ``convention``      penalty added to the batch loss  gradient added        same as
+    ==================  ===============================  ====================  ===============
+    ``"half"`` default  ``lambda_b/2 * sum w^2``         ``lambda/b * w``      ``add_l2(lambda/b)``
+    ``"seed"``          ``lambda_b * sum w^2`` (seed)    ``2 * lambda/b * w``  ``add_l2(2*lambda/b)``
+    ==================  ===============================  ====================  ===============
+
+    ``"half"`` matches the ``lambda/2 * R`` convention of :func:`add_l2`; ``"seed"`` reproduces
+    seed 000's update literally.
+
+    Args:
+      strength: ``lambda >= 0``, a float or a schedule ``count -> value``.
+      mask: which leaves to regularize (:mod:`jaxreg.masks`; default kernels only).
+      convention: ``"half"`` or ``"seed"``, see the table.
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs`; its ``update`` requires the keyword
+      ``batch_size`` (``TypeError`` if missing, ``ValueError`` if a concrete value ``<= 0``).
+    """
+    check_hyperparam("strength", strength)
+    if convention not in _CONVENTION_FACTOR:
+        raise ValueError(f'`convention` must be "half" or "seed"; got convention={convention!r}')
+    return _add_penalty_gradient("batch_scaled_l2", lambda w: w, strength, mask,
+                                 factor=_CONVENTION_FACTOR[convention], step_factor=_batch_factor)

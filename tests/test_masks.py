@@ -1,0 +1,120 @@
+"""jaxreg.masks: kernels_only on real flax params, by_path, resolution of every mask form."""
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import jaxreg
+from jaxreg import masks
+
+
+class ConvBNDense(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3))(x)
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        x = nn.relu(x).reshape(x.shape[0], -1)
+        x = nn.Dense(8)(x)
+        x = nn.LayerNorm()(x)
+        return nn.Dense(3)(x)
+
+
+@pytest.fixture(scope="module")
+def variables():
+    return ConvBNDense().init(jax.random.key(0), jnp.ones((1, 6, 6, 2)))
+
+
+def flat(tree):
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def test_kernels_only_on_flax_model(variables):
+    mask = flat(masks.kernels_only(variables))
+    names = set(flat(variables))
+    assert set(mask) == names
+    expected = {path: path.endswith("/kernel") for path in names}
+    assert mask == expected
+    # the model has every kind of leaf the rule distinguishes
+    kinds = {path.rsplit("/", 1)[1] for path in names}
+    assert kinds == {"kernel", "bias", "scale", "mean", "var"}
+    assert sum(expected.values()) == 3  # Conv_0, Dense_0, Dense_1
+
+
+def test_kernels_only_embedding_and_unnamed_leaves():
+    embed = nn.Embed(10, 4).init(jax.random.key(0), jnp.zeros((2,), jnp.int32))
+    assert masks.kernels_only(embed) == {"params": {"embedding": True}}
+    tree = (jnp.ones((3, 2)), jnp.ones(3), [jnp.ones((2, 2, 2)), jnp.float32(1.0)])
+    assert masks.kernels_only(tree) == (True, False, [True, False])
+    # names other than the known ones fall back to ndim >= 2
+    assert masks.kernels_only({"w": jnp.ones((2, 2)), "b": jnp.ones(2)}) == {"w": True, "b": False}
+    # a 2-D leaf named bias is still a bias
+    assert masks.kernels_only({"bias": jnp.ones((2, 2))}) == {"bias": False}
+
+
+def test_by_path_matches_joined_paths(variables):
+    params = variables["params"]
+    pattern = r"Dense_\d+/(kernel|bias)$"
+    got = flat(masks.by_path(pattern)(params))
+    assert got == {path: re.search(pattern, path) is not None for path in flat(params)}
+    assert sum(got.values()) == 4
+    tree = {"layers": [jnp.ones(2), jnp.ones(2)]}
+    assert masks.by_path("^layers/1$")(tree) == {"layers": [False, True]}
+
+
+def test_all_leaves_and_resolve_forms(variables):
+    params = variables["params"]
+    everything = jax.tree.map(lambda _: True, params)
+    assert masks.all_leaves(params) == everything
+    assert masks.resolve(True, params) == everything
+    assert masks.resolve("all", params) == everything
+    assert masks.resolve(None, params) == masks.kernels_only(params)
+    assert masks.resolve(masks.kernels_only, params) == masks.kernels_only(params)
+    given = jax.tree.map(lambda x: x.ndim == 1, params)
+    assert masks.resolve(given, params) == given
+
+
+def test_resolve_broadcasts_prefix_masks(variables):
+    params = variables["params"]
+    prefix = {name: name.startswith("Dense") for name in params}
+    got = flat(masks.resolve(prefix, params))
+    assert got == {path: path.startswith("Dense") for path in flat(params)}
+    assert masks.resolve(False, params) == jax.tree.map(lambda _: False, params)
+
+
+def test_mismatched_mask_names_mask_and_both_structures(variables):
+    params = variables["params"]
+    bad = {"Dense_0": True}
+    with pytest.raises(ValueError, match="`mask`") as info:
+        masks.resolve(bad, params)
+    message = str(info.value)
+    assert str(jax.tree.structure(bad)) in message
+    assert str(jax.tree.structure(params)) in message
+    with pytest.raises(ValueError, match="`mask`"):
+        masks.resolve(lambda p: [True], params)
+
+
+def test_mismatched_mask_fails_at_init_and_update_of_transforms():
+    params = {"a": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    tx = jaxreg.add_l2(0.1, mask={"a": True, "c": False})
+    with pytest.raises(ValueError, match="`mask`"):
+        tx.init(params)
+    tx = jaxreg.add_l2(0.1, mask={"a": True, "b": False})
+    state = tx.init(params)
+    other = {"a": jnp.ones((2, 2)), "b": jnp.ones(2), "c": jnp.ones(2)}
+    with pytest.raises(ValueError, match="`mask`"):
+        tx.update(other, state, other)
+
+
+def test_bad_mask_types():
+    params = {"a": jnp.ones(2)}
+    with pytest.raises(TypeError, match="`mask`"):
+        masks.resolve("kernels", params)
+    with pytest.raises(TypeError, match="`mask`"):
+        masks.resolve({"a": 1}, params)
+    with pytest.raises(TypeError, match="`mask`"):
+        masks.resolve({"a": jnp.array(True)}, params)
+    assert masks.resolve({"a": np.bool_(True)}, params) == {"a": True}

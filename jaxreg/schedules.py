@@ -2,7 +2,8 @@
 
 A schedule is a function ``step -> value`` (``optax.Schedule``); pass it as ``learning_rate=``
 to any optax optimizer. Where optax already computes a seed formula, the optax schedule is
-returned unchanged; the tests check each one against its formula in float64.
+returned unchanged (``fixed``, ``batch_size_schedule``'s learning rate); otherwise the
+docstring says why not. The tests check each one against its formula in float64.
 """
 
 from __future__ import annotations
@@ -37,24 +38,25 @@ def fixed(learning_rate: float) -> optax.Schedule:
     return optax.constant_schedule(_check_real("learning_rate", learning_rate))
 
 
-def poly_to_zero(init_value: float, total_steps: int, power: float) -> optax.Schedule:
+def poly_to_zero(init_value: float, total_steps: float, power: float) -> optax.Schedule:
     r"""Polynomial decay to zero at ``total_steps`` (the seed's "exponential" schedule).
 
     .. math::
         \eta_t = \eta_0 \left(1 - \frac{t}{T}\right)^{a} \text{ for } 0 \le t \le T,
         \qquad \eta_t = 0 \text{ for } t > T.
 
-    This is ``optax.polynomial_schedule(init_value, end_value=0, power, total_steps)``, which
-    clips ``t`` to ``[0, T]`` and evaluates :math:`(\eta_0 - 0)(1 - t/T)^a + 0`. Steps below 0
-    give :math:`\eta_0`.
+    Steps below 0 give :math:`\eta_0`. Written here rather than returning
+    ``optax.polynomial_schedule(init_value, 0.0, power, total_steps)``, which is the same
+    formula but, under ``jit``, returns NaN for every :math:`t \ge T` when :math:`a` is
+    fractional (e.g. :math:`T \in \{3, 7, 250, 1000\}`, :math:`a = 0.5`, float32): XLA turns
+    :math:`t / T` into :math:`t \cdot (1/T)`, so :math:`1 - t/T` can be :math:`-10^{-17}`, and a
+    negative base to a fractional power is NaN. Here the base is clamped at 0.
 
     Args:
         init_value: :math:`\eta_0 \ge 0`.
         total_steps: :math:`T > 0`, the step at which the value reaches 0.
-        power: :math:`a > 0`. ``power=0`` is rejected: the seed formula would then be a step from
-            :math:`\eta_0` to 0 after :math:`T`, while ``optax.polynomial_schedule`` evaluates
-            :math:`0^0 = 1` and stays at :math:`\eta_0` forever; use ``fixed`` or
-            ``optax.piecewise_constant_schedule`` for a step.
+        power: :math:`a > 0`. ``power=0`` is rejected: the formula would then be a step from
+            :math:`\eta_0` to 0 after :math:`T` (use ``optax.piecewise_constant_schedule``).
 
     Returns:
         An ``optax.Schedule``.
@@ -62,9 +64,12 @@ def poly_to_zero(init_value: float, total_steps: int, power: float) -> optax.Sch
     init_value = _check_real("init_value", init_value)
     total_steps = _check_real("total_steps", total_steps, positive=True)
     power = _check_real("power", power, positive=True)
-    return optax.polynomial_schedule(
-            init_value=init_value, end_value=0.0, power=power, transition_steps=total_steps
-    )
+
+    def schedule(count):
+        frac = jnp.clip(1 - count / total_steps, 0.0, 1.0)
+        return init_value * frac**power
+
+    return schedule
 
 
 def linear_step(init_value: float, step_size: float, floor: float = 0.0) -> optax.Schedule:
@@ -76,8 +81,8 @@ def linear_step(init_value: float, step_size: float, floor: float = 0.0) -> opta
     Written here rather than taken from optax: ``optax.linear_schedule(eta0, floor,
     transition_steps=s * (1 - floor / eta0))`` equals it only in exact arithmetic. It evaluates
     :math:`(\eta_0 - \eta_{\min})(1 - t/T') + \eta_{\min}`, which rounds differently when
-    ``floor > 0``, needs a non-integer ``transition_steps`` in general, and falls back to the
-    constant :math:`\eta_0` when ``floor == init_value``. With ``floor=0`` the two agree.
+    ``floor > 0`` (most steps differ in the last bits) and needs a non-integer
+    ``transition_steps`` in general. With ``floor=0`` the two agree.
 
     Args:
         init_value: :math:`\eta_0 \ge 0`.

@@ -1,0 +1,99 @@
+"""Small flax (linen) models for the reference workloads, and a name registry.
+
+Every model takes ``__call__(x, train: bool)`` and returns logits ``[batch, num_classes]``
+(``num_classes=1`` gives one output per example, for regression). Images ``[N, H, W, C]`` are
+flattened by the MLPs. In training, batch normalization uses the batch statistics and updates
+the running averages, so the caller applies the model with the ``batch_stats`` collection
+mutable::
+
+    logits, updates = model.apply({"params": p, "batch_stats": s}, x, train=True,
+                                  mutable=["batch_stats"])
+    logits = model.apply({"params": p, "batch_stats": s}, x, train=False)
+
+Any other linen module with that call signature works with :func:`jaxreg.train.fit`.
+
+Batch normalization uses Keras' defaults (momentum 0.99, epsilon 1e-3), since the seed
+recipes are Keras models: running statistics follow ``m <- 0.99 m + 0.01 mean(batch)``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+BN_MOMENTUM = 0.99
+BN_EPSILON = 1e-3
+
+
+class SeedMLP(nn.Module):
+    """Seed 004's model: ``Dense(50) -> BatchNorm -> relu -> Dense(num_classes)``.
+
+    The seed trains it with Adam, batch size 128, for 10 epochs on flattened 28x28 images.
+    """
+
+    num_classes: int = 10
+    hidden: int = 50
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        x = x.reshape(x.shape[0], -1)
+        x = nn.Dense(self.hidden)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)(x)
+        return nn.Dense(self.num_classes)(nn.relu(x))
+
+
+class KerasMLP(nn.Module):
+    """Seed 001's Keras model, as a two-hidden-layer MLP with batch normalization.
+
+    ``Dense(128) -> BN -> relu -> Dense(64) -> BN -> relu -> Dense(num_classes)``. Seed 001
+    does not pin the widths down; these are the usual Keras tutorial sizes.
+    """
+
+    num_classes: int = 10
+    hidden: tuple[int, ...] = (128, 64)
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        x = x.reshape(x.shape[0], -1)
+        for width in self.hidden:
+            x = nn.Dense(width)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)(x)
+            x = nn.relu(x)
+        return nn.Dense(self.num_classes)(x)
+
+
+class SmallCNN(nn.Module):
+    """Two convolution blocks and a dense head, for ``[N, H, W, C]`` images.
+
+    Each block is ``Conv(3x3) -> BN -> relu -> max-pool(2x2)`` with 32 then 64 channels,
+    followed by ``Dense(128) -> relu -> Dense(num_classes)``.
+    """
+
+    num_classes: int = 10
+    channels: tuple[int, ...] = (32, 64)
+    hidden: int = 128
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        for c in self.channels:
+            x = nn.Conv(c, (3, 3))(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)(x)
+            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(self.num_classes)(x)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "seed-mlp": SeedMLP,
+    "keras-mlp": KerasMLP,
+    "small-cnn": SmallCNN,
+}
+
+
+def get(name: str, num_classes: int = 10) -> nn.Module:
+    """The registered model ``name`` (one of :data:`MODELS`) with ``num_classes`` outputs."""
+    try:
+        return MODELS[name](num_classes=num_classes)
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}") from None

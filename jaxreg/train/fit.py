@@ -1,0 +1,208 @@
+"""``fit``: train a flax model for some epochs, with validation, history and checkpoints.
+
+Per epoch ``e`` (0-based): shuffle with ``fold_in(fold_in(key(seed), 1), e)`` and step
+through the batches (one ``lax.scan`` on device, or streamed from the host: see
+:mod:`jaxreg.train.epoch`), evaluate on the validation data, record the history, feed the
+plateau transform the monitored metric, checkpoint, call the callbacks. The seed recipe
+(seed 004) is ``fit(SeedMLP(), dict(name="adam"), mnist, epochs=10, batch_size=128)``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxreg.train import checkpoint
+from jaxreg.train.epoch import scan_epoch, stream_epoch
+from jaxreg.train.optimizer import Optimizer, make_optimizer, plateau_scale, update_plateau
+from jaxreg.train.state import TrainState, create_train_state
+from jaxreg.train.step import cross_entropy, evaluate, squared_error, train_step
+
+DEVICE_DATA_BYTES = 1 << 30
+"""Training sets up to this size run in scan mode by default (the epoch's slab is a copy)."""
+
+Callback = Callable[[int, TrainState, dict[str, float]], Any]
+
+
+class FitResult(NamedTuple):
+    """``state``: the final state. ``history``: per-epoch lists (see :func:`fit`). ``test``: test
+    metrics (``loss``, ``accuracy``) at the end, or ``None``. ``evaluate(state, x, y)``: the
+    metrics of a state on other data, with the model, loss and dtype of the run."""
+
+    state: TrainState
+    history: dict[str, list]
+    test: dict[str, float] | None
+    evaluate: Callable[[TrainState, Any, Any], dict[str, float]]
+
+
+def _split(data: Any, validation_split: float, validation_data: Any) -> tuple:
+    """``(x, y), validation (x, y) or None, test (x, y) or None`` from a dataset or arrays."""
+    if isinstance(data, (tuple, list)):
+        (x, y), test = data, None
+    else:
+        x, y, test = data.x_train, data.y_train, (data.x_test, data.y_test)
+    x, y = np.asarray(x), np.asarray(y)
+    if validation_data is None and validation_split:
+        n_val = int(round(len(x) * validation_split))  # the last examples, as Keras
+        validation_data = (x[-n_val:], y[-n_val:])
+        x, y = x[:-n_val], y[:-n_val]
+    return (x, y), validation_data, test
+
+
+def _resolve_optimizer(optimizer: Any, total_steps: int) -> Optimizer:
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, dict):
+        return make_optimizer(**{"total_steps": total_steps, **optimizer})
+    return Optimizer(tx=optimizer)
+
+
+def _epoch_logs(metrics: dict[str, jax.Array]) -> dict[str, float]:
+    """Means over the epoch's applied (not skipped) steps, and the count of skipped ones."""
+    metrics = jax.device_get(metrics)
+    applied = ~metrics["skipped"]
+    logs = {k: float(v[applied].mean()) if applied.any() else math.nan
+            for k, v in metrics.items() if k != "skipped"}
+    logs["skipped_steps"] = int((~applied).sum())
+    return logs
+
+
+def _hyperparams(opt: Optimizer, opt_state: Any, batch_size: int) -> dict[str, float]:
+    """Learning rate (times the plateau scale) and penalty strengths in effect at the last
+    step, read from the injected hyperparameters (NaN when the optimizer does not expose them)."""
+    hyperparams = optax.tree_utils.tree_get(opt_state, "hyperparams", default={})
+    lr, l2, l1 = (float(hyperparams.get(k, math.nan)) for k in ("learning_rate", "l2", "l1"))
+    return {
+        "learning_rate": lr * float(plateau_scale(opt_state)),
+        "l2_strength": l2 / batch_size if opt.batch_scaled else l2,
+        "l1_strength": l1,
+    }
+
+
+def fit(
+    model: Any,
+    optimizer: Optimizer | optax.GradientTransformation | dict[str, Any],
+    data: Any,
+    *,
+    epochs: int = 10,
+    batch_size: int = 128,
+    seed: int = 0,
+    validation_split: float = 0.0,
+    validation_data: tuple[Any, Any] | None = None,
+    test: bool = True,
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    monitor: str = "val_loss",
+    skip_nonfinite: bool = True,
+    compute_dtype: Any = None,
+    on_device: bool | None = None,
+    unroll: int = 1,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+) -> FitResult:
+    """Trains ``model`` (a linen module called as ``model.apply(vars, x, train=...)``).
+
+    Args:
+        optimizer: an :class:`Optimizer`, a plain optax transformation, or keyword arguments of
+            :func:`make_optimizer` (``total_steps`` defaults to the run's number of steps).
+        data: a :class:`jaxreg.data.Dataset` (its test split is evaluated at the end when
+            ``test``) or ``(x, y)`` arrays. Integer ``y`` means classification.
+        epochs, batch_size, seed: each epoch takes ``len(x) // batch_size`` steps; the last
+            partial batch is dropped. ``seed`` fixes the initialization and the data order.
+        validation_split, validation_data: hold out the last fraction of ``(x, y)``, or use
+            the given ``(x, y)``, for the ``val_*`` metrics.
+        loss_fn: per-example loss ``(outputs, targets) -> [B]``; default softmax cross-entropy
+            for integer targets, squared error otherwise.
+        monitor: the history key fed to the plateau transform after each epoch.
+        skip_nonfinite: wrap the optimizer in ``optax.apply_if_finite``: a step whose gradient
+            has a NaN/Inf leaves parameters, optimizer state and batch statistics unchanged and
+            is counted in ``skipped_steps``. It never gives up, so a diverged run shows every
+            step skipped; stop it with a callback.
+        compute_dtype: e.g. ``jnp.bfloat16`` for mixed precision (float32 parameters, batch
+            statistics and loss).
+        on_device: run each epoch as one ``lax.scan`` over device-resident data; default: when
+            the training arrays take at most ``DEVICE_DATA_BYTES``. Otherwise stream batches.
+        unroll: ``lax.scan`` unrolling in scan mode.
+        callbacks: ``callback(epoch, state, logs)`` after each epoch (``logs``: that epoch's
+            history entries); returning ``True`` stops training.
+        progress: a tqdm bar over steps (steps/s, loss, accuracy), updated per epoch in scan
+            mode and per step when streaming.
+        checkpoint_dir, resume: checkpoint after every epoch (:mod:`jaxreg.train.checkpoint`);
+            with ``resume``, continue from the latest checkpoint there. Resuming is bit-exact:
+            an interrupted and resumed run ends with the same state as an uninterrupted one.
+
+    Returns:
+        A :class:`FitResult`. ``history`` has per-epoch lists ``loss``, ``accuracy`` (integer
+        targets), ``val_loss``, ``val_accuracy`` (with validation data), ``learning_rate``
+        (times the plateau scale), ``l2_strength`` (divided by the batch size when batch-scaled),
+        ``l1_strength``, ``skipped_steps`` and ``epoch_seconds``.
+    """
+    (x, y), validation, test_data = _split(data, validation_split, validation_data)
+    steps = len(x) // batch_size
+    if steps == 0:
+        raise ValueError(f"batch_size {batch_size} exceeds the {len(x)} training examples")
+    opt = _resolve_optimizer(optimizer, total_steps=epochs * steps)
+    tx = optax.apply_if_finite(opt.tx, jnp.iinfo(jnp.int32).max) if skip_nonfinite else opt.tx
+    if loss_fn is None:
+        loss_fn = cross_entropy if np.issubdtype(y.dtype, np.integer) else squared_error
+    if opt.plateau is not None and monitor.startswith("val_") and validation is None:
+        raise ValueError(f"the plateau monitors {monitor!r}: pass validation_split or validation_data")
+
+    step = functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn, compute_dtype=compute_dtype)
+    if on_device is None:
+        on_device = x.nbytes + y.nbytes <= DEVICE_DATA_BYTES
+    if on_device:
+        x, y = jax.device_put(x), jax.device_put(y)
+        run_epoch = jax.jit(functools.partial(scan_epoch, step=step, batch_size=batch_size, unroll=unroll),
+                            donate_argnums=0)
+    else:
+        run_epoch = functools.partial(stream_epoch, step=jax.jit(step, donate_argnums=0), batch_size=batch_size)
+    eval_fn = functools.partial(evaluate, model, loss_fn=loss_fn, compute_dtype=compute_dtype)
+    feed_plateau = jax.jit(functools.partial(update_plateau, plateau=opt.plateau))
+
+    state = create_train_state(model, tx, x[:1], seed)
+    history: dict[str, list] = {}
+    start = 0
+    mngr = None if checkpoint_dir is None else checkpoint.manager(checkpoint_dir)
+    if resume and mngr is not None and (restored := checkpoint.restore_latest(mngr, state)) is not None:
+        start, state, history = restored
+    data_key = jax.random.fold_in(jax.random.key(seed), 1)
+
+    bar = tqdm(total=epochs * steps, initial=start * steps, unit="step", disable=not progress)
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        epoch_key = jax.random.fold_in(data_key, epoch)
+        if on_device:
+            state, metrics = run_epoch(state, x, y, epoch_key)
+        else:
+            state, metrics = run_epoch(state, x, y, epoch_key, on_step=lambda: bar.update(1))
+        logs = _epoch_logs(metrics)
+        logs["epoch_seconds"] = time.perf_counter() - t0
+        if validation is not None:
+            logs.update({f"val_{k}": v for k, v in eval_fn(state, *validation).items()})
+        logs.update(_hyperparams(opt, state.opt_state, batch_size))
+        if opt.plateau is not None:
+            state = state.replace(opt_state=feed_plateau(state.opt_state, value=logs[monitor]))
+        for k, v in logs.items():
+            history.setdefault(k, []).append(v)
+        if mngr is not None:
+            checkpoint.save(mngr, epoch + 1, state, history)
+        bar.update(steps if on_device else 0)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if "loss" in k or "accuracy" in k})
+        if any([cb(epoch, state, logs) is True for cb in callbacks]):
+            break
+    bar.close()
+    if mngr is not None:
+        mngr.close()
+
+    test_metrics = eval_fn(state, *test_data) if test and test_data is not None else None
+    return FitResult(state=state, history=history, test=test_metrics, evaluate=eval_fn)

@@ -1,0 +1,56 @@
+"""The training state: one pytree with everything a step reads and writes.
+
+Unlike :class:`flax.training.train_state.TrainState`, the state holds only arrays (no
+``apply_fn`` or ``tx``), so it can be vmapped (hyperparameter sweeps read their values from
+``opt_state``), sharded, donated to a jitted step and checkpointed as is. Its
+:meth:`TrainState.apply_gradients` forwards extra keyword arguments such as ``batch_size=`` to
+the optimizer's ``update``; flax's drops them (flax issue 4471), which breaks batch-size-scaled
+regularizers.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+
+@struct.dataclass
+class TrainState:
+    """``step`` (int32 count of applied steps), ``params``, ``batch_stats`` (``{}`` for models
+    without batch normalization), ``opt_state`` and ``key``, the RNG key from which step ``t``
+    derives its dropout key as ``fold_in(key, t)``."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: optax.OptState
+    key: jax.Array
+
+    def apply_gradients(self, tx: optax.GradientTransformation, grads: Any, **extra_args: Any) -> TrainState:
+        """One optimizer step: ``u, s' = tx.update(g, s, params, **extra_args)``,
+        ``params' = params + u``. Transformations that take no extra arguments ignore them."""
+        updates, opt_state = optax.with_extra_args_support(tx).update(
+            grads, self.opt_state, self.params, **extra_args
+        )
+        return self.replace(
+            step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state
+        )
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, sample_x: Any, seed: int) -> TrainState:
+    """Initializes ``model`` on ``sample_x`` (a batch of inputs; only its shape and dtype
+    matter) and ``tx`` on its parameters, with keys derived from ``seed``."""
+    init_key, step_key = jax.random.split(jax.random.key(seed))
+    variables = model.init(init_key, sample_x, train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros([], jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        key=step_key,
+    )

@@ -1,0 +1,135 @@
+"""One training step and batched evaluation, as pure functions of the state.
+
+Losses map ``(outputs, targets)`` to per-example values ``[batch]``; a step minimizes their
+mean. Classification uses integer labels and softmax cross-entropy
+``l_i = logsumexp(z_i) - z_{i, y_i}``; regression the squared error ``(f(x_i) - y_i)^2``.
+Accuracy is reported whenever the targets are integers.
+
+``train_step`` is pure and takes everything it depends on as arguments, so it can be jitted
+(``jax.jit(functools.partial(train_step, model=m, tx=tx), donate_argnums=0)``), scanned over
+an epoch, vmapped over states (hyperparameter sweeps) or sharded.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxreg.train.state import TrainState
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def cross_entropy(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Softmax cross-entropy of logits ``[B, K]`` against integer labels ``[B]``."""
+    return optax.softmax_cross_entropy_with_integer_labels(outputs, targets)
+
+
+def squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """``(f(x) - y)^2`` per example; outputs ``[B, 1]`` are matched to targets ``[B]``."""
+    return optax.squared_error(outputs.reshape(targets.shape), targets)
+
+
+def _cast(tree: Any, dtype: Any) -> Any:
+    """Floating leaves of ``tree`` cast to ``dtype`` (``None``: unchanged)."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def _metrics(outputs: jax.Array, targets: jax.Array, losses: jax.Array) -> dict[str, jax.Array]:
+    """Per-example ``loss`` and, for integer targets, ``accuracy`` (1 if the argmax is right)."""
+    metrics = {"loss": losses}
+    if jnp.issubdtype(targets.dtype, jnp.integer):
+        metrics["accuracy"] = (jnp.argmax(outputs, -1) == targets).astype(jnp.float32)
+    return metrics
+
+
+def train_step(
+    state: TrainState,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn = cross_entropy,
+    compute_dtype: Any = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One step on the batch ``(x, y)``; returns the new state and scalar metrics.
+
+    The gradient of ``mean_i loss_fn(model(x_i), y_i)`` goes through
+    ``state.apply_gradients(tx, grads, batch_size=B)``, so batch-size-scaled regularizers see
+    the batch size. Batch statistics come from ``model.apply(..., mutable=['batch_stats'])``.
+
+    Mixed precision (``compute_dtype=jnp.bfloat16``): parameters and inputs are cast to bf16 for
+    the forward and backward pass, while the optimizer updates the float32 parameters (the
+    gradient of the cast is float32) and the loss and batch statistics stay float32.
+
+    Non-finite steps: when ``tx`` is wrapped in :func:`optax.apply_if_finite` and rejects the
+    step (``last_finite`` false), the batch statistics are kept too and the step is reported
+    as ``skipped``. Metrics of a skipped step are whatever the bad batch gave (often NaN).
+    """
+    dropout_key = jax.random.fold_in(state.key, state.step)
+
+    def objective(params):
+        variables = {"params": _cast(params, compute_dtype), "batch_stats": state.batch_stats}
+        outputs, updates = model.apply(
+            variables, _cast(x, compute_dtype), train=True, mutable=["batch_stats"],
+            rngs={"dropout": dropout_key},
+        )
+        outputs = outputs.astype(jnp.float32)
+        losses = loss_fn(outputs, y)
+        return losses.mean(), (_metrics(outputs, y, losses), updates.get("batch_stats", {}))
+
+    (_, (metrics, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    new_state = state.apply_gradients(tx, grads, batch_size=x.shape[0])
+    finite = optax.tree_utils.tree_get(new_state.opt_state, "last_finite", default=jnp.array(True))
+    batch_stats = jax.tree.map(
+        lambda new, old: jnp.where(finite, new.astype(old.dtype), old), batch_stats, state.batch_stats
+    )
+    metrics = {k: v.mean() for k, v in metrics.items()}
+    metrics["skipped"] = ~finite
+    return new_state.replace(batch_stats=batch_stats), metrics
+
+
+@functools.partial(jax.jit, static_argnames=("model", "loss_fn", "batch_size", "compute_dtype"))
+def _evaluate(model, params, batch_stats, x, y, *, loss_fn, batch_size, compute_dtype):
+    n = x.shape[0]
+    chunks = -(-n // batch_size)
+    pad = chunks * batch_size - n
+    xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(chunks, batch_size, *x.shape[1:])
+    ys = jnp.pad(y, [(0, pad)] + [(0, 0)] * (y.ndim - 1)).reshape(chunks, batch_size, *y.shape[1:])
+    variables = {"params": _cast(params, compute_dtype), "batch_stats": batch_stats}
+
+    def chunk_sums(batch_and_mask):
+        (xb, yb), mask = batch_and_mask
+        outputs = model.apply(variables, _cast(xb, compute_dtype), train=False).astype(jnp.float32)
+        return {k: jnp.where(mask, v, 0.0).sum(-1) for k, v in _metrics(outputs, yb, loss_fn(outputs, yb)).items()}
+
+    mask = (jnp.arange(chunks * batch_size) < n).reshape(chunks, batch_size)
+    sums = jax.lax.map(chunk_sums, ((xs, ys), mask))
+    return {k: v.sum() / n for k, v in sums.items()}
+
+
+def evaluate(
+    model: nn.Module,
+    state: TrainState,
+    x: Any,
+    y: Any,
+    *,
+    loss_fn: LossFn = cross_entropy,
+    batch_size: int = 1000,
+    compute_dtype: Any = None,
+) -> dict[str, float]:
+    """Mean loss (and accuracy for integer labels) of ``model`` in inference mode (running
+    batch statistics) over all of ``(x, y)``, in one dispatch of ``batch_size`` chunks."""
+    sums = _evaluate(
+        model, state.params, state.batch_stats, jnp.asarray(x), jnp.asarray(y),
+        loss_fn=loss_fn, batch_size=min(batch_size, len(x)), compute_dtype=compute_dtype,
+    )
+    return {k: float(v) for k, v in sums.items()}

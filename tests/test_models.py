@@ -1,0 +1,34 @@
+"""jaxreg.models: output shapes, variable collections, batch-norm behaviour, registry."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxreg import models
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_shapes_and_collections(name):
+    model = models.get(name, num_classes=7)
+    x = jax.random.uniform(jax.random.key(0), (4, 12, 12, 1))
+    variables = model.init(jax.random.key(1), x, train=False)
+    assert set(variables) == {"params", "batch_stats"}
+    assert model.apply(variables, x, train=False).shape == (4, 7)
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert logits.shape == (4, 7)
+    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+    # training mode moves the running statistics towards the batch statistics
+    moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), updates["batch_stats"], variables["batch_stats"])
+    assert all(jax.tree.leaves(moved))
+
+
+def test_seed_mlp_layout():
+    variables = models.SeedMLP().init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)), train=False)
+    shapes = jax.tree.map(jnp.shape, variables["params"])
+    assert shapes["Dense_0"]["kernel"] == (784, 50)
+    assert shapes["Dense_1"]["kernel"] == (50, 10)
+    assert jax.tree.map(jnp.shape, variables["batch_stats"]) == {"BatchNorm_0": {"mean": (50,), "var": (50,)}}
+
+
+def test_unknown_model():
+    with pytest.raises(ValueError, match="unknown model"):
+        models.get("resnet")

@@ -84,7 +84,7 @@ def check_hyperparam(name: str, value: Any, *, schedule: bool = True, positive: 
     number = float(value)
     if not math.isfinite(number) or number < 0 or (positive and number == 0):
         bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"`{name}` must be finite and {bound}; got {name}={value!r}")
+        raise ValueError(f"`{name}` must be finite and {bound}; got {name}={value}")
 
 
 def leafwise(
@@ -234,7 +234,7 @@ def _batch_factor(batch_size=None, **extra_args):
     if jnp.ndim(batch_size) != 0:
         raise TypeError(f"`batch_size` must be a scalar; got shape {jnp.shape(batch_size)}")
     if not isinstance(batch_size, jax.core.Tracer) and not batch_size > 0:
-        raise ValueError(f"`batch_size` must be > 0; got batch_size={batch_size!r}")
+        raise ValueError(f"`batch_size` must be > 0; got batch_size={batch_size}")
     return 1.0 / batch_size
 
 

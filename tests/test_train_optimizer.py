@@ -1,0 +1,73 @@
+"""make_optimizer: the batch size reaches batch_scaled_l2, history reports the hyperparameters,
+plateau and proximal steps take effect."""
+import functools
+
+import jax
+import numpy as np
+import optax
+import pytest
+from sklearn.datasets import load_digits
+
+from jaxreg import models
+from jaxreg.train import create_train_state, fit, learning_rate_schedule, make_optimizer, train_step
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    return (d.images[:512] / 16.0).astype(np.float32)[..., None], d.target[:512].astype(np.int32)
+
+
+def one_step(model, opt, x, y):
+    state = create_train_state(model, opt.tx, x[:1], seed=0)
+    return jax.jit(functools.partial(train_step, model=model, tx=opt.tx))(state, x, y)[0].params
+
+
+def test_batch_size_reaches_batch_scaled_l2(digits):
+    """SGD: w' = w - lr (g + c/B w) on kernels; biases and BN parameters unregularized."""
+    x, y = digits[0][:32], digits[1][:32]
+    model, lr, c = models.SeedMLP(hidden=8), 0.1, 4.0
+    init = create_train_state(model, optax.sgd(lr), x[:1], seed=0).params
+    plain = one_step(model, make_optimizer("sgd", lr), x, y)
+    scaled = one_step(model, make_optimizer("sgd", lr, l2=c, batch_scaled=True), x, y)
+    expected = jax.tree_util.tree_map_with_path(
+        lambda path, p, w: p - lr * c / 32 * w if path[-1].key == "kernel" else p, plain, init)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), scaled, expected)
+
+
+def test_history_reports_hyperparameters_and_plateau(digits):
+    # 'skipped_steps' is 0 every epoch: never an improvement after the first, so with
+    # patience 1 the scale halves after every later epoch
+    opt = make_optimizer("sgd", 0.05, l2=0.64, batch_scaled=True, plateau=dict(factor=0.5, patience=1))
+    h = fit(models.SeedMLP(), opt, digits, epochs=4, batch_size=64, monitor="skipped_steps",
+            progress=False).history
+    np.testing.assert_allclose(h["learning_rate"], [0.05, 0.05, 0.025, 0.0125], rtol=1e-6)
+    np.testing.assert_allclose(h["l2_strength"], [0.01] * 4, rtol=1e-6)
+    assert h["l1_strength"] == [0.0] * 4
+
+
+def test_plateau_needs_validation_for_val_metric(digits):
+    with pytest.raises(ValueError, match="validation"):
+        fit(models.SeedMLP(), dict(plateau=dict(patience=1)), digits, epochs=1, progress=False)
+
+
+def test_proximal_l1_gives_exact_zeros(digits):
+    def zero_fraction(proximal):
+        opt = dict(name="sgd", learning_rate=0.1, l1=0.05, proximal=proximal)
+        state = fit(models.SeedMLP(), opt, digits, epochs=2, batch_size=64, progress=False).state
+        return (np.asarray(state.params["Dense_0"]["kernel"]) == 0).mean()
+
+    assert zero_fraction(proximal=True) > 0.3 > 0.01 > zero_fraction(proximal=False)
+
+
+def test_schedules_by_name():
+    assert learning_rate_schedule(0.1, "fixed") == 0.1
+    for name in ("poly", "step", "cosine"):
+        sched = learning_rate_schedule(0.1, name, total_steps=100)
+        np.testing.assert_allclose([sched(0), sched(100)], [0.1, 0.0], atol=1e-7)
+    with pytest.raises(ValueError, match="total_steps"):
+        learning_rate_schedule(0.1, "cosine")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        learning_rate_schedule(0.1, "warmup", total_steps=10)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer("lion")

@@ -26,6 +26,13 @@ def _check_real(name: str, value: float, *, positive: bool = False) -> float:
     return value
 
 
+def _check_int(name: str, value: int, minimum: int) -> int:
+    """Returns ``int(value)``; ValueError naming ``name`` unless an integer >= ``minimum``."""
+    if isinstance(value, bool) or not float(value).is_integer() or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value}.")
+    return int(value)
+
+
 def fixed(learning_rate: float) -> optax.Schedule:
     r"""Constant learning rate, :math:`\eta_t = \eta_0`.
 
@@ -49,7 +56,7 @@ def poly_to_zero(init_value: float, total_steps: float, power: float) -> optax.S
     ``optax.polynomial_schedule(init_value, 0.0, power, total_steps)``, which is the same
     formula but, under ``jit``, returns NaN for every :math:`t \ge T` when :math:`a` is
     fractional (e.g. :math:`T \in \{3, 7, 250, 1000\}`, :math:`a = 0.5`, float32): XLA turns
-    :math:`t / T` into :math:`t \cdot (1/T)`, so :math:`1 - t/T` can be :math:`-10^{-17}`, and a
+    :math:`t / T` into :math:`t \cdot (1/T)`, so :math:`1 - t/T` can be slightly negative, and a
     negative base to a fractional power is NaN. Here the base is clamped at 0.
 
     Args:
@@ -117,10 +124,10 @@ class BatchSizeSchedule(NamedTuple):
 
 
 def batch_size_schedule(
-        init_batch_size: int,
-        boundaries_and_scales: Mapping[int, float],
-        max_batch_size: int | None = None,
-        init_value: float = 1.0,
+    init_batch_size: int,
+    boundaries_and_scales: Mapping[int, float],
+    max_batch_size: int | None = None,
+    init_value: float = 1.0,
 ) -> BatchSizeSchedule:
     r"""Increase the batch size instead of decaying the learning rate (Smith et al., 2017).
 
@@ -157,40 +164,30 @@ def batch_size_schedule(
     Returns:
         A ``BatchSizeSchedule(batch_size, learning_rate)``.
     """
-    if isinstance(init_batch_size, bool) or int(init_batch_size) != init_batch_size or (
-            init_batch_size < 1
-    ):
-        raise ValueError(f"`init_batch_size` must be a positive integer, got {init_batch_size}.")
-    if max_batch_size is not None and (
-            int(max_batch_size) != max_batch_size or max_batch_size < init_batch_size
-    ):
-        raise ValueError(
-                f"`max_batch_size` must be an integer >= init_batch_size ({init_batch_size}), "
-                f"got {max_batch_size}."
-        )
+    init_batch_size = _check_int("init_batch_size", init_batch_size, 1)
+    if max_batch_size is not None:
+        max_batch_size = _check_int("max_batch_size", max_batch_size, init_batch_size)
     init_value = _check_real("init_value", init_value)
     for boundary, scale in boundaries_and_scales.items():
         if not 0 < scale <= 1:  # also rejects NaN
             raise ValueError(
-                    f"`boundaries_and_scales` factors must be in (0, 1], "
+                f"`boundaries_and_scales` factors must be in (0, 1], "
                 f"got {scale} at step {boundary}."
             )
 
     boundaries = sorted(boundaries_and_scales)
-    sizes = [int(init_batch_size)]  # sizes[k]: batch size once the first k boundaries passed
+    sizes = [init_batch_size]  # sizes[k]: batch size once the first k boundaries passed
     lr_scales = {}  # residual learning-rate factor at each boundary
     decay = 1.0
     for b in boundaries:
         decay *= boundaries_and_scales[b]
         size = round(init_batch_size / decay)
         if max_batch_size is not None:
-            size = min(size, int(max_batch_size))
+            size = min(size, max_batch_size)
         lr_scales[b] = boundaries_and_scales[b] * size / sizes[-1]
         sizes.append(size)
 
     def batch_size(step: int) -> int:
         return sizes[bisect.bisect_right(boundaries, step)]
 
-    return BatchSizeSchedule(
-            batch_size, optax.piecewise_constant_schedule(init_value, lr_scales)
-    )
+    return BatchSizeSchedule(batch_size, optax.piecewise_constant_schedule(init_value, lr_scales))

@@ -147,8 +147,8 @@ def resolve(mask: Mask, params: PyTree) -> PyTree:
     flags = jax.tree.leaves(tree)
     bad = [m for m in flags if not isinstance(m, (bool, np.bool_))]
     if bad:
-        raise TypeError(f"`mask` leaves must be Python bools (static); got {type(bad[0]).__name__}: "
-                        f"{bad[0]!r}")
+        raise TypeError("`mask` leaves must be Python bools (static); got "
+                        f"{type(bad[0]).__name__}: {bad[0]!r}")
     return mask_def.unflatten(
         [jax.tree.map(lambda _, m=bool(m): m, sub) for m, sub in zip(flags, subtrees)]
     )

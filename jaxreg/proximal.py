@@ -47,7 +47,8 @@ def proximal_elastic_net(l1: ScalarOrSchedule, l2: ScalarOrSchedule,
     Args:
       l1: L1 strength ``>= 0``, a float or a schedule ``count -> value``.
       l2: L2 strength ``>= 0``, a float or a schedule.
-      learning_rate: the step size of the optimizer before it, a float or a schedule.
+      learning_rate: the step size of the optimizer before it: the same float or schedule
+        (both count steps from 0, so they stay in step).
       mask: which leaves to regularize (:mod:`jaxreg.masks`; default kernels only).
 
     Returns:
@@ -55,8 +56,8 @@ def proximal_elastic_net(l1: ScalarOrSchedule, l2: ScalarOrSchedule,
     """
     for name, value in (("l1", l1), ("l2", l2), ("learning_rate", learning_rate)):
         check_hyperparam(name, value)
-    return leafwise("proximal_elastic_net", _prox_elastic_net, {"l1": l1, "l2": l2, "learning_rate": learning_rate},
-                    mask)
+    return leafwise("proximal_elastic_net", _prox_elastic_net,
+                    {"l1": l1, "l2": l2, "learning_rate": learning_rate}, mask)
 
 
 def proximal_l1(strength: ScalarOrSchedule, learning_rate: ScalarOrSchedule,
@@ -69,7 +70,8 @@ def proximal_l1(strength: ScalarOrSchedule, learning_rate: ScalarOrSchedule,
 
     Args:
       strength: ``>= 0``, a float or a schedule ``count -> value``.
-      learning_rate: the step size of the optimizer before it, a float or a schedule.
+      learning_rate: the step size of the optimizer before it: the same float or schedule
+        (both count steps from 0, so they stay in step).
       mask: which leaves to regularize (:mod:`jaxreg.masks`; default kernels only).
 
     Returns:

@@ -248,12 +248,12 @@ def batch_scaled_l2(strength: ScalarOrSchedule, mask: masks.Mask = None, *,
     ``b`` changes (pass it as an array argument). Seed 000 writes the step as
     ``theta <- theta - eta * grad(L + lambda_b * sum w^2)``; the convention picks the penalty:
 
-    ==================  ===============================  ====================  ===============
-    ``convention``      penalty added to the batch loss  gradient added        same as
-    ==================  ===============================  ====================  ===============
-    ``"half"`` default  ``lambda_b/2 * sum w^2``         ``lambda/b * w``      ``add_l2(lambda/b)``
-    ``"seed"``          ``lambda_b * sum w^2`` (seed)    ``2 * lambda/b * w``  ``add_l2(2*lambda/b)``
-    ==================  ===============================  ====================  ===============
+    ==================  ===========================  ====================  =====================
+    ``convention``      penalty added to batch loss  gradient added        same as
+    ==================  ===========================  ====================  =====================
+    ``"half"`` default  ``lambda_b/2 * sum w^2``     ``lambda/b * w``      ``add_l2(lambda/b)``
+    ``"seed"``          ``lambda_b * sum w^2``       ``2 * lambda/b * w``  ``add_l2(2*lambda/b)``
+    ==================  ===========================  ====================  =====================
 
     ``"half"`` matches the ``lambda/2 * R`` convention of :func:`add_l2`; ``"seed"`` reproduces
     seed 000's update literally.

@@ -12,8 +12,9 @@ mutable::
 
 Any other linen module with that call signature works with :func:`jaxreg.train.fit`.
 
-Batch normalization uses Keras' defaults (momentum 0.99, epsilon 1e-3), since the seed
-recipes are Keras models: running statistics follow ``m <- 0.99 m + 0.01 mean(batch)``.
+Batch normalization is :class:`jaxreg.nn.BatchNorm` (flax's, with a stable variance) with
+Keras' defaults (momentum 0.99, epsilon 1e-3), since the seed recipes are Keras models: running
+statistics follow ``m <- 0.99 m + 0.01 mean(batch)``.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from jaxreg.nn import BatchNorm
 
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
@@ -39,7 +42,7 @@ class SeedMLP(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         x = x.reshape(x.shape[0], -1)
         x = nn.Dense(self.hidden)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)(x)
+        x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)(x)
         return nn.Dense(self.num_classes)(nn.relu(x))
 
 
@@ -58,7 +61,7 @@ class KerasMLP(nn.Module):
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
             x = nn.Dense(width)(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)(x)
+            x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)(x)
             x = nn.relu(x)
         return nn.Dense(self.num_classes)(x)
 
@@ -78,22 +81,35 @@ class SmallCNN(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         for c in self.channels:
             x = nn.Conv(c, (3, 3))(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)(x)
+            x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)(x)
             x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
         return nn.Dense(self.num_classes)(x)
 
 
+class Linear(nn.Module):
+    """``Dense(num_classes)`` on the flattened input: with squared error and L2, ridge regression."""
+
+    num_classes: int = 1
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        del train
+        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
+    "linear": Linear,
     "seed-mlp": SeedMLP,
     "keras-mlp": KerasMLP,
     "small-cnn": SmallCNN,
 }
 
 
-def get(name: str, num_classes: int = 10) -> nn.Module:
-    """The registered model ``name`` (one of :data:`MODELS`) with ``num_classes`` outputs."""
+def get(name: str, num_classes: int | None = 10) -> nn.Module:
+    """The registered model ``name`` (one of :data:`MODELS`) with ``num_classes`` outputs
+    (``None``, a regression dataset's ``num_classes``: one output)."""
     try:
-        return MODELS[name](num_classes=num_classes)
+        return MODELS[name](num_classes=num_classes or 1)
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}") from None

@@ -6,7 +6,7 @@ import pytest
 from jaxreg import models
 
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("name", sorted(set(models.MODELS) - {"linear"}))
 def test_shapes_and_collections(name):
     model = models.get(name, num_classes=7)
     x = jax.random.uniform(jax.random.key(0), (4, 12, 12, 1))
@@ -27,6 +27,13 @@ def test_seed_mlp_layout():
     assert shapes["Dense_0"]["kernel"] == (784, 50)
     assert shapes["Dense_1"]["kernel"] == (50, 10)
     assert jax.tree.map(jnp.shape, variables["batch_stats"]) == {"BatchNorm_0": {"mean": (50,), "var": (50,)}}
+
+
+def test_linear_for_regression():
+    model = models.get("linear", num_classes=None)
+    variables = model.init(jax.random.key(0), jnp.zeros((3, 50)), train=False)
+    assert set(variables) == {"params"}
+    assert model.apply(variables, jnp.zeros((3, 50)), train=True).shape == (3, 1)
 
 
 def test_unknown_model():

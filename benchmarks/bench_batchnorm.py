@@ -1,0 +1,90 @@
+"""BatchNorm forward+backward: jaxreg.nn.BatchNorm vs flax.linen.BatchNorm (and torch if present).
+
+One training step of the layer alone: ``jit(value_and_grad)`` of ``sum(y * w)`` with respect to
+the params and the input, ``batch_stats`` mutable (running statistics updated), NHWC input,
+statistics over N, H, W. jaxreg uses its default stable variance (``E[(x - mean)^2]``), flax its
+default fast variance (``E[x^2] - E[x]^2``); the target is at most 5% slower. If torch is
+importable, ``torch.nn.BatchNorm2d`` on a channels_last tensor (forward + backward) is timed in the
+same interleaved loop and reported in extra rows (informational, no target).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as fnn
+import jax
+import jax.numpy as jnp
+
+from benchmarks.timing import interleaved_medians, row
+from jaxreg.nn import BatchNorm
+
+TARGET = "<= 1.05"
+
+
+def _sizes(quick: bool) -> tuple[int, int, int, int]:
+    if quick:
+        return (32, 14, 14, 64)
+    return (128, 56, 56, 256) if jax.default_backend() == "gpu" else (64, 28, 28, 128)
+
+
+def _jax_step(module: fnn.Module, x: jax.Array) -> Callable[[], Any]:
+    variables = module.init(jax.random.key(0), x)
+    params, stats = variables["params"], variables["batch_stats"]
+    w = jax.random.normal(jax.random.key(1), x.shape, x.dtype)
+
+    def loss(p, xx):
+        y, new = module.apply({"params": p, "batch_stats": stats}, xx, mutable=["batch_stats"])
+        return jnp.sum(y.astype(jnp.float32) * w), new
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    return lambda: step(params, x)
+
+
+def _torch_step(shape: tuple[int, int, int, int], dtype_name: str) -> Callable[[], Any] | None:
+    """``BatchNorm2d`` forward+backward on an NCHW tensor stored channels_last, or None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    n, h, w, c = shape
+    dtype = getattr(torch, dtype_name)
+    bn = torch.nn.BatchNorm2d(c).to(device=device, dtype=dtype)
+    x = torch.randn(n, c, h, w, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    dy = torch.randn_like(x)
+
+    def step() -> None:
+        bn.zero_grad(set_to_none=True)
+        x.grad = None
+        (bn(x).float() * dy).sum().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    shape = _sizes(quick)
+    repeats = 51 if quick else 21
+    rows = []
+    for dtype in (jnp.float32, jnp.bfloat16):
+        name = jnp.dtype(dtype).name
+        config = f"fwd+bwd train {'x'.join(map(str, shape))} {name}"
+        x = (jax.random.normal(jax.random.key(2), shape) * 3 + 1).astype(dtype)
+        fns = {
+            "jaxreg": _jax_step(BatchNorm(use_running_average=False), x),
+            "flax": _jax_step(fnn.BatchNorm(use_running_average=False), x),
+        }
+        torch_step = _torch_step(shape, name)
+        if torch_step is not None:
+            fns["torch"] = torch_step
+        times = interleaved_medians(fns, repeats=repeats, warmup=2)
+        rows.append(row("batchnorm", config, times["jaxreg"], "flax.linen.BatchNorm",
+                        times["flax"], TARGET))
+        if torch_step is not None:
+            rows.append(row("batchnorm", config + " channels_last", times["jaxreg"],
+                            "torch.nn.BatchNorm2d", times["torch"], "info"))
+    if "torch" not in fns:
+        print("bench_batchnorm: torch is not importable; skipping torch.nn.BatchNorm2d rows")
+    return rows

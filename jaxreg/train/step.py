@@ -59,12 +59,25 @@ def train_step(
     tx: optax.GradientTransformation,
     loss_fn: LossFn = cross_entropy,
     compute_dtype: Any = None,
+    accumulate: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One step on the batch ``(x, y)``; returns the new state and scalar metrics.
 
     The gradient of ``mean_i loss_fn(model(x_i), y_i)`` goes through
     ``state.apply_gradients(tx, grads, batch_size=B)``, so batch-size-scaled regularizers see
     the batch size. Batch statistics come from ``model.apply(..., mutable=['batch_stats'])``.
+    On sharded inputs under ``jax.jit``, ``B`` and all means are global
+    (:mod:`jaxreg.train.distributed`).
+
+    Gradient accumulation (``accumulate=k``): the batch is cut into ``k`` micro-batches of
+    ``B / k`` (micro-batch ``j`` is examples ``j, j + k, j + 2k, ...``, so each stays split
+    over the devices like the batch), run one after another in a ``lax.scan``: activation
+    memory is that of ``B / k`` examples. Their gradients are averaged and applied once, so
+    the optimizer makes one step and regularizers see ``batch_size=B = k * (B / k)``, the
+    effective batch; without batch normalization this is the full-batch step up to float
+    rounding. Batch normalization normalizes each micro-batch by its own statistics and
+    updates the running averages after each, ``k`` times per step (as ``k`` steps of
+    ``B / k`` would). Dropout uses ``fold_in(step key, j)`` for micro-batch ``j``.
 
     Mixed precision (``compute_dtype=jnp.bfloat16``): parameters and inputs are cast to bf16 for
     the forward and backward pass, while the optimizer updates the float32 parameters (the
@@ -76,22 +89,40 @@ def train_step(
     """
     dropout_key = jax.random.fold_in(state.key, state.step)
 
-    def objective(params):
-        variables = {"params": _cast(params, compute_dtype), "batch_stats": state.batch_stats}
-        outputs, updates = model.apply(
-            variables, _cast(x, compute_dtype), train=True, mutable=["batch_stats"],
-            rngs={"dropout": dropout_key},
-        )
-        outputs = outputs.astype(jnp.float32)
-        losses = loss_fn(outputs, y)
-        return losses.mean(), (_metrics(outputs, y, losses), updates.get("batch_stats", {}))
+    def grads_and_stats(batch_stats, x, y, key):
+        def objective(params):
+            variables = {"params": _cast(params, compute_dtype), "batch_stats": batch_stats}
+            outputs, updates = model.apply(
+                variables, _cast(x, compute_dtype), train=True, mutable=["batch_stats"], rngs={"dropout": key},
+            )
+            outputs = outputs.astype(jnp.float32)
+            losses = loss_fn(outputs, y)
+            new_stats = jax.tree.map(lambda new, old: new.astype(old.dtype), updates.get("batch_stats", {}),
+                                     batch_stats)
+            return losses.mean(), (_metrics(outputs, y, losses), new_stats)
 
-    (_, (metrics, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        (_, (metrics, new_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        return grads, metrics, new_stats
+
+    if accumulate == 1:
+        grads, metrics, batch_stats = grads_and_stats(state.batch_stats, x, y, dropout_key)
+    else:
+        def micro(a):  # [B, ...] -> [k, B / k, ...], micro-batch j = rows j::k
+            return a.reshape(a.shape[0] // accumulate, accumulate, *a.shape[1:]).swapaxes(0, 1)
+
+        def accumulate_micro(carry, batch):
+            batch_stats, grad_sum = carry
+            xm, ym, j = batch
+            grads, metrics, batch_stats = grads_and_stats(batch_stats, xm, ym, jax.random.fold_in(dropout_key, j))
+            return (batch_stats, jax.tree.map(jnp.add, grad_sum, grads)), metrics
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (batch_stats, grad_sum), metrics = jax.lax.scan(
+            accumulate_micro, (state.batch_stats, zeros), (micro(x), micro(y), jnp.arange(accumulate)))
+        grads = jax.tree.map(lambda g: g / accumulate, grad_sum)
     new_state = state.apply_gradients(tx, grads, batch_size=x.shape[0])
     finite = optax.tree_utils.tree_get(new_state.opt_state, "last_finite", default=jnp.array(True))
-    batch_stats = jax.tree.map(
-        lambda new, old: jnp.where(finite, new.astype(old.dtype), old), batch_stats, state.batch_stats
-    )
+    batch_stats = jax.tree.map(lambda new, old: jnp.where(finite, new, old), batch_stats, state.batch_stats)
     metrics = {k: v.mean() for k, v in metrics.items()}
     metrics["skipped"] = ~finite
     return new_state.replace(batch_stats=batch_stats), metrics

@@ -253,6 +253,42 @@ def test_stable_variance_at_large_mean_over_std():
     np.testing.assert_allclose(fast_stats["var"], flax_stats["var"], rtol=1e-6)
 
 
+def test_stable_variance_with_masks_and_ghost_batches():
+    """The shift is taken from unmasked elements, and per ghost batch."""
+    k1, k2 = jax.random.split(jax.random.key(1))
+    shape = (16, 10, 3)
+    x = (-2e4 + 2.0 * jax.random.normal(k1, shape)).astype(jnp.float32)
+    mask = jax.random.bernoulli(k2, 0.7, shape[:2] + (1,)).at[:, 0].set(False)  # slice 0 masked
+    ref = np_batchnorm(x, -1, np.ones(3), np.zeros(3), np.zeros(shape), np.asarray(mask))
+    bn = BatchNorm(momentum=0.0)
+    variables = bn.init(jax.random.key(0), x, use_running_average=False)
+    y, stats, _, _ = train_step(bn, variables, x, jnp.zeros(shape), mask)
+    np.testing.assert_allclose(stats["var"], ref["var"], rtol=1e-3)
+    np.testing.assert_allclose(y, ref["y"], atol=2e-3)
+    ghost = BatchNorm(momentum=0.0, virtual_batch_size=4)
+    y, stats, _, _ = train_step(ghost, variables, x, jnp.zeros(shape))
+    refs = [np_batchnorm(x[i:i + 4], -1, np.ones(3), np.zeros(3), np.zeros((4, 10, 3)))
+            for i in range(0, 16, 4)]
+    np.testing.assert_allclose(stats["var"], np.mean([r["var"] for r in refs], 0), rtol=1e-3)
+
+
+def test_second_derivatives_match_flax_exact_autodiff():
+    """The stop_gradient shift leaves derivatives of every order exact (e.g. gradient penalties)."""
+    x, dy, _, _ = random_inputs((5, 3), -1)
+
+    def hessian(module):
+        variables = module.init(jax.random.key(0), x, use_running_average=False)
+
+        def loss(x):
+            y, _ = module.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+            return jnp.sum(jnp.sin(y) * dy)
+
+        return jax.jit(jax.hessian(loss))(x)
+
+    expected = hessian(fnn.BatchNorm(use_fast_variance=False))  # differentiates E[(x - mean)^2]
+    np.testing.assert_allclose(hessian(BatchNorm()), expected, atol=1e-4, rtol=1e-4)
+
+
 def test_half_precision_inputs_keep_float32_statistics():
     x, dy, _, _ = random_inputs((16, 4, 4, 6), -1)
     for dtype in (jnp.bfloat16, jnp.float16):

@@ -31,20 +31,25 @@ update only (normalization always uses the biased variance), as PyTorch does.
 Differences from ``flax.linen.BatchNorm`` (same fields, call signature, variable names, shapes
 and dtypes, so checkpoints load unchanged):
 
-* ``use_fast_variance`` defaults to ``False``: the variance is ``E[(x - mu)^2]`` computed after
-  the mean (two reductions), accurate at any ``|mean| / std``. flax's default
-  ``E[x^2] - E[x]^2`` (kept as ``use_fast_variance=True``) cancels catastrophically when
-  ``|mean| / std`` is large (at 1e4 in float32 it returns noise or 0). The gradient does not
-  flow through the mean inside the variance (``d var / d mu = 0`` exactly), which keeps the
-  backward pass as cheap as flax's.
-* With ``axis_name`` the statistics are exact over all devices: the per-device element counts
-  and sums are ``psum``-ed, giving the global mean, then the centred sums of squares around the
-  global mean are ``psum``-ed. flax averages per-device means (``pmean``), which is wrong when
-  devices hold different numbers of valid elements (masks, uneven shards; flax issue 2417).
+* ``use_fast_variance`` defaults to ``False``: the sums are taken around a per-feature shift
+  ``c`` close to the mean (the mean of a thin slice of the batch), ``var = E[(x - c)^2] -
+  (E[x] - c)^2``, accurate at any ``|mean| / std`` and still one pass over ``x``. flax's default
+  ``E[x^2] - E[x]^2`` (``c = 0``, kept as ``use_fast_variance=True``) cancels catastrophically
+  when ``|mean| / std`` is large (at 1e4 in float32 it returns noise or 0). flax's own
+  ``use_fast_variance=False`` (mean first, then ``E[(x - mean)^2]``) is exact but reads ``x``
+  one more time. Limitation: if the slice's mean is ~100 standard deviations or more from the
+  batch mean (e.g. a batch sorted by value), the relative error grows like
+  ``float_eps * ((mean - c) / std)^2``.
+* With ``axis_name`` the statistics are exact over all devices: the shift ``c`` is averaged
+  over devices, then the per-device element counts and shifted sums (of ``x - c`` and
+  ``(x - c)^2``) are ``psum``-ed in one collective. flax averages per-device means and
+  per-device ``E[x^2]`` (``pmean``), which is wrong when devices hold different numbers of
+  valid elements (masks, uneven shards; flax issue 2417).
 * ``virtual_batch_size`` (ghost batch normalization) and ``unbiased_running_var`` are extra.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -105,48 +110,69 @@ def _moments(
     axis_name: str | None,
     axis_index_groups: Any,
     use_fast_variance: bool,
+    fallback_shift: Array,
 ) -> tuple[Array, Array, Array]:
     """Count, mean and biased variance of ``x`` over ``reduction_axes`` (kept as size-1 axes).
 
-    ``mask`` (broadcastable to ``x``) selects the elements that count. With ``axis_name`` the
-    result is over the elements of every device in the named axis (exact for unequal counts):
-    one stacked ``psum`` of (count, sum[, sum of squares]) and, for the stable variance, one
-    ``psum`` of the sums of squares centred on the global mean.
+    One pass over ``x`` for the shifted sums ``S1 = sum(x - c)``, ``S2 = sum((x - c)^2)``::
+
+        mean = c + S1 / N,    var = S2 / N - (S1 / N)^2
+
+    exact for any per-feature constant ``c``. ``use_fast_variance`` takes ``c = 0`` (flax's
+    ``E[x^2] - E[x]^2``: catastrophic cancellation when ``|mean| / std`` is large). Otherwise
+    ``c`` is the mean of a thin slice of ``x`` (index 0 along the longest reduction axis, masked
+    elements excluded; ``fallback_shift`` if that slice has none), so ``|mean - c|`` is a few
+    standard deviations and the float32 result is accurate at any ``|mean| / std``, at the cost
+    of reading ``x`` once, as flax's fast variance does. ``c`` is a ``stop_gradient`` constant:
+    since the formulas hold for every ``c``, derivatives of all orders are exact.
+
+    ``mask`` (broadcastable to ``x``) selects the elements that count. With ``axis_name``, ``c``
+    is averaged over devices (``pmean``), then (N, S1, S2) are ``psum``-ed in one collective, so
+    the statistics are those of all devices' elements together, exact for unequal counts.
     """
     x = jnp.asarray(x, dtype)
     stat_shape = tuple(1 if a in reduction_axes else d for a, d in enumerate(x.shape))
     if mask is None:
         where = None
-        count = jnp.full(stat_shape, x.size // max(1, _prod(stat_shape)), dtype)
+        count = jnp.full(stat_shape, x.size // math.prod(stat_shape), dtype)
     else:
         where = jnp.broadcast_to(jnp.asarray(mask, bool), x.shape)
         count = jnp.sum(where, reduction_axes, keepdims=True, dtype=dtype)
 
-    def global_sums(*sums: Array) -> tuple[Array, ...]:
-        if axis_name is None:
-            return sums
-        return tuple(lax.psum(jnp.stack(sums), axis_name, axis_index_groups=axis_index_groups))
+    shift = None
+    if not use_fast_variance:
+        shift = _pilot_mean(x, where, reduction_axes, jnp.asarray(fallback_shift, dtype))
+        if axis_name is not None:
+            shift = lax.pmean(shift, axis_name, axis_index_groups=axis_index_groups)
+        x = x - shift
+    sums = (
+        count,
+        jnp.sum(x, reduction_axes, keepdims=True, where=where),
+        jnp.sum(lax.square(x), reduction_axes, keepdims=True, where=where),
+    )
+    if axis_name is not None:
+        sums = tuple(lax.psum(jnp.stack(sums), axis_name, axis_index_groups=axis_index_groups))
+    count, s1, s2 = sums
+    mean = s1 / count
+    # S2/N - (S1/N)^2 can round below 0 (only when the shift is far from the mean).
+    var = jnp.maximum(0.0, s2 / count - lax.square(mean))
+    return count, (mean if shift is None else shift + mean), var
 
-    def local_sum(v: Array) -> Array:
-        return jnp.sum(v, reduction_axes, keepdims=True, where=where)
 
-    if use_fast_variance:
-        count, s1, s2 = global_sums(count, local_sum(x), local_sum(lax.square(x)))
-        mean = s1 / count
-        var = jnp.maximum(0.0, s2 / count - lax.square(mean))
-    else:
-        count, s1 = global_sums(count, local_sum(x))
-        mean = s1 / count
-        (m2,) = global_sums(local_sum(lax.square(x - lax.stop_gradient(mean))))
-        var = m2 / count
-    return count, mean, var
-
-
-def _prod(shape: Sequence[int]) -> int:
-    out = 1
-    for d in shape:
-        out *= d
-    return out
+def _pilot_mean(
+    x: Array, where: Array | None, reduction_axes: tuple[int, ...], fallback: Array
+) -> Array:
+    """Mean over ``reduction_axes`` of the slice ``x[..., 0, ...]`` of the longest one (constant)."""
+    if not reduction_axes:
+        return lax.stop_gradient(x)
+    axis = max(reduction_axes, key=lambda a: x.shape[a])
+    x0 = lax.slice_in_dim(x, 0, 1, axis=axis)
+    if where is None:
+        return lax.stop_gradient(x0.mean(reduction_axes, keepdims=True))
+    w0 = lax.slice_in_dim(where, 0, 1, axis=axis)
+    n0 = w0.sum(reduction_axes, keepdims=True)
+    s0 = jnp.sum(x0, reduction_axes, keepdims=True, where=w0)
+    return lax.stop_gradient(jnp.where(n0 > 0, s0 / jnp.maximum(n0, 1), fallback))
 
 
 def _normalize(
@@ -261,6 +287,7 @@ def _batch_norm(
         axis_name=None if mdl.is_initializing() else mdl.axis_name,
         axis_index_groups=mdl.axis_index_groups,
         use_fast_variance=mdl.use_fast_variance,
+        fallback_shift=ra_mean.value.reshape(broadcast_shape),
     )
     renorm = None
     if renorm_fn is not None:
@@ -331,8 +358,8 @@ class BatchNorm(nn.Module):
       bias_init, scale_init: initializers (zeros / ones).
       axis_name: named device axis (pmap/shard_map) over which statistics are computed exactly.
       axis_index_groups: subgroups of ``axis_name`` (as in ``lax.psum``).
-      use_fast_variance: ``E[x^2] - E[x]^2`` in one pass (flax's default; inaccurate when
-        ``|mean| / std`` is large). Default ``False``: ``E[(x - mean)^2]``.
+      use_fast_variance: ``E[x^2] - E[x]^2`` (flax's default; inaccurate when ``|mean| / std``
+        is large). Default ``False``: sums around a shift near the mean (as fast, accurate).
       force_float32_reductions: statistics in at least float32 and ``batch_stats`` in float32
         (default); if ``False``, statistics in the input dtype and ``batch_stats`` in
         ``param_dtype``, as in flax.

@@ -1,0 +1,310 @@
+"""``jaxreg train`` (train one model, write a run directory) and ``jaxreg eval`` (re-evaluate it).
+
+A run directory (``--out``, default ``runs/<UTC timestamp>``) holds::
+
+    config.json    the resolved settings, written before training; ``--resume`` and ``eval``
+                   rebuild the run from it, so a resumed run keeps its original settings
+    checkpoints/   orbax checkpoints after each epoch (:mod:`jaxreg.train.checkpoint`)
+    metrics.json   written when training finishes: config, data source, timings, final test
+                   and training metrics, per-epoch history, jax version and backend
+    curves.png     loss, accuracy and learning rate per epoch (:func:`jaxreg.plots.plot_history`)
+    eval.json      written by ``jaxreg eval``
+
+With no flags, ``jaxreg train`` is seed 004's recipe (SeedMLP, Adam 1e-3, batch 128, 10 epochs)
+plus a batch-scaled L2 penalty of strength :data:`DEFAULT_L2` (``DEFAULT_L2 / 128`` per step).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from jaxreg import models
+from jaxreg.data import DATASETS, DataError, Dataset, load
+from jaxreg.plots import plot_history
+from jaxreg.train import checkpoint, fit
+from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES
+
+DEFAULT_L2 = 0.05
+"""Default L2 strength, batch-scaled: the penalty gradient is ``(0.05 / 128) w`` at batch 128.
+Fashion-MNIST, default recipe, seed 0, 10% validation hold-out, best validation accuracy of
+0.025 / 0.05 / 0.1 (see the CLI's commit message for the numbers)."""
+
+MODELS = {"seed-mlp": "seed-mlp", "keras-mlp": "keras-mlp", "cnn": "small-cnn", "linear": "linear"}
+"""Command-line model names -> :data:`jaxreg.models.MODELS` names."""
+
+PLATEAU_VALIDATION_SPLIT = 0.1
+"""``--validation-split`` default with ``--plateau`` (which monitors ``val_loss``); without
+it the default is 0, training on the whole training split as seed 004 does."""
+
+
+def _checked(convert, ok, expected: str):
+    """An argparse ``type``: ``convert(text)``, rejected unless ``ok(value)``."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    parse.__name__ = expected  # argparse names the type by it in some messages
+    return parse
+
+
+positive_int = _checked(int, lambda v: v > 0, "a positive integer")
+non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _checked(float, lambda v: 0 < v < math.inf, "a positive number")
+non_negative_float = _checked(float, lambda v: 0 <= v < math.inf, "a number >= 0")
+fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+readable_dir = _checked(Path, lambda p: p.is_dir() and os.access(p, os.R_OK | os.X_OK),
+                        "a readable directory")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Registers ``train`` and ``eval``."""
+    train = subparsers.add_parser(
+        "train", help="train a model and write a run directory",
+        description="Train a model and write config.json, checkpoints/, metrics.json and "
+                    "curves.png to a run directory. With no flags: seed 004's recipe (SeedMLP, "
+                    "Adam 1e-3, batch 128, 10 epochs) with a batch-scaled L2 penalty.")
+    add_train_arguments(train)
+    train.set_defaults(run=run_train, parser=train)
+
+    evaluate = subparsers.add_parser(
+        "eval", help="evaluate a run's latest checkpoint on the test split",
+        description="Rebuild the model of a run from DIR/config.json, restore its latest "
+                    "checkpoint, evaluate it on the test split, print and write DIR/eval.json.")
+    evaluate.add_argument("--run", dest="run_dir", type=readable_dir, required=True, metavar="DIR",
+                          help="the run directory (jaxreg train's --out)")
+    evaluate.add_argument("--dataset", choices=DATASETS,
+                          help="evaluate on this dataset instead of the run's (same input shape)")
+    evaluate.add_argument("--data-dir", type=readable_dir, metavar="DIR",
+                          help="directory holding the dataset's IDX files (default: the run's)")
+    evaluate.set_defaults(run=run_eval, parser=evaluate)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """All of ``jaxreg train``'s flags, by group (add a group here for new settings)."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS,
+                      help="default: fashion-mnist if its files are found locally (never "
+                           "downloaded by default), else digits; stdout says which and why")
+    data.add_argument("--data-dir", type=readable_dir, metavar="DIR",
+                      help="directory holding the IDX files (searched first)")
+    data.add_argument("--validation-split", type=fraction, metavar="F",
+                      help=f"hold out the last fraction F of the training split for val_* "
+                           f"metrics (default: {PLATEAU_VALIDATION_SPLIT} with --plateau, else 0)")
+
+    training = parser.add_argument_group("model and training")
+    training.add_argument("--model", choices=MODELS, default="seed-mlp",
+                          help="seed-mlp: Dense(50)+BN+Dense; keras-mlp: Dense(128)+BN, "
+                               "Dense(64)+BN; cnn: 2 conv blocks + Dense(128); linear "
+                               "(default: %(default)s)")
+    training.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default: %(default)s)")
+    training.add_argument("--batch-size", type=positive_int, default=128, metavar="B",
+                          help="examples per step; the last partial batch is dropped (default: %(default)s)")
+    training.add_argument("--seed", type=non_negative_int, default=0,
+                          help="initialization and data-order seed (default: %(default)s)")
+
+    opt = parser.add_argument_group("optimizer")
+    opt.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
+                     help="momentum is SGD with momentum 0.9 (default: %(default)s)")
+    opt.add_argument("--lr", type=positive_float, default=1e-3, help="(initial) learning rate (default: %(default)s)")
+    opt.add_argument("--schedule", choices=SCHEDULES, default="fixed",
+                     help="learning-rate schedule over the run: poly (linear to 0), step, cosine "
+                     "(default: %(default)s)")
+
+    reg = parser.add_argument_group("regularization")
+    reg.add_argument("--l2", type=non_negative_float, metavar="LAMBDA",
+                     help=f"L2 strength on kernels, penalty LAMBDA/2 ||w||^2 (default: "
+                          f"{DEFAULT_L2} batch-scaled, 0 with --no-batch-scaled)")
+    reg.add_argument("--batch-scaled", action=argparse.BooleanOptionalAction, default=True,
+                     help="divide the L2 strength by the batch size at each step, LAMBDA/B "
+                          "(default: on)")
+    reg.add_argument("--l1", type=non_negative_float, default=0.0, metavar="LAMBDA",
+                     help="L1 strength on kernels, penalty LAMBDA ||w||_1 (default: %(default)s)")
+    reg.add_argument("--proximal", action="store_true",
+                     help="apply L1 as a proximal soft-thresholding step (exact zeros) "
+                          "instead of a subgradient")
+    reg.add_argument("--plateau", action="store_true",
+                     help="reduce the learning rate when val_loss stops improving")
+    reg.add_argument("--plateau-factor", type=open_fraction, default=0.5, metavar="F",
+                     help="with --plateau: multiply the learning rate by F (default: %(default)s)")
+    reg.add_argument("--plateau-patience", type=positive_int, default=2, metavar="N",
+                     help="with --plateau: after N epochs without improvement (default: %(default)s)")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", type=Path, metavar="DIR",
+                     help="run directory (default: runs/<UTC timestamp>)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its latest checkpoint, with the "
+                          "settings of its config.json (a finished run is only re-reported)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (default: a tqdm bar on stderr)")
+
+
+def load_dataset(name: str | None, data_dir: Path | None) -> tuple[Dataset, str]:
+    """The dataset ``name`` and a line saying which and why; ``None``: Fashion-MNIST if its
+    files are found without downloading, else digits."""
+    if name is not None:
+        data = load(name, data_dir=data_dir)
+        return data, f"dataset: {name}, from {data.source}"
+    try:
+        data = load("fashion-mnist", data_dir=data_dir, download=False)
+        return data, f"dataset: fashion-mnist (default; files found in {data.source})"
+    except DataError as e:
+        reason = str(e).splitlines()[0]
+        return load("digits"), (f"dataset: digits (default fallback: fashion-mnist is not usable "
+                                f"without a download: {reason}; --dataset fashion-mnist may download it)")
+
+
+def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
+    """The run's settings, JSON-serializable; ``optimizer`` holds :func:`make_optimizer`'s
+    keyword arguments (``total_steps`` aside, which ``fit`` fills in)."""
+    validation_split = args.validation_split
+    if validation_split is None:
+        validation_split = PLATEAU_VALIDATION_SPLIT if args.plateau else 0.0
+    if len(data.x_train) - round(len(data.x_train) * validation_split) < args.batch_size:
+        raise ValueError(f"--batch-size {args.batch_size} exceeds the {data.name} examples left "
+                         f"for training (validation split {validation_split})")
+    l2 = args.l2 if args.l2 is not None else (DEFAULT_L2 if args.batch_scaled else 0.0)
+    plateau = dict(factor=args.plateau_factor, patience=args.plateau_patience) if args.plateau else None
+    return dict(
+        dataset=data.name, data_dir=None if args.data_dir is None else str(args.data_dir.absolute()),
+        model=args.model, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+        validation_split=validation_split,
+        optimizer=dict(name=args.optimizer, learning_rate=args.lr, schedule=args.schedule, l2=l2,
+                       l1=args.l1, batch_scaled=args.batch_scaled, proximal=args.proximal,
+                       plateau=plateau),
+    )
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Writes ``obj`` to ``path`` atomically (a temporary file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "config.json").read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{run_dir}: not a jaxreg run directory (no config.json)") from None
+
+
+def _fit(config: dict[str, Any], data: Dataset, run_dir: Path, *, epochs: int, resume: bool,
+         progress: bool):
+    """``fit`` with the run's settings, checkpointing to (and resuming from) ``run_dir``."""
+    model = models.get(MODELS[config["model"]], data.num_classes)
+    return fit(model, config["optimizer"], data, epochs=epochs, batch_size=config["batch_size"],
+               seed=config["seed"], validation_split=config["validation_split"],
+               checkpoint_dir=str(run_dir / "checkpoints"), resume=resume, progress=progress)
+
+
+def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: bool = False,
+              progress: bool = True) -> dict[str, Any]:
+    """Trains the run ``config`` describes on ``data`` (continuing from the latest checkpoint
+    in ``run_dir`` when ``resume``), writes ``metrics.json`` and ``curves.png``, and returns
+    the metrics. ``train_seconds`` is the wall time of this call's ``fit`` (compilation,
+    epochs, validation, checkpoints, test evaluation); a resumed run counts only its own part,
+    from ``resumed_from_epoch`` on."""
+    start = 0
+    if resume:
+        mngr = checkpoint.manager(run_dir / "checkpoints")
+        start = mngr.latest_step() or 0
+        mngr.close()
+    t0 = time.perf_counter()
+    result = _fit(config, data, run_dir, epochs=config["epochs"], resume=resume, progress=progress)
+    train_seconds = time.perf_counter() - t0
+    # the examples trained on: fit holds out the last validation_split of the training split
+    n_fit = len(data.x_train) - int(round(len(data.x_train) * config["validation_split"]))
+    train = result.evaluate(result.state, data.x_train[:n_fit], data.y_train[:n_fit])
+    metrics = dict(
+        config, data_source=data.source, epochs_completed=len(result.history.get("loss", [])),
+        resumed_from_epoch=start, train_seconds=train_seconds,
+        test_loss=result.test["loss"], test_accuracy=result.test.get("accuracy"),
+        train_loss=train["loss"], train_accuracy=train.get("accuracy"),
+        history=result.history, jax_version=jax.__version__, backend=jax.default_backend(),
+        devices=[str(d) for d in jax.devices()],
+    )
+    plot_history(result.history, run_dir / "curves.png", title=f"{config['model']} on {config['dataset']}")
+    _write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def summary(metrics: dict[str, Any], run_dir: Path) -> str:
+    """The one-line report of a finished run."""
+    def score(split: str) -> str:
+        accuracy = metrics[f"{split}_accuracy"]
+        return f"{split} loss {metrics[f'{split}_loss']:.4g}" if accuracy is None else f"{split} acc {accuracy:.4f}"
+    return (f"{metrics['dataset']}: {metrics['epochs_completed']} epochs, {score('test')}, "
+            f"{score('train')}, {metrics['train_seconds']:.1f} s, {run_dir}")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``jaxreg train``: a new run in ``--out``, or with ``--resume`` the run already there."""
+    if args.resume:
+        if args.out is None:
+            raise ValueError("--resume needs --out DIR, the run to continue")
+        run_dir = args.out
+        config = _read_config(run_dir)
+        if (run_dir / "metrics.json").exists():
+            print(f"{run_dir} is finished; its metrics:")
+            print(summary(json.loads((run_dir / "metrics.json").read_text()), run_dir))
+            return 0
+        data = load(config["dataset"], data_dir=args.data_dir or config["data_dir"])
+        print(f"resuming {run_dir} with its config.json; dataset: {data.name}, from {data.source}")
+    else:
+        run_dir = args.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        if (run_dir / "config.json").exists():
+            raise ValueError(f"{run_dir} already holds a run: pass --resume to continue it, "
+                             f"or choose another --out")
+        data, why = load_dataset(args.dataset, args.data_dir)
+        print(why)
+        config = make_config(args, data)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "config.json", config)
+    metrics = train_run(config, data, run_dir, resume=args.resume, progress=not args.no_progress)
+    print(summary(metrics, run_dir))
+    return 0
+
+
+def evaluate_run(run_dir: Path, dataset: str | None = None, data_dir: Path | None = None) -> dict[str, Any]:
+    """Test metrics of the latest checkpoint in ``run_dir`` (on ``dataset`` if given, else
+    the run's), also written to ``run_dir/eval.json``.
+
+    The model and optimizer are rebuilt from ``config.json`` by ``fit`` itself, which resumes
+    at the latest checkpoint, has no epoch left to run, and evaluates the test split.
+    """
+    config = _read_config(run_dir)
+    if not (run_dir / "checkpoints").is_dir():
+        raise ValueError(f"{run_dir}: no checkpoints directory")
+    mngr = checkpoint.manager(run_dir / "checkpoints")
+    epoch = mngr.latest_step()
+    mngr.close()
+    if epoch is None:
+        raise ValueError(f"{run_dir}: no checkpoint to evaluate")
+    data = load(dataset or config["dataset"], data_dir=data_dir or config["data_dir"])
+    result = _fit(config, data, run_dir, epochs=epoch, resume=True, progress=False)
+    metrics = dict(run=str(run_dir), dataset=data.name, data_source=data.source, epoch=epoch,
+                   test_loss=result.test["loss"], test_accuracy=result.test.get("accuracy"))
+    _write_json(run_dir / "eval.json", metrics)
+    return metrics
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``jaxreg eval``: prints the test metrics of ``--run``'s latest checkpoint."""
+    m = evaluate_run(args.run_dir, args.dataset, args.data_dir)
+    accuracy = "" if m["test_accuracy"] is None else f"test acc {m['test_accuracy']:.4f}, "
+    print(f"{m['dataset']}: {accuracy}test loss {m['test_loss']:.4g} "
+          f"(epoch {m['epoch']} of {m['run']})")
+    return 0

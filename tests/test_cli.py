@@ -1,0 +1,183 @@
+"""The ``jaxreg`` command line: train/eval/resume end to end on digits, help, and bad input.
+
+One small run (digits, 2 epochs, batch 32, with --plateau so validation and the plateau are on)
+is shared by the module; everything else reuses it or fails before training.
+"""
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from jaxreg.cli import main
+from jaxreg.cli import train as train_cli
+from jaxreg.plots import plot_history
+
+RUN_ARGS = ["--dataset", "digits", "--epochs", "2", "--batch-size", "32", "--plateau", "--no-progress"]
+
+
+def run_main(argv):
+    """``(exit status, stdout, stderr)`` of ``main(argv)`` in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(argv)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished run: its directory, metrics.json contents and stdout."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    status, out, err = run_main(["train", *RUN_ARGS, "--out", str(run_dir)])
+    assert status == 0, err
+    return run_dir, json.loads((run_dir / "metrics.json").read_text()), out
+
+
+def test_train_writes_metrics(run):
+    run_dir, metrics, out = run
+    assert metrics["dataset"] == "digits" and "scikit-learn" in metrics["data_source"]
+    assert metrics["model"] == "seed-mlp"
+    assert (metrics["epochs"], metrics["epochs_completed"], metrics["batch_size"]) == (2, 2, 32)
+    assert metrics["validation_split"] == 0.1  # the --plateau default
+    assert metrics["optimizer"] == dict(name="adam", learning_rate=1e-3, schedule="fixed",
+                                        l2=train_cli.DEFAULT_L2, l1=0.0, batch_scaled=True,
+                                        proximal=False, plateau=dict(factor=0.5, patience=2))
+    for key in ("train_seconds", "test_loss", "test_accuracy", "train_loss", "train_accuracy"):
+        assert isinstance(metrics[key], float) and np.isfinite(metrics[key]), key
+    assert metrics["test_accuracy"] > 0.6  # chance is 0.1; this run reaches about 0.8
+    assert metrics["train_accuracy"] > 0.6
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "l2_strength"):
+        assert len(metrics["history"][key]) == 2, key
+    assert metrics["history"]["l2_strength"][0] == pytest.approx(train_cli.DEFAULT_L2 / 32)
+    assert isinstance(metrics["jax_version"], str) and metrics["backend"] == "cpu"
+    assert json.loads((run_dir / "config.json").read_text())["epochs"] == 2
+    assert (run_dir / "checkpoints" / "2").is_dir()
+    assert out.splitlines()[0].startswith("dataset: digits")
+    summary = out.splitlines()[-1]
+    assert summary.startswith("digits: 2 epochs, test acc") and str(run_dir) in summary
+
+
+def test_curves_png(run, tmp_path):
+    path = run[0] / "curves.png"
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[1] > image.shape[0] > 100
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plot_history({"skipped_steps": [0]}, tmp_path / "empty.png")
+
+
+def test_eval_reproduces_test_accuracy(run):
+    run_dir, metrics, _ = run
+    status, out, err = run_main(["eval", "--run", str(run_dir)])
+    assert status == 0, err
+    evaluated = json.loads((run_dir / "eval.json").read_text())
+    assert evaluated["epoch"] == 2
+    assert evaluated["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert evaluated["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
+    assert f"test acc {metrics['test_accuracy']:.4f}" in out
+
+
+def test_resume_of_finished_run_only_reports(run, monkeypatch):
+    run_dir, metrics, _ = run
+    monkeypatch.setattr(train_cli, "fit", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    status, out, _ = run_main(["train", "--resume", "--out", str(run_dir)])
+    assert status == 0
+    assert "finished" in out and f"test acc {metrics['test_accuracy']:.4f}" in out
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+
+
+def test_resume_of_partial_run_continues_with_saved_config(run, tmp_path):
+    """Interrupted after epoch 1 (no metrics.json, no epoch-2 checkpoint): --resume trains
+    epoch 2 only, with config.json's settings (not the flags), and ends where the run did."""
+    run_dir, metrics, _ = run
+    partial = tmp_path / "partial"
+    shutil.copytree(run_dir, partial)
+    (partial / "metrics.json").unlink()
+    shutil.rmtree(partial / "checkpoints" / "2")
+    status, _, err = run_main(["train", "--resume", "--out", str(partial), "--epochs", "5", "--no-progress"])
+    assert status == 0, err
+    resumed = json.loads((partial / "metrics.json").read_text())
+    assert resumed["resumed_from_epoch"] == 1 and resumed["epochs_completed"] == 2
+    assert resumed["history"]["loss"] == pytest.approx(metrics["history"]["loss"], rel=1e-6)
+    assert resumed["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+
+
+def test_help_mentions_every_flag():
+    status, out, _ = run_main(["train", "--help"])
+    assert status == 0
+    flags = ["--dataset", "--data-dir", "--validation-split", "--model", "--epochs", "--batch-size",
+             "--seed", "--optimizer", "--lr", "--schedule", "--l2", "--batch-scaled", "--no-batch-scaled",
+             "--l1", "--proximal", "--plateau", "--plateau-factor", "--plateau-patience", "--out",
+             "--resume", "--no-progress"]
+    for flag in flags:
+        assert flag in out, flag
+    assert "(default: 10)" in out and "(default: 128)" in out and str(train_cli.DEFAULT_L2) in out
+    assert run_main(["--help"])[0] == 0 and "eval" in run_main(["--help"])[1]
+    assert run_main(["eval", "--help"])[0] == 0
+    assert run_main(["bogus"])[:2] == (2, "")
+
+
+@pytest.fixture
+def corrupt_dir(tmp_path):
+    """A directory with the four IDX file names holding garbage."""
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / stem).write_bytes(b"not an IDX file")
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "-1"], "--epochs: expected a positive integer"),
+    (["train", "--epochs", "0"], "--epochs: expected a positive integer"),
+    (["train", "--lr", "-0.1"], "--lr: expected a positive number"),
+    (["train", "--lr", "nan"], "--lr: expected a positive number"),
+    (["train", "--l2", "-1"], "--l2: expected a number >= 0"),
+    (["train", "--batch-size", "0"], "--batch-size: expected a positive integer"),
+    (["train", "--validation-split", "1"], "--validation-split: expected a number in [0, 1)"),
+    (["train", "--dataset", "cifar"], "--dataset: invalid choice"),
+    (["train", "--model", "resnet"], "--model: invalid choice"),
+    (["train", "--data-dir", "/nonexistent/jaxreg"], "--data-dir: expected a readable directory"),
+    (["train", "--resume"], "--resume needs --out"),
+    (["train", "--dataset", "digits", "--batch-size", "5000"], "--batch-size 5000 exceeds"),
+    (["eval", "--run", "/"], "not a jaxreg run directory"),
+    (["eval"], "--run"),
+])
+def test_bad_values_exit_2_with_one_line(argv, message):
+    status, _, err = run_main(argv)
+    assert status == 2
+    assert len(err.splitlines()) == 1 and err.startswith(f"jaxreg {argv[0]}: error:")
+    assert message in err and "Traceback" not in err
+
+
+def test_corrupt_data_exits_2(corrupt_dir, tmp_path):
+    status, _, err = run_main(["train", "--dataset", "fashion-mnist", "--data-dir", str(corrupt_dir),
+                               "--out", str(tmp_path / "run")])
+    assert status == 2 and len(err.splitlines()) == 1
+    assert err.startswith("jaxreg train: error:") and "not an IDX file" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_is_not_overwritten(run):
+    status, _, err = run_main(["train", "--dataset", "digits", "--out", str(run[0])])
+    assert status == 2 and "already holds a run" in err
+
+
+def test_default_dataset_falls_back_to_digits(corrupt_dir):
+    """No usable Fashion-MNIST without a download (here: the files in data_dir are corrupt)."""
+    data, why = train_cli.load_dataset(None, corrupt_dir)
+    assert data.name == "digits"
+    assert why.startswith("dataset: digits (default fallback") and "not an IDX file" in why
+
+
+def test_subprocess_error_is_one_line():
+    """The real entry point (``python -m jaxreg.cli``): exit status 2, one stderr line."""
+    proc = subprocess.run([sys.executable, "-m", "jaxreg.cli", "train", "--batch-size", "-5"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == "jaxreg train: error: argument --batch-size: expected a positive integer, got '-5'\n"

@@ -1,0 +1,187 @@
+"""Sweeps: a vmapped sweep equals separate ``fit`` runs; chunks, devices, groups, errors, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from jaxreg.data import load
+from jaxreg.models import SeedMLP
+from jaxreg.nn import BatchNorm
+from jaxreg.train import fit
+from jaxreg.train.sweep import _chunks, chunk_capacity, expand, group_key, sweep
+
+MODEL = SeedMLP(hidden=16)
+# seed 1 is the data seed: settings with seed 1 are exactly fit(seed=1); the seed-0 setting
+# shares the program and the data stream with its own init.
+SETTINGS = [
+    {"l2": 0.0, "learning_rate": 0.03, "seed": 1},
+    {"l2": 0.05, "batch_scaled": True, "seed": 1},
+    {"l2": 0.01, "l1": 1e-3, "seed": 1},
+    {"l2": 0.01, "seed": 0},
+]
+KW = dict(epochs=2, batch_size=64, optimizer="momentum", learning_rate=0.01, data_seed=1, progress=False)
+# Momentum SGD rather than Adam: with BatchNorm the bias of the Dense layer before it has an
+# exactly-zero true gradient, so Adam (g / sqrt(v)) turns its rounding noise into full-size
+# steps, and any two programs disagree there by ~lr per step.
+
+
+def leaves(tree):
+    return [np.asarray(a) for a in jax.tree.leaves(tree)]
+
+
+def assert_close(a, b, tol=1e-5):
+    for x, y in zip(leaves(a), leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load("digits")
+
+
+@pytest.fixture(scope="module")
+def swept(digits):
+    return sweep(MODEL, digits, SETTINGS, **KW)
+
+
+def test_sweep_equals_separate_fit_runs(digits, swept):
+    assert [r.setting["seed"] for r in swept.results] == [1, 1, 1, 0]
+    for result in swept.results[:3]:
+        s = result.setting
+        ref = fit(MODEL, dict(name="momentum", learning_rate=s["learning_rate"], l2=s["l2"], l1=s["l1"],
+                              batch_scaled=s["batch_scaled"]), digits, epochs=2, batch_size=64, seed=1,
+                  progress=False)
+        assert_close(result.params, ref.state.params)
+        assert_close(result.batch_stats, ref.state.batch_stats)
+        for k in ("loss", "accuracy", "l2_strength", "l1_strength", "learning_rate"):
+            np.testing.assert_allclose(result.history[k], ref.history[k], rtol=1e-5, atol=1e-6)
+        assert result.final["test_accuracy"] == pytest.approx(ref.test["accuracy"], abs=1e-6)
+        assert result.final["test_loss"] == pytest.approx(ref.test["loss"], abs=1e-5)
+        assert result.final["train_loss"] == result.history["loss"][-1]
+    # batch-scaled L2 is the effective strength l2 / b
+    assert swept.results[1].history["l2_strength"] == [pytest.approx(0.05 / 64)] * 2
+    # another seed: another init, same program
+    assert not np.allclose(leaves(swept.results[3].params)[0], leaves(swept.results[2].params)[0])
+    assert len(swept.groups) == 1 and swept.groups[0]["chunks"] == 1
+
+
+def test_chunks_give_the_same_results(digits, swept):
+    chunked = sweep(MODEL, digits, SETTINGS, chunk_size=3, test=False, **KW)  # 2 chunks of 2
+    assert chunked.groups[0]["chunks"] == 2 and chunked.groups[0]["chunk_size"] == 2
+    for a, b in zip(chunked.results, swept.results, strict=True):
+        assert a.setting == b.setting
+        assert_close(a.params, b.params)
+        assert_close(a.batch_stats, b.batch_stats)
+        np.testing.assert_allclose(a.history["loss"], b.history["loss"], rtol=1e-5)
+
+
+def test_eight_devices_match_one(tmp_path, swept):
+    script = textwrap.dedent(f"""
+        import jax, numpy as np
+        from jaxreg.data import load
+        from jaxreg.models import SeedMLP
+        from jaxreg.train.sweep import sweep
+        assert jax.local_device_count() == 8
+        r = sweep(SeedMLP(hidden=16), load("digits"), {SETTINGS!r}, **{KW!r})  # 4 settings padded to 8
+        assert r.groups[0]["chunk_size"] == 8, r.groups
+        leaves = [np.asarray(a) for res in r.results for a in jax.tree.leaves((res.params, res.batch_stats))]
+        np.savez({str(tmp_path / "out.npz")!r}, *leaves, test=[res.final["test_loss"] for res in r.results])
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    expected = [a for res in swept.results for a in leaves((res.params, res.batch_stats))]
+    for i, a in enumerate(expected):
+        np.testing.assert_allclose(out[f"arr_{i}"], a, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["test"], [r.final["test_loss"] for r in swept.results], rtol=1e-5)
+
+
+class MomentumMLP(nn.Module):
+    bn_momentum: float = 0.99
+
+    @nn.compact
+    def __call__(self, x, train):
+        x = nn.Dense(8)(x.reshape(x.shape[0], -1))
+        return nn.Dense(3)(BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x))
+
+
+def test_incompatible_settings_run_in_groups():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(96, 5)).astype(np.float32), rng.integers(0, 3, 96).astype(np.int32)
+    grid = {"batch_size": [32, 48], "bn_momentum": [0.0, 0.9], "l2": [0.0, 1e-3]}
+    r = sweep(MomentumMLP(), (x, y), grid, epochs=1, batch_size=32, progress=False)
+    assert [g["settings"] for g in r.groups] == [2, 2, 2, 2]
+    assert [(g["key"]["batch_size"], g["key"]["bn_momentum"]) for g in r.groups] == [
+        (32, 0.0), (32, 0.9), (48, 0.0), (48, 0.9)]
+    assert [tuple(res.setting[k] for k in grid) for res in r.results] == [
+        (b, m, l2) for b in (32, 48) for m in (0.0, 0.9) for l2 in (0.0, 1e-3)]  # the grid's order
+    for res in r.results:
+        assert len(res.history["loss"]) == 1 and res.final.keys() == {"train_loss", "train_accuracy"}
+    # momentum 0: the running mean is the last batch's mean, different from momentum 0.9's
+    mean = lambda res: leaves(res.batch_stats)[0]  # noqa: E731
+    assert not np.allclose(mean(r.results[0]), mean(r.results[2]))
+    # a scheduled learning rate is in the program (a closure); a fixed one in the state
+    base = expand({"learning_rate": [0.1, 0.2]}, 1, **{**r.results[0].setting, "schedule_kwargs": {}})
+    assert group_key(base[0]) == group_key(base[1])
+    poly = [{**s, "schedule": "poly"} for s in base]
+    assert group_key(poly[0]) != group_key(poly[1])
+    with pytest.raises(ValueError, match="bn_momentum.*SeedMLP has none"):
+        sweep(SeedMLP(), (x, y), {"bn_momentum": [0.9]}, epochs=1, batch_size=32, progress=False)
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({}, "empty sweep grid"),
+    ([], "empty list"),
+    ({"l2": []}, "'l2' needs a non-empty list"),
+    ({"l2": 0.1}, "'l2' needs a non-empty list"),
+    ({"l2": [0.0, -1e-3]}, "'l2' must be a non-negative number; got -0.001"),
+    ({"learning_rate": [0.0]}, "'learning_rate' must be a positive number; got 0.0"),
+    ({"lambda": [1.0]}, "unknown sweep key 'lambda'"),
+    ([{"l1": float("nan")}], "'l1' must be a non-negative number"),
+    ({"batch_scaled": ["on"]}, "'batch_scaled' must be true or false"),
+    ({"seed": [-1]}, "'seed' must be a non-negative integer"),
+    ({"optimizer": ["lbfgs"]}, "'optimizer' must be one of"),
+    ({"batch_size": [1000]}, "'batch_size' must not exceed the 96 training examples"),
+])
+def test_bad_specs_raise_value_error_naming_the_key(spec, match):
+    xy = (np.zeros((96, 5), np.float32), np.zeros(96, np.int32))
+    with pytest.raises(ValueError, match=match):
+        sweep(MomentumMLP(), xy, spec, epochs=1, batch_size=32, progress=False)
+
+
+def test_chunk_capacity_from_device_memory():
+    gpu = SimpleNamespace(memory_stats=lambda: {"bytes_limit": 1000, "bytes_in_use": 200})
+    assert chunk_capacity(per_setting=30, data_bytes=50, device=gpu) == (400 - 100) // 30
+    assert chunk_capacity(per_setting=10**6, data_bytes=0, device=gpu, num_devices=8) == 8  # at least 1 each
+    cpu = SimpleNamespace(memory_stats=lambda: None)
+    assert chunk_capacity(per_setting=1 << 20, data_bytes=0, device=cpu) == 1024  # 2 GiB default, half
+    assert _chunks(9, 8, 1) == (2, 5) and _chunks(9, 100, 8) == (1, 16) and _chunks(4, 3, 1) == (2, 2)
+
+
+def test_cli_sweep_writes_json_and_png(tmp_path, capsys):
+    from jaxreg.cli import main
+
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--dataset", "digits", "--l2", "0,1e-2", "--lr", "1e-2", "--seeds", "2",
+                 "--batch-scaled", "both", "--epochs", "1", "--batch-size", "128", "--out", str(out)])
+    assert code == 0
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert len(rows) == 4  # 2 lambdas x batch-scaled on/off, 2 seeds each
+    assert {r["l2"] for r in rows} == {0.0, 0.01} and all(r["seeds"] == [0, 1] for r in rows)
+    assert all(0 <= r["test_accuracy_mean"] <= 1 and r["test_accuracy_std"] >= 0 for r in rows)
+    assert (out / "sweep.png").stat().st_size > 0
+    assert "best" in capsys.readouterr().out
+
+    assert main(["sweep", "--dataset", "digits", "--l2", "0,-1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "-1" in err

@@ -1,0 +1,218 @@
+"""``jaxreg sweep``: train a grid of regularization settings at once (:func:`jaxreg.train.sweep`).
+
+``jaxreg sweep --l2 0,1e-5,1e-4,1e-3 --lr 1e-3,3e-3 --seeds 3`` trains every combination of
+the comma-separated values, each with seeds ``0..2``, vmapped in one compiled program per
+group of compatible settings, and writes to ``--out`` (default ``runs/sweep-<UTC timestamp>``):
+
+    sweep.json   ``config``, one ``row`` per setting (its hyperparameters, the seeds, test and
+                 train accuracy and loss as mean and std over the seeds, seconds), the groups
+    sweep.png    test accuracy (mean +- std over seeds) against lambda, one curve per
+                 combination of the other settings
+
+and prints the best setting (highest mean test accuracy).
+
+``jaxreg sweep --study batch-scaling`` tests seed 000's claim that dividing the L2 strength by
+the batch size, ``lambda / b``, makes the regularization effect independent of ``b``: for each
+batch size of ``--batch-sizes`` (its own group) it trains a fixed-strength model
+(``l2 = lambda / 128`` at every step) and a batch-scaled one (``lambda / b``; the two coincide at
+``b = 128``, the seed recipe's batch size), with the same learning rate and epochs, and writes
+``study.json`` and ``study.png`` (test accuracy and kernel weight norm ``||W||_2`` against ``b``).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from jaxreg import models
+from jaxreg.cli.train import DEFAULT_L2, MODELS, load_dataset, non_negative_int, positive_int, readable_dir
+from jaxreg.data import DATASETS
+from jaxreg.train import SweepResult, sweep
+from jaxreg.train.optimizer import OPTIMIZERS
+
+DEFAULT_GRID_L2 = (0.0, 1e-5, 1e-4, 1e-3)
+STUDY_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
+REFERENCE_BATCH = 128
+"""The study's fixed-strength model uses ``lambda / REFERENCE_BATCH`` (equal to lambda/b there)."""
+
+
+def float_list(text: str) -> list[float]:
+    """``"0,1e-5,1e-4"`` -> ``[0.0, 1e-05, 0.0001]`` (the library checks the values)."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Registers ``sweep``."""
+    p = subparsers.add_parser(
+        "sweep", help="train a grid of regularization settings at once (vmapped)",
+        description="Train every combination of the given values (comma-separated lists), each "
+                    "with --seeds seeds, vmapped in one compiled program per group of compatible "
+                    "settings; write sweep.json and sweep.png. --study batch-scaling compares "
+                    "fixed lambda with lambda/b over batch sizes.")
+    p.add_argument("--l2", type=float_list, metavar="LIST",
+                   help="L2 strengths lambda (default: 0,1e-5,1e-4,1e-3; study: one value, "
+                        f"default {DEFAULT_L2})")
+    p.add_argument("--l1", type=float_list, default=[0.0], metavar="LIST", help="L1 strengths (default: 0)")
+    p.add_argument("--lr", type=float_list, default=[1e-3], metavar="LIST", help="learning rates (default: 1e-3)")
+    p.add_argument("--batch-scaled", choices=("on", "off", "both"), default="on",
+                   help="divide lambda by the batch size at each step (default: %(default)s)")
+    p.add_argument("--seeds", type=positive_int, default=1, help="seeds 0..N-1 per setting (default: %(default)s)")
+    p.add_argument("--dataset", choices=DATASETS,
+                   help="default: fashion-mnist if found locally, else digits")
+    p.add_argument("--data-dir", type=readable_dir, metavar="DIR", help="directory holding the IDX files")
+    p.add_argument("--model", choices=MODELS, default="seed-mlp", help="(default: %(default)s)")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam", help="(default: %(default)s)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=128, metavar="B", help="(default: %(default)s)")
+    p.add_argument("--data-seed", type=non_negative_int, default=0,
+                   help="data order of every setting (default: %(default)s)")
+    p.add_argument("--chunk-size", type=positive_int, metavar="K",
+                   help="at most K settings per compiled call (default: as many as fit in memory)")
+    p.add_argument("--study", choices=("batch-scaling",), help="run a study instead of a grid")
+    p.add_argument("--batch-sizes", type=int_list, default=list(STUDY_BATCH_SIZES), metavar="LIST",
+                   help="the study's batch sizes (default: 32,64,...,1024)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: runs/sweep-<UTC timestamp>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_sweep, parser=p)
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def kernel_norm(params: Any) -> float:
+    """``||W||_2`` over all kernels (the leaves the L2 penalty applies to by default)."""
+    squares = [np.sum(np.square(a)) for path, a in jax.tree_util.tree_leaves_with_path(params)
+               if getattr(path[-1], "key", None) == "kernel"]
+    return float(np.sqrt(np.sum(squares)))
+
+
+HYPERPARAMETERS = ("l2", "l1", "learning_rate", "batch_scaled", "batch_size", "optimizer")
+
+
+def summarize(result: SweepResult) -> list[dict[str, Any]]:
+    """One row per setting: its hyperparameters and, over its seeds, mean and std of the
+    final metrics and of the kernel norm; ``seconds``: mean wall time of the chunks that
+    trained it (shared by the settings of a chunk)."""
+    by_setting: dict[tuple, list] = {}
+    for r in result.results:
+        by_setting.setdefault(tuple(r.setting[k] for k in HYPERPARAMETERS), []).append(r)
+    rows = []
+    for key, runs in by_setting.items():
+        row: dict[str, Any] = dict(zip(HYPERPARAMETERS, key))
+        row["seeds"] = [r.setting["seed"] for r in runs]
+        for metric in runs[0].final:
+            row[f"{metric}_mean"], row[f"{metric}_std"] = _stats([r.final[metric] for r in runs])
+        row["weight_norm_mean"], row["weight_norm_std"] = _stats([kernel_norm(r.params) for r in runs])
+        row["seconds"] = float(np.mean([r.seconds for r in runs]))
+        rows.append(row)
+    return rows
+
+
+def _figure(panels: int) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(5 * panels, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, panels, squeeze=False)[0]
+
+
+def _score(rows: list[dict[str, Any]]) -> str:
+    return "test_accuracy_mean" if "test_accuracy_mean" in rows[0] else "train_loss_mean"
+
+
+def plot_sweep(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Accuracy (or loss) mean +- std against lambda (symlog x, as lambda = 0 is usual), one
+    curve per combination of the other hyperparameters that vary."""
+    metric = _score(rows)
+    varying = [k for k in HYPERPARAMETERS if k != "l2" and len({r[k] for r in rows}) > 1]
+    fig, (ax,) = _figure(1)
+    for other, curve in itertools.groupby(sorted(rows, key=lambda r: [r[k] for k in varying]),
+                                          key=lambda r: tuple(r[k] for k in varying)):
+        curve = sorted(curve, key=lambda r: r["l2"])
+        label = ", ".join(f"{k}={v}" for k, v in zip(varying, other)) or None
+        ax.errorbar([r["l2"] for r in curve], [r[metric] for r in curve],
+                    yerr=[r[metric.replace("_mean", "_std")] for r in curve], marker="o", capsize=3, label=label)
+    positive = [r["l2"] for r in rows if r["l2"] > 0]
+    ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
+    ax.set_xlabel("lambda (l2)")
+    ax.set_ylabel(metric.removesuffix("_mean").replace("_", " "))
+    ax.set_title(title)
+    if varying:
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=100)
+
+
+def plot_study(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Test accuracy and kernel norm against the batch size, fixed lambda vs lambda/b."""
+    metric = _score(rows)
+    fig, axes = _figure(2)
+    for scaled, label in ((False, f"fixed lambda/{REFERENCE_BATCH}"), (True, "lambda/b")):
+        curve = sorted((r for r in rows if r["batch_scaled"] == scaled), key=lambda r: r["batch_size"])
+        b = [r["batch_size"] for r in curve]
+        for ax, m in zip(axes, (metric, "weight_norm_mean")):
+            ax.errorbar(b, [r[m] for r in curve], yerr=[r[m.replace("_mean", "_std")] for r in curve],
+                        marker="o", capsize=3, label=label)
+    for ax, name in zip(axes, (metric.removesuffix("_mean").replace("_", " "), "kernel norm ||W||_2")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size b")
+        ax.set_ylabel(name)
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """``jaxreg sweep``: the grid (or the study), its JSON and plot, the best setting."""
+    out = args.out or Path("runs") / datetime.now(timezone.utc).strftime("sweep-%Y%m%d-%H%M%S")
+    data, why = load_dataset(args.dataset, args.data_dir)
+    print(why)
+    model = models.get(MODELS[args.model], data.num_classes)
+    if args.study:
+        if args.l2 and len(args.l2) != 1:
+            raise ValueError(f"--study batch-scaling takes one --l2 value; got {args.l2}")
+        lam = args.l2[0] if args.l2 else DEFAULT_L2
+        grid = [{"batch_size": b, "l2": lam / REFERENCE_BATCH, "batch_scaled": False} for b in args.batch_sizes]
+        grid += [{"batch_size": b, "l2": lam, "batch_scaled": True} for b in args.batch_sizes]
+        grid = [{**s, "learning_rate": lr} for s in grid for lr in args.lr]
+        name = "study"
+    else:
+        scaled = {"on": [True], "off": [False], "both": [False, True]}[args.batch_scaled]
+        grid = {"l2": args.l2 or list(DEFAULT_GRID_L2), "l1": args.l1, "learning_rate": args.lr, "batch_scaled": scaled}
+        name = "sweep"
+    result = sweep(model, data, grid, epochs=args.epochs, batch_size=args.batch_size, seeds=args.seeds,
+                   optimizer=args.optimizer, data_seed=args.data_seed, chunk_size=args.chunk_size,
+                   progress=not args.no_progress)
+    rows = summarize(result)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("run", "parser")}
+    report = {"config": {**config, "dataset": data.name, "data_source": data.source,
+                         "backend": jax.default_backend(), "devices": jax.device_count()},
+              "rows": rows, "groups": [{**g, "key": {k: str(v) for k, v in g["key"].items()}} for g in result.groups],
+              "seconds": result.seconds}
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    title = f"{args.model} on {data.name}, {args.epochs} epochs, {args.seeds} seed(s)"
+    (plot_study if args.study else plot_sweep)(rows, out / f"{name}.png", title)
+    metric = _score(rows)
+    best = (max if "accuracy" in metric else min)(rows, key=lambda r: r[metric])
+    print("best: " + ", ".join(f"{k}={best[k]}" for k in HYPERPARAMETERS) +
+          f": {metric.removesuffix('_mean')} {best[metric]:.4f} +- {best[metric.replace('_mean', '_std')]:.4f}")
+    print(f"{len(result.results)} runs in {len(result.groups)} group(s), {result.seconds:.1f} s; wrote "
+          f"{out / (name + '.json')} and {out / (name + '.png')}")
+    return 0

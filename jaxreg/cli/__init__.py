@@ -15,10 +15,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jaxreg.cli import train
+from jaxreg.cli import sweep, train
 from jaxreg.data import DataError
 
-COMMANDS = [train]
+COMMANDS = [train, sweep]
 """Command modules, each with ``add_parser(subparsers)``."""
 
 

@@ -17,6 +17,7 @@ and the error) failed. Wall-clock times are printed per notebook and in total.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 HERE = Path(__file__).resolve().parent
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in IPython tracebacks
 
 
 def find_notebooks(names: list[str]) -> list[Path]:
@@ -72,7 +74,7 @@ def execute(path: Path, out_path: Path, timeout: int, kernel: str) -> tuple[bool
         where = failing_cell(nb)
         cell = f"cell {where[0]} ({where[1]!r})" if where else "a cell"
         kind = "timed out" if isinstance(err, CellTimeoutError) else "failed"
-        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        lines = [line for line in ANSI.sub("", str(err)).strip().splitlines() if line.strip()]
         message = f"{path.name}: {cell} {kind}: {lines[-1] if lines else type(err).__name__}"
     seconds = time.perf_counter() - start
     nbformat.write(nb, out_path)

@@ -1,5 +1,6 @@
-"""jaxreg.train step and epoch runners: batch-size plumbing, NaN skipping, mixed precision,
-scan epoch == streamed epoch."""
+"""jaxreg.train step and epoch runners: extra arguments reach the optimizer, NaN skipping,
+mixed precision, scan epoch == streamed epoch. (The batch size reaching ``batch_scaled_l2``
+through a whole step: test_train_optimizer.py.)"""
 import functools
 
 import jax
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import jaxreg
 from jaxreg import models
 from jaxreg.train import TrainState, create_train_state, scan_epoch, stream_epoch, train_step
 
@@ -18,37 +20,14 @@ def tiny_data(n=96, seed=0):
     return x, y
 
 
-def l2_over_batch(strength):
-    """Test-only ExtraArgs transform: g + (strength / batch_size) w."""
-    def update(updates, state, params=None, *, batch_size, **_):
-        return jax.tree.map(lambda g, w: g + strength / batch_size * w, updates, params), state
-    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
-
-
 def test_apply_gradients_forwards_extra_args():
     params = {"w": jnp.array([1.0, -2.0])}
-    tx = optax.chain(l2_over_batch(0.5), optax.sgd(0.1))
+    tx = optax.chain(jaxreg.batch_scaled_l2(0.5, mask=jaxreg.masks.all_leaves), optax.sgd(0.1))
     state = TrainState(step=jnp.int32(0), params=params, batch_stats={}, opt_state=tx.init(params),
                        key=jax.random.key(0))
     new = state.apply_gradients(tx, {"w": jnp.zeros(2)}, batch_size=4)
     np.testing.assert_allclose(new.params["w"], params["w"] * (1 - 0.1 * 0.5 / 4), rtol=1e-6)
     assert int(new.step) == 1
-
-
-def test_batch_size_reaches_batch_scaled_regularizer():
-    """One SGD step with the penalty equals the manual w - lr (g + c/B w), g from a plain step."""
-    x, y = tiny_data(32)
-    model = models.SeedMLP(num_classes=2, hidden=8)
-    lr, c = 0.1, 3.0
-    plain = optax.sgd(lr)
-    penalized = optax.chain(l2_over_batch(c), optax.sgd(lr))
-    s_plain = create_train_state(model, plain, x[:1], seed=0)
-    s_pen = create_train_state(model, penalized, x[:1], seed=0)
-    s_plain, _ = jax.jit(functools.partial(train_step, model=model, tx=plain))(s_plain, x, y)
-    s_pen, _ = jax.jit(functools.partial(train_step, model=model, tx=penalized))(s_pen, x, y)
-    init = create_train_state(model, plain, x[:1], seed=0).params
-    expected = jax.tree.map(lambda p, w: p - lr * c / 32 * w, s_plain.params, init)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), s_pen.params, expected)
 
 
 def test_nonfinite_step_is_skipped():

@@ -115,15 +115,16 @@ def _leaf_spec(shape: Sequence[int], fsdp: int, min_size: int) -> P:
     return P(*[FSDP if d == dims[0] else None for d in range(len(shape))]) if dims else P()
 
 
-def state_sharding(state: Any, mesh: Mesh, fsdp_min_size: int = FSDP_MIN_SIZE) -> Any:
+def state_sharding(state: Any, mesh: Mesh, fsdp_min_size: int | None = None) -> Any:
     """A ``NamedSharding`` per leaf of ``state`` (arrays or ``jax.ShapeDtypeStruct``):
-    replicated, or split along ``fsdp`` (see the module docstring). Optimizer moments have
-    their parameters' shapes, so they are split the same way."""
-    fsdp = mesh.shape[FSDP]
-    return jax.tree.map(lambda a: NamedSharding(mesh, _leaf_spec(a.shape, fsdp, fsdp_min_size)), state)
+    replicated, or split along ``fsdp`` (see the module docstring; ``fsdp_min_size`` defaults
+    to :data:`FSDP_MIN_SIZE`). Optimizer moments have their parameters' shapes, so they are
+    split the same way."""
+    fsdp, min_size = mesh.shape[FSDP], FSDP_MIN_SIZE if fsdp_min_size is None else fsdp_min_size
+    return jax.tree.map(lambda a: NamedSharding(mesh, _leaf_spec(a.shape, fsdp, min_size)), state)
 
 
-def create_sharded(init: Callable[[], Any], mesh: Mesh, fsdp_min_size: int = FSDP_MIN_SIZE) -> tuple[Any, Any]:
+def create_sharded(init: Callable[[], Any], mesh: Mesh, fsdp_min_size: int | None = None) -> tuple[Any, Any]:
     """``(state, shardings)``: ``init()`` (e.g. ``create_train_state``) run under ``jax.jit``
     with its outputs placed by :func:`state_sharding`. Each device materializes only its
     shards, and every process gets the same global state (``init`` is deterministic)."""

@@ -20,14 +20,14 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxreg.train import checkpoint
+from jaxreg.train import checkpoint, distributed
 from jaxreg.train.epoch import scan_epoch, stream_epoch
 from jaxreg.train.optimizer import Optimizer, make_optimizer, plateau_scale, update_plateau
 from jaxreg.train.state import TrainState, create_train_state
 from jaxreg.train.step import cross_entropy, evaluate, squared_error, train_step
 
 DEVICE_DATA_BYTES = 1 << 30
-"""Training sets up to this size run in scan mode by default (the epoch's slab is a copy)."""
+"""Training sets up to this size run in scan mode by default."""
 
 Callback = Callable[[int, TrainState, dict[str, float]], Any]
 
@@ -108,6 +108,8 @@ def fit(
     progress: bool = True,
     checkpoint_dir: str | None = None,
     resume: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    accumulate: int = 1,
 ) -> FitResult:
     """Trains ``model`` (a linen module called as ``model.apply(vars, x, train=...)``).
 
@@ -139,6 +141,21 @@ def fit(
         checkpoint_dir, resume: checkpoint after every epoch (:mod:`jaxreg.train.checkpoint`);
             with ``resume``, continue from the latest checkpoint there. Resuming is bit-exact:
             an interrupted and resumed run ends with the same state as an uninterrupted one.
+            A checkpoint restores onto any mesh (it is read with this run's shardings).
+        mesh: data-parallel training over a :func:`jaxreg.train.distributed.make_mesh` mesh:
+            each batch (also each batch gathered inside the scan, in scan mode) is split
+            over the devices, the state replicated (or FSDP-split); results equal
+            single-device training up to float rounding. Default: all devices (of all
+            processes, after :func:`jaxreg.train.distributed.initialize`) when there are
+            several, else plain single-device execution. ``batch_size`` is the global batch
+            and must be divisible by ``accumulate`` times the number of devices. With several
+            processes, every process calls ``fit`` with the same arguments and data; only
+            process 0 shows the progress bar; callbacks run in every process and must agree
+            on stopping.
+        accumulate: gradient accumulation: each batch of ``batch_size`` runs as
+            ``accumulate`` micro-batches, averaged into one optimizer step
+            (:func:`jaxreg.train.train_step`); regularizers see the effective
+            ``batch_size``, batch normalization updates its running averages per micro-batch.
 
     Returns:
         A :class:`FitResult`. ``history`` has per-epoch lists ``loss``, ``accuracy`` (integer
@@ -157,19 +174,38 @@ def fit(
     if opt.plateau is not None and monitor.startswith("val_") and validation is None:
         raise ValueError(f"the plateau monitors {monitor!r}: pass validation_split or validation_data")
 
-    step = functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn, compute_dtype=compute_dtype)
+    mesh = distributed.default_mesh() if mesh is None else mesh
+    if batch_size % (accumulate * (1 if mesh is None else mesh.size)):
+        raise ValueError(f"batch_size {batch_size} is not divisible by accumulate={accumulate} times the "
+                         f"{1 if mesh is None else mesh.size} devices")
+
+    step = functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn, compute_dtype=compute_dtype,
+                             accumulate=accumulate)
+    init = functools.partial(create_train_state, model, tx, x[:1], seed)
+    if mesh is None:
+        state, sharded, put_batch, put_data = init(), {}, jax.device_put, jax.device_put
+    else:
+        state, state_sharding = distributed.create_sharded(init, mesh)
+        sharded = dict(out_shardings=(state_sharding, distributed.replicated(mesh)))
+        put_batch = functools.partial(distributed.put, sharding=distributed.batch_sharding(mesh))
+        put_data = functools.partial(distributed.put, sharding=distributed.replicated(mesh))
     if on_device is None:
         on_device = x.nbytes + y.nbytes <= DEVICE_DATA_BYTES
     if on_device:
-        x, y = jax.device_put(x), jax.device_put(y)
-        run_epoch = jax.jit(functools.partial(scan_epoch, step=step, batch_size=batch_size, unroll=unroll),
-                            donate_argnums=0)
+        x, y = put_data(x), put_data(y)
+        batches = None if mesh is None else distributed.batch_sharding(mesh)
+        run_epoch = jax.jit(functools.partial(scan_epoch, step=step, batch_size=batch_size, unroll=unroll,
+                                              batch_sharding=batches), donate_argnums=0, **sharded)
     else:
-        run_epoch = functools.partial(stream_epoch, step=jax.jit(step, donate_argnums=0), batch_size=batch_size)
-    eval_fn = functools.partial(evaluate, model, loss_fn=loss_fn, compute_dtype=compute_dtype)
-    feed_plateau = jax.jit(functools.partial(update_plateau, plateau=opt.plateau))
+        run_epoch = functools.partial(stream_epoch, step=jax.jit(step, donate_argnums=0, **sharded),
+                                      batch_size=batch_size, put=put_batch)
+    evaluate_run = functools.partial(evaluate, model, loss_fn=loss_fn, compute_dtype=compute_dtype)
 
-    state = create_train_state(model, tx, x[:1], seed)
+    def eval_fn(state, x, y):
+        return evaluate_run(state, put_data(np.asarray(x)), put_data(np.asarray(y)))
+
+    feed_plateau = jax.jit(functools.partial(update_plateau, plateau=opt.plateau),
+                           **({} if mesh is None else dict(out_shardings=state_sharding.opt_state)))
     history: dict[str, list] = {}
     start = 0
     mngr = None if checkpoint_dir is None else checkpoint.manager(checkpoint_dir)
@@ -177,7 +213,8 @@ def fit(
         start, state, history = restored
     data_key = jax.random.fold_in(jax.random.key(seed), 1)
 
-    bar = tqdm(total=epochs * steps, initial=start * steps, unit="step", disable=not progress)
+    bar = tqdm(total=epochs * steps, initial=start * steps, unit="step",
+               disable=not progress or not distributed.is_primary())
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         epoch_key = jax.random.fold_in(data_key, epoch)

@@ -9,6 +9,13 @@ The epoch count is also the data-order position: epoch ``e`` shuffles with a key
 from ``(seed, e)``, so resuming needs no RNG replay. Saves are synchronous and atomic (orbax
 writes a temporary directory and renames it when complete), so a process killed at any time
 leaves only whole checkpoints; the latest ``keep`` are kept.
+
+Sharded states (:mod:`jaxreg.train.distributed`): every process calls :func:`save` and
+:func:`restore_latest` (they synchronize); each writes the shards it holds, process 0 the
+metadata and the history, into a directory all processes can reach. A checkpoint is not
+tied to a device count: :func:`restore_latest` reads each array straight into the sharding
+of the template's array, so a state saved on 8 devices restores on 1, on 4, or on another
+host count.
 """
 from __future__ import annotations
 
@@ -41,8 +48,8 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state: Any, history: dict[str,
 def restore_latest(mngr: ocp.CheckpointManager, template: Any) -> tuple[int, Any, dict[str, list]] | None:
     """``(epoch, state, history)`` of the latest checkpoint, or ``None`` if there is none.
 
-    ``template`` is a state of the same structure (e.g. freshly created); only its shapes and
-    dtypes are used."""
+    ``template`` is a state of the same structure (e.g. freshly created); only its shapes,
+    dtypes and shardings are used: the restored arrays have the template's shardings."""
     epoch = mngr.latest_step()
     if epoch is None:
         return None

@@ -12,9 +12,11 @@ The penalties apply to kernels only unless ``mask`` says otherwise (:mod:`jaxreg
 soft threshold uses the scheduled ``eta_t``, not ``eta_t`` times the plateau scale.
 
 ``learning_rate``, ``l2`` and ``l1`` go through :func:`optax.inject_hyperparams`, so they live
-in the optimizer state (``optax.tree_utils.tree_get(opt_state, "learning_rate")``): the
-training history reads them from there, and a sweep can vmap over states holding different
-values. A scheduled learning rate is stored as its value at the last step.
+in the optimizer state (``optax.tree_utils.tree_get(opt_state, "hyperparams")`` is the dict
+``{"learning_rate": ..., "l2": ..., "l1": ...}``; with a schedule, ``tree_get(opt_state,
+"learning_rate")`` also finds the schedule's state): the training history reads them from
+there, and a sweep can vmap over states holding different values. A scheduled learning rate
+is stored as its value at the last step.
 """
 from __future__ import annotations
 

@@ -103,10 +103,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_two_processes(argv: list[str], devices: int, cwd) -> list[str]:
-    """Runs ``argv + [port, process id]`` as processes 0 and 1; returns their stdouts."""
+def _run_two_processes(argv, devices: int, cwd) -> list[str]:
+    """Runs ``argv(port, i)`` as processes ``i = 0, 1`` with a free coordinator port; returns
+    their stdouts."""
     port = _free_port()
-    procs = [subprocess.Popen(argv + [str(port), str(i)], env=_env(devices, port), cwd=cwd,
+    procs = [subprocess.Popen(argv(port, i), env=_env(devices, port), cwd=cwd,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
     try:
         outs = [p.communicate(timeout=TIMEOUT) for p in procs]
@@ -207,12 +208,34 @@ def test_two_processes_train_together(reference, tmp_path):
         dump("scan", run(epochs=2, checkpoint_dir="ckpt"))
         dump("stream", run(epochs=1, on_device=False))
         """
-    _run_two_processes([sys.executable, "-c", _script(body)], 2, tmp_path)
+    _run_two_processes(lambda port, i: [sys.executable, "-c", _script(body), str(port), str(i)], 2, tmp_path)
     scan, info = _load(tmp_path / "scan")
     assert info["devices"] == 4
     _assert_states_close(scan, states[1])
     np.testing.assert_allclose(info["history"]["val_loss"], history["val_loss"][:2], rtol=1e-5)
     _assert_states_close(_load(tmp_path / "stream")[0], states[0])
+
+
+def test_cli_two_processes(tmp_path):
+    """``jaxreg train --coordinator ... --num-processes 2 --process-id I`` in two processes
+    (2 devices each) trains like one process on one device; process 0 writes the run files."""
+    flags = ["train", "--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--optimizer", "momentum",
+             "--lr", "0.05", "--no-progress"]
+    outs = _run_two_processes(lambda port, i: [
+        sys.executable, "-m", "jaxreg.cli", *flags, "--out", "run", "--coordinator", f"127.0.0.1:{port}",
+        "--num-processes", "2", "--process-id", str(i)], 2, tmp_path)
+    assert all("digits: 1 epochs" in out for out in outs)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints", "config.json", "curves.png",
+                                                                    "metrics.json"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["devices"]) == 4
+
+    from jaxreg.cli import main
+    assert main(flags + ["--out", str(tmp_path / "single")]) == 0
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    for key in ("test_loss", "train_loss", "test_accuracy"):
+        assert metrics[key] == pytest.approx(single[key], rel=1e-5), key
+    np.testing.assert_allclose(metrics["history"]["loss"], single["history"]["loss"], rtol=1e-5)
 
 
 def test_accumulation_semantics():

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 
 from jaxreg import models
 from jaxreg.data import DATASETS, DataError, Dataset, load
 from jaxreg.plots import plot_history
-from jaxreg.train import checkpoint, fit
+from jaxreg.train import checkpoint, distributed, fit
 from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES
 
 DEFAULT_L2 = 0.05
@@ -70,6 +71,7 @@ readable_dir = _checked(Path, lambda p: p.is_dir() and os.access(p, os.R_OK | os
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+mesh_spec = _checked(distributed.parse_mesh, bool, "a mesh like data=8 or data=4,fsdp=2")
     """Registers ``train`` and ``eval``."""
     train = subparsers.add_parser(
         "train", help="train a model and write a run directory",
@@ -153,6 +155,25 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_dataset(name: str | None, data_dir: Path | None) -> tuple[Dataset, str]:
     """The dataset ``name`` and a line saying which and why; ``None``: Fashion-MNIST if its
+    scale = parser.add_argument_group(
+        "devices and processes", "Data-parallel training (jaxreg.train.distributed): each batch is split "
+        "over the devices. Several processes (hosts) each run the same command with their own "
+        "--process-id; process 0 writes config.json, metrics.json and curves.png, all write the "
+        "checkpoints; --out must be a directory every process reaches.")
+    devices = scale.add_mutually_exclusive_group()
+    devices.add_argument("--devices", type=positive_int, metavar="N",
+                         help="train on the first N devices (default: all devices)")
+    devices.add_argument("--mesh", type=mesh_spec, metavar="SPEC",
+                         help="device mesh, e.g. data=8 or data=4,fsdp=2 (fsdp also splits large "
+                              "parameters over that axis)")
+    scale.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="process 0's address, reachable by all processes, to join a "
+                            "multi-process run; 'auto' detects it, the process count and id "
+                            "(Cloud TPU pod slices, Slurm, Open MPI)")
+    scale.add_argument("--num-processes", type=positive_int, metavar="P", help="with --coordinator: processes in all")
+    scale.add_argument("--process-id", type=non_negative_int, metavar="I",
+                       help="with --coordinator: this process, 0 to P-1")
+
     files are found without downloading, else digits."""
     if name is not None:
         data = load(name, data_dir=data_dir)
@@ -202,19 +223,34 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
 
 
 def _fit(config: dict[str, Any], data: Dataset, run_dir: Path, *, epochs: int, resume: bool,
-         progress: bool):
+         progress: bool, mesh: Any = None):
     """``fit`` with the run's settings, checkpointing to (and resuming from) ``run_dir``."""
     model = models.get(MODELS[config["model"]], data.num_classes)
     return fit(model, config["optimizer"], data, epochs=epochs, batch_size=config["batch_size"],
                seed=config["seed"], validation_split=config["validation_split"],
-               checkpoint_dir=str(run_dir / "checkpoints"), resume=resume, progress=progress)
+               checkpoint_dir=str(run_dir / "checkpoints"), resume=resume, progress=progress, mesh=mesh)
+
+
+def _join_and_mesh(args: argparse.Namespace) -> Any:
+    """Joins the multi-process run (``--coordinator``) and returns the ``--mesh``/``--devices``
+    mesh (``None``: ``fit``'s default, all devices). Runs before any other JAX call."""
+    if args.coordinator is not None:
+        auto = args.coordinator == "auto"
+        distributed.initialize(None if auto else args.coordinator, args.num_processes, args.process_id)
+    elif args.num_processes is not None or args.process_id is not None:
+        raise ValueError("--num-processes and --process-id need --coordinator")
+    if jax.process_count() > 1 and args.out is None:
+        raise ValueError("several processes need --out, the same run directory for all")
+    if args.mesh is not None:
+        return distributed.make_mesh(**args.mesh)
+    return None if args.devices is None else distributed.make_mesh(data=args.devices)
 
 
 def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: bool = False,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, mesh: Any = None) -> dict[str, Any]:
     """Trains the run ``config`` describes on ``data`` (continuing from the latest checkpoint
-    in ``run_dir`` when ``resume``), writes ``metrics.json`` and ``curves.png``, and returns
-    the metrics. ``train_seconds`` is the wall time of this call's ``fit`` (compilation,
+    in ``run_dir`` when ``resume``) on ``mesh`` (see ``fit``), writes ``metrics.json`` and
+    ``curves.png`` (process 0 only), and returns the metrics. ``train_seconds`` is the wall time of this call's ``fit`` (compilation,
     epochs, validation, checkpoints, test evaluation); a resumed run counts only its own part,
     from ``resumed_from_epoch`` on."""
     start = 0
@@ -223,7 +259,7 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
         start = mngr.latest_step() or 0
         mngr.close()
     t0 = time.perf_counter()
-    result = _fit(config, data, run_dir, epochs=config["epochs"], resume=resume, progress=progress)
+    result = _fit(config, data, run_dir, epochs=config["epochs"], resume=resume, progress=progress, mesh=mesh)
     train_seconds = time.perf_counter() - t0
     # the examples trained on: fit holds out the last validation_split of the training split
     n_fit = len(data.x_train) - int(round(len(data.x_train) * config["validation_split"]))
@@ -236,8 +272,9 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
         history=result.history, jax_version=jax.__version__, backend=jax.default_backend(),
         devices=[str(d) for d in jax.devices()],
     )
-    plot_history(result.history, run_dir / "curves.png", title=f"{config['model']} on {config['dataset']}")
-    _write_json(run_dir / "metrics.json", metrics)
+    if distributed.is_primary():
+        plot_history(result.history, run_dir / "curves.png", title=f"{config['model']} on {config['dataset']}")
+        _write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
@@ -255,6 +292,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.out is None:
             raise ValueError("--resume needs --out DIR, the run to continue")
+    mesh = _join_and_mesh(args)
         run_dir = args.out
         config = _read_config(run_dir)
         if (run_dir / "metrics.json").exists():
@@ -272,8 +310,11 @@ def run_train(args: argparse.Namespace) -> int:
         print(why)
         config = make_config(args, data)
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / "config.json", config)
-    metrics = train_run(config, data, run_dir, resume=args.resume, progress=not args.no_progress)
+        if jax.process_count() > 1:  # every process has checked for a run before process 0 writes
+            multihost_utils.sync_global_devices("jaxreg train: run directory checked")
+        if distributed.is_primary():
+            _write_json(run_dir / "config.json", config)
+    metrics = train_run(config, data, run_dir, resume=args.resume, progress=not args.no_progress, mesh=mesh)
     print(summary(metrics, run_dir))
     return 0
 

@@ -68,10 +68,10 @@ fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 readable_dir = _checked(Path, lambda p: p.is_dir() and os.access(p, os.R_OK | os.X_OK),
                         "a readable directory")
+mesh_spec = _checked(distributed.parse_mesh, bool, "a mesh like data=8 or data=4,fsdp=2")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-mesh_spec = _checked(distributed.parse_mesh, bool, "a mesh like data=8 or data=4,fsdp=2")
     """Registers ``train`` and ``eval``."""
     train = subparsers.add_parser(
         "train", help="train a model and write a run directory",
@@ -152,9 +152,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                           "settings of its config.json (a finished run is only re-reported)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (default: a tqdm bar on stderr)")
 
-
-def load_dataset(name: str | None, data_dir: Path | None) -> tuple[Dataset, str]:
-    """The dataset ``name`` and a line saying which and why; ``None``: Fashion-MNIST if its
     scale = parser.add_argument_group(
         "devices and processes", "Data-parallel training (jaxreg.train.distributed): each batch is split "
         "over the devices. Several processes (hosts) each run the same command with their own "
@@ -174,6 +171,9 @@ def load_dataset(name: str | None, data_dir: Path | None) -> tuple[Dataset, str]
     scale.add_argument("--process-id", type=non_negative_int, metavar="I",
                        help="with --coordinator: this process, 0 to P-1")
 
+
+def load_dataset(name: str | None, data_dir: Path | None) -> tuple[Dataset, str]:
+    """The dataset ``name`` and a line saying which and why; ``None``: Fashion-MNIST if its
     files are found without downloading, else digits."""
     if name is not None:
         data = load(name, data_dir=data_dir)
@@ -289,10 +289,10 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     """``jaxreg train``: a new run in ``--out``, or with ``--resume`` the run already there."""
+    mesh = _join_and_mesh(args)
     if args.resume:
         if args.out is None:
             raise ValueError("--resume needs --out DIR, the run to continue")
-    mesh = _join_and_mesh(args)
         run_dir = args.out
         config = _read_config(run_dir)
         if (run_dir / "metrics.json").exists():

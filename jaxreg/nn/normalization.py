@@ -276,6 +276,7 @@ def _batch_norm(
     else:
         xs = x
 
+    running_mean = ra_mean.value.reshape(broadcast_shape)
     stats_compute_dtype = jnp.result_type(x) if mdl.dtype is None else mdl.dtype
     if mdl.force_float32_reductions:
         stats_compute_dtype = jnp.promote_types(stats_compute_dtype, jnp.float32)
@@ -287,13 +288,11 @@ def _batch_norm(
         axis_name=None if mdl.is_initializing() else mdl.axis_name,
         axis_index_groups=mdl.axis_index_groups,
         use_fast_variance=mdl.use_fast_variance,
-        fallback_shift=ra_mean.value.reshape(broadcast_shape),
+        fallback_shift=running_mean,
     )
     renorm = None
     if renorm_fn is not None:
-        renorm = renorm_fn(
-            mean, var, ra_mean.value.reshape(broadcast_shape), ra_var.value.reshape(broadcast_shape)
-        )
+        renorm = renorm_fn(mean, var, running_mean, ra_var.value.reshape(broadcast_shape))
 
     if not mdl.is_initializing():
         running_var = var * count / (count - 1) if mdl.unbiased_running_var else var

@@ -33,10 +33,13 @@ from jaxreg.plots import plot_history
 from jaxreg.train import checkpoint, distributed, fit
 from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES
 
-DEFAULT_L2 = 0.05
-"""Default L2 strength, batch-scaled: the penalty gradient is ``(0.05 / 128) w`` at batch 128.
-Fashion-MNIST, default recipe, seed 0, 10% validation hold-out, best validation accuracy of
-0.025 / 0.05 / 0.1 (see the CLI's commit message for the numbers)."""
+DEFAULT_L2 = 0.025
+"""Default L2 strength, batch-scaled: the penalty gradient is ``(0.025 / 128) w`` (about
+``2e-4 w``) at batch 128. Chosen on Fashion-MNIST with the default recipe and a 10% validation
+hold-out: final validation accuracy, mean of seeds 0 and 1, for LAMBDA = 0.0128 / 0.025 / 0.05 /
+0.1 was 0.8573 / 0.8594 / 0.8556 / 0.8458 (mean of the last 3 epochs: 0.8660 / 0.8668 / 0.8647
+/ 0.8597). Without L2 it was 0.8662 (0.8694): in 10 epochs this small model hardly overfits, so
+the penalty costs a little accuracy (seeds differ by about 0.02) and 0.025 costs least."""
 
 MODELS = {"seed-mlp": "seed-mlp", "keras-mlp": "keras-mlp", "cnn": "small-cnn", "linear": "linear"}
 """Command-line model names -> :data:`jaxreg.models.MODELS` names."""

@@ -86,7 +86,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
         rows.append(row("batchnorm", config, times["jaxreg"], "flax.linen.BatchNorm",
                         times["flax"], TARGET))
         rows.append(row("batchnorm", config, times["jaxreg"],
-                        "flax.linen.BatchNorm(use_fast_variance=False)", times["flax_exact"], "info"))
+                        "flax.linen.BatchNorm(use_fast_variance=False)", times["flax_exact"],
+                        "info"))
         if torch_step is not None:
             rows.append(row("batchnorm", config + " channels_last", times["jaxreg"],
                             "torch.nn.BatchNorm2d", times["torch"], "info"))

@@ -23,7 +23,8 @@ def np_batchnorm(x, axis, gamma, beta, dy, mask=None, eps=EPS):
     Unmasked (seed 004): dgamma = sum(dy * x_hat), dbeta = sum(dy),
     dx = (1/N) * gamma / sqrt(var + eps) * (N*dy - sum(dy) - x_hat * sum(dy * x_hat)).
     With a mask w (elements outside it are normalized but do not enter the statistics) the same
-    derivation gives dx = gamma / sqrt(var + eps) * (dy - w/N * (sum(dy) + x_hat * sum(dy * x_hat))),
+    derivation gives
+    dx = gamma / sqrt(var + eps) * (dy - w/N * (sum(dy) + x_hat * sum(dy * x_hat))),
     which is the formula above when w = 1.
     """
     x = np.asarray(x, np.float64)
@@ -149,7 +150,8 @@ PARITY = [  # (module kwargs, masked, input dtype)
 
 def _id(case):
     kwargs, masked, dtype = case
-    return ",".join([f"{k}={v}" for k, v in kwargs.items()] + [f"mask={masked}", jnp.dtype(dtype).name])
+    parts = [f"{k}={v}" for k, v in kwargs.items()]
+    return ",".join(parts + [f"mask={masked}", jnp.dtype(dtype).name])
 
 
 @pytest.mark.parametrize("case", PARITY, ids=_id)
@@ -163,8 +165,8 @@ def test_parity_with_flax(case):
     v_ours = ours.init(jax.random.key(0), x, use_running_average=False)
     v_theirs = theirs.init(jax.random.key(0), x, use_running_average=False)
     assert jax.tree_util.tree_structure(v_ours) == jax.tree_util.tree_structure(v_theirs)
-    chex_dtypes = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), v_theirs)
-    assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), v_ours) == chex_dtypes
+    flax_spec = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), v_theirs)
+    assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), v_ours) == flax_spec
     out_ours = train_step(ours, v_ours, x, dy, mask)
     out_theirs = train_step(theirs, v_theirs, x, dy, mask)
     low = in_dtype == jnp.bfloat16 or kwargs.get("dtype") == jnp.bfloat16 or (
@@ -179,7 +181,8 @@ def test_parity_with_flax(case):
     y_ours = evaluate(ours, {**v_ours, "batch_stats": stats})
     y_theirs = evaluate(theirs, {**v_theirs, "batch_stats": stats})
     assert y_ours.dtype == y_theirs.dtype
-    np.testing.assert_allclose(np.asarray(y_ours, np.float32), np.asarray(y_theirs, np.float32), **tol)
+    np.testing.assert_allclose(np.asarray(y_ours, np.float32), np.asarray(y_theirs, np.float32),
+                               **tol)
 
 
 class ConvNet(fnn.Module):
@@ -205,7 +208,8 @@ def test_flax_model_swaps_import_and_loads_checkpoint():
     ours_init = jax.eval_shape(lambda: our_model.init(jax.random.key(1), x, train=False))
     spec = lambda t: jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), t)  # noqa: E731
     assert spec(ours_init) == spec(variables)
-    train = jax.jit(lambda m, v: m.apply(v, x, train=True, mutable=["batch_stats"]), static_argnums=0)
+    train = jax.jit(lambda m, v: m.apply(v, x, train=True, mutable=["batch_stats"]),
+                    static_argnums=0)
     evaluate = jax.jit(lambda m, v: m.apply(v, x, train=False), static_argnums=0)
     (y_f, new_f), (y_o, new_o) = train(flax_model, variables), train(our_model, variables)
     np.testing.assert_allclose(y_o, y_f, atol=1e-5, rtol=1e-5)
@@ -247,7 +251,8 @@ def test_stable_variance_at_large_mean_over_std():
     rel_err = np.abs(np.asarray(flax_stats["var"]) - var) / var
     assert rel_err.max() > 0.5, rel_err  # documents why the default differs from flax
     # and our opt-in to flax's formula reproduces it
-    _, fast_stats, _, _ = train_step(BatchNorm(momentum=0.0, use_fast_variance=True), variables, x, dy)
+    fast_bn = BatchNorm(momentum=0.0, use_fast_variance=True)
+    _, fast_stats, _, _ = train_step(fast_bn, variables, x, dy)
     np.testing.assert_allclose(fast_stats["var"], flax_stats["var"], rtol=1e-6)
 
 
@@ -337,7 +342,8 @@ def test_frozen_statistics_still_train_scale_and_bias():
         (dict(virtual_batch_size=0), None, "virtual_batch_size=0"),
         (dict(axis=4), (2, 3, 3, 4), "axis=4"),
         (dict(axis=(1, -5)), (2, 3, 3, 4), r"axis=\(1, -5\)"),
-        (dict(virtual_batch_size=3), (8, 4), "virtual_batch_size=3 does not divide the batch size 8"),
+        (dict(virtual_batch_size=3), (8, 4),
+         "virtual_batch_size=3 does not divide the batch size 8"),
         (dict(virtual_batch_size=2, axis=0), (8, 4), "virtual_batch_size=2 splits axis 0"),
         (dict(virtual_batch_size=2, axis_name="batch"), (8, 4), "axis_name='batch'"),
     ],

@@ -65,7 +65,8 @@ SCRIPT = textwrap.dedent(
         out[name] = {k: maxdiff(multi[k], single[k]) for k in single}
 
     # axis_index_groups (pmap only): two groups of 4 devices = one-device BN on each half
-    grouped_bn = BatchNorm(momentum=0.9, axis_name="d", axis_index_groups=[[0, 1, 2, 3], [4, 5, 6, 7]])
+    grouped_bn = BatchNorm(momentum=0.9, axis_name="d",
+                           axis_index_groups=[[0, 1, 2, 3], [4, 5, 6, 7]])
     v = grouped_bn.init(jax.random.key(1), x, use_running_average=False)
     grouped_y, _ = jax.pmap(functools.partial(train, grouped_bn), axis_name="d",
                             in_axes=(None, None, 0, 0))(

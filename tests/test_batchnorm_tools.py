@@ -46,7 +46,8 @@ def test_renorm_matches_numpy_reference(r_max, d_max):
     x, dy, gamma, beta = random_inputs((16, 2, 2, 4), -1, loc=1.0, scale=1.5)
     mean, var = jnp.array([0.0, 1.0, 2.0, -1.0]), jnp.array([0.5, 2.0, 4.0, 1.0])
     renorm = BatchRenorm(r_max=r_max, d_max=d_max, momentum=0.9)
-    y, stats, dparams, dx = train_step(renorm, _with_stats(renorm, x, gamma, beta, mean, var), x, dy)
+    variables = _with_stats(renorm, x, gamma, beta, mean, var)
+    y, stats, dparams, dx = train_step(renorm, variables, x, dy)
 
     ref = np_batchnorm(x, -1, np.ones(4), np.zeros(4), dy)
     sigma = np.sqrt(np.asarray(var, np.float64) + EPS)
@@ -60,8 +61,8 @@ def test_renorm_matches_numpy_reference(r_max, d_max):
     # r and d are constants for autodiff: the BatchNorm backprop with upstream dy * gamma * r
     ref_r = np_batchnorm(x, -1, np.ones(4), np.zeros(4), np.asarray(dy) * g * r)
     np.testing.assert_allclose(dx, ref_r["dx"], atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(dparams["scale"], (np.asarray(dy) * (ref["y"] * r + d)).sum((0, 1, 2)),
-                               rtol=1e-4)
+    dgamma = (np.asarray(dy) * (ref["y"] * r + d)).sum((0, 1, 2))
+    np.testing.assert_allclose(dparams["scale"], dgamma, rtol=1e-4)
     np.testing.assert_allclose(dparams["bias"], ref["dbeta"], rtol=1e-5)
     # running statistics as in BatchNorm
     np.testing.assert_allclose(stats["mean"], 0.9 * mean + 0.1 * ref["mean"], rtol=1e-5, atol=1e-6)
@@ -73,7 +74,8 @@ def test_renorm_schedules_follow_the_step_counter():
     renorm = BatchRenorm(r_max=optax.linear_schedule(1.0, 3.0, 2),
                          d_max=optax.linear_schedule(0.0, 4.0, 2), momentum=0.9)
     variables = _with_stats(renorm, x, gamma, beta, jnp.zeros(4), jnp.ones(4))
-    assert variables["batch_stats"]["step"] == 0 and variables["batch_stats"]["step"].dtype == jnp.int32
+    step = variables["batch_stats"]["step"]
+    assert step == 0 and step.dtype == jnp.int32
     y0, stats, _, _ = train_step(renorm, variables, x, dy)
     y_bn, _, _, _ = train_step(BatchNorm(momentum=0.9), variables, x, dy)
     np.testing.assert_allclose(y0, y_bn, rtol=1e-6, atol=1e-6)  # step 0: r_max = 1, d_max = 0
@@ -157,13 +159,15 @@ def test_recalibration_equals_population_statistics():
         inputs["bn0"].append(state["intermediates"]["conv"]["__call__"][0])
         inputs["bn1"].append(state["intermediates"]["dense"]["__call__"][0])
     for name, ddof in (("bn0", 0), ("bn1", 1)):
-        h = np.concatenate([np.asarray(a, np.float64) for a in inputs[name]]).reshape(-1, inputs[name][0].shape[-1])
+        h = np.concatenate([np.asarray(a, np.float64) for a in inputs[name]])
+        h = h.reshape(-1, h.shape[-1])
         np.testing.assert_allclose(new["batch_stats"][name]["mean"], h.mean(0), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(new["batch_stats"][name]["var"], h.var(0, ddof=ddof), rtol=1e-5)
         assert new["batch_stats"][name]["var"].dtype == jnp.float32
     # the first layer's inputs do not depend on normalization: check against x @ W + b directly
     conv = fnn.Conv(6, (3, 3))
-    h0 = np.concatenate([np.asarray(conv.apply({"params": variables["params"]["conv"]}, x)) for x in batches])
+    conv_params = {"params": variables["params"]["conv"]}
+    h0 = np.concatenate([np.asarray(conv.apply(conv_params, x), np.float64) for x in batches])
     np.testing.assert_allclose(new["batch_stats"]["bn0"]["mean"], h0.reshape(-1, 6).mean(0), rtol=1e-5)
     # params and the renorm step counter are untouched; the input is not modified
     assert new["batch_stats"]["bn0"]["step"] == 0

@@ -45,7 +45,12 @@ def recalibrate_batch_stats(
     Returns:
       A new variables dict with the recalibrated ``batch_stats``.
     """
-    step = jax.jit(lambda v, b: apply_fn(v, b, mutable=["batch_stats", BATCH_MOMENTS])[1].get(BATCH_MOMENTS, {}))
+
+    @jax.jit
+    def step(v: Any, batch: Any) -> Any:
+        _, mutated = apply_fn(v, batch, mutable=["batch_stats", BATCH_MOMENTS])
+        return mutated.get(BATCH_MOMENTS, {})
+
     pooled: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
     for batch in batches:
         sown = jax.device_get(step(variables, batch))

@@ -162,7 +162,7 @@ def _moments(
 def _pilot_mean(
     x: Array, where: Array | None, reduction_axes: tuple[int, ...], fallback: Array
 ) -> Array:
-    """Mean over ``reduction_axes`` of the slice ``x[..., 0, ...]`` of the longest one (constant)."""
+    """Mean of the slice at index 0 of the longest reduction axis (a ``stop_gradient`` constant)."""
     if not reduction_axes:
         return lax.stop_gradient(x)
     axis = max(reduction_axes, key=lambda a: x.shape[a])
@@ -239,8 +239,8 @@ def _batch_norm(
     reduction_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
     feature_shape = tuple(x.shape[a] for a in feature_axes)
     stats_dtype = jnp.float32 if mdl.force_float32_reductions else mdl.param_dtype
-    ra_mean = mdl.variable("batch_stats", "mean", lambda s: jnp.zeros(s, stats_dtype), feature_shape)
-    ra_var = mdl.variable("batch_stats", "var", lambda s: jnp.ones(s, stats_dtype), feature_shape)
+    ra_mean = mdl.variable("batch_stats", "mean", jnp.zeros, feature_shape, stats_dtype)
+    ra_var = mdl.variable("batch_stats", "var", jnp.ones, feature_shape, stats_dtype)
     broadcast_shape = [x.shape[a] if a in feature_axes else 1 for a in range(x.ndim)]
 
     if use_running_average:

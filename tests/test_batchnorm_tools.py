@@ -175,6 +175,30 @@ def test_recalibration_equals_population_statistics():
     np.testing.assert_array_equal(variables["batch_stats"]["bn1"]["mean"], np.zeros(5))
 
 
+def test_recalibration_pools_ghost_groups_masks_and_repeated_calls():
+    class Shared(fnn.Module):
+        @fnn.compact
+        def __call__(self, x, mask, train: bool = True):
+            bn = BatchNorm(use_running_average=not train, virtual_batch_size=2)
+            return bn(x, mask=mask) + bn(2.0 * x + 1.0)  # one layer, two calls
+
+    keys = jax.random.split(jax.random.key(3), 6)
+    batches = [(1.0 + jax.random.normal(keys[i], (n, 3, 4)),
+                jax.random.bernoulli(keys[i + 3], 0.6, (n, 3, 1)).at[:, 0].set(True))
+               for i, n in enumerate((6, 4, 2))]
+    model = Shared()
+    variables = model.init(jax.random.key(0), *batches[0])
+    new = recalibrate_batch_stats(lambda v, b, **kw: model.apply(v, *b, **kw), variables, batches)
+    values = []
+    for x, mask in batches:
+        x = np.asarray(x, np.float64)
+        values += [x[np.broadcast_to(np.asarray(mask), x.shape)].reshape(-1, 4),
+                   (2.0 * x + 1.0).reshape(-1, 4)]
+    h = np.concatenate(values)
+    np.testing.assert_allclose(new["batch_stats"]["BatchNorm_0"]["mean"], h.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(new["batch_stats"]["BatchNorm_0"]["var"], h.var(0), rtol=1e-5)
+
+
 def test_recalibration_without_batchnorm_raises():
     model = Net(use_bn=False)
     x = jnp.ones((2, 5, 5, 2))

@@ -256,17 +256,17 @@ def test_accumulation_semantics():
     new, metrics = jax.jit(lambda s: train_step(s, x, y, model=model, tx=tx, accumulate=3))(state)
     assert seen == [12] and int(new.step) == 1
 
-    def micro(stats, j):  # one micro-batch: its gradient and BN update, by hand
+    @jax.jit
+    def micro(stats, xm, ym):  # one micro-batch: its gradient and BN update, by hand
         def loss(params):
-            out, upd = model.apply({"params": params, "batch_stats": stats}, x[j::3], train=True,
-                                   mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(out, y[j::3]).mean(), upd["batch_stats"]
+            out, upd = model.apply({"params": params, "batch_stats": stats}, xm, train=True, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(out, ym).mean(), upd["batch_stats"]
         (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
         return value, stats, grads
 
     stats, grads, values = state.batch_stats, [], []
     for j in range(3):
-        value, stats, g = micro(stats, j)
+        value, stats, g = micro(stats, x[j::3], y[j::3])
         values.append(value)
         grads.append(g)
     expected = jax.tree.map(lambda p, *g: p - 0.1 * sum(g) / 3, state.params, *grads)

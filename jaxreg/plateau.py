@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxreg._checks import check_int
+
 
 class ReduceOnPlateauState(NamedTuple):
     """State of ``reduce_on_plateau``.
@@ -33,12 +35,6 @@ class ReduceOnPlateauState(NamedTuple):
     cooldown_count: jax.Array
     count: jax.Array
     accumulated_value: jax.Array
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value}.")
-    return int(value)
 
 
 def reduce_on_plateau(
@@ -110,9 +106,9 @@ def reduce_on_plateau(
     """
     if not 0.0 < factor < 1.0:  # also rejects NaN
         raise ValueError(f"`factor` must be in (0, 1), got {factor}.")
-    patience = _check_int("patience", patience, 0)
-    cooldown = _check_int("cooldown", cooldown, 0)
-    accumulation_size = _check_int("accumulation_size", accumulation_size, 1)
+    patience = check_int("patience", patience, 0)
+    cooldown = check_int("cooldown", cooldown, 0)
+    accumulation_size = check_int("accumulation_size", accumulation_size, 1)
     if not min_scale >= 0.0 or min_scale == float("inf"):
         raise ValueError(f"`min_scale` must be a finite number >= 0, got {min_scale}.")
     if not threshold >= 0.0 or threshold == float("inf"):

@@ -9,28 +9,13 @@ docstring says why not. The tests check each one against its formula in float64.
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import jax.numpy as jnp
 import optax
 
-
-def _check_real(name: str, value: float, *, positive: bool = False) -> float:
-    """Returns ``float(value)``; ValueError naming ``name`` if NaN/inf or negative (or zero)."""
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        need = "positive" if positive else "non-negative"
-        raise ValueError(f"`{name}` must be a finite {need} number, got {value}.")
-    return value
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    """Returns ``int(value)``; ValueError naming ``name`` unless an integer >= ``minimum``."""
-    if isinstance(value, bool) or not float(value).is_integer() or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value}.")
-    return int(value)
+from jaxreg._checks import check_int, check_real
 
 
 def fixed(learning_rate: float) -> optax.Schedule:
@@ -42,7 +27,7 @@ def fixed(learning_rate: float) -> optax.Schedule:
     Returns:
         ``optax.constant_schedule(learning_rate)``.
     """
-    return optax.constant_schedule(_check_real("learning_rate", learning_rate))
+    return optax.constant_schedule(check_real("learning_rate", learning_rate))
 
 
 def poly_to_zero(init_value: float, total_steps: float, power: float) -> optax.Schedule:
@@ -68,9 +53,9 @@ def poly_to_zero(init_value: float, total_steps: float, power: float) -> optax.S
     Returns:
         An ``optax.Schedule``.
     """
-    init_value = _check_real("init_value", init_value)
-    total_steps = _check_real("total_steps", total_steps, positive=True)
-    power = _check_real("power", power, positive=True)
+    init_value = check_real("init_value", init_value)
+    total_steps = check_real("total_steps", total_steps, positive=True)
+    power = check_real("power", power, positive=True)
 
     def schedule(count):
         frac = jnp.clip(1 - count / total_steps, 0.0, 1.0)
@@ -99,9 +84,9 @@ def linear_step(init_value: float, step_size: float, floor: float = 0.0) -> opta
     Returns:
         An ``optax.Schedule``.
     """
-    init_value = _check_real("init_value", init_value)
-    step_size = _check_real("step_size", step_size, positive=True)
-    floor = _check_real("floor", floor)
+    init_value = check_real("init_value", init_value)
+    step_size = check_real("step_size", step_size, positive=True)
+    floor = check_real("floor", floor)
     if floor > init_value:
         raise ValueError(f"`floor` ({floor}) must not exceed `init_value` ({init_value}).")
 
@@ -164,10 +149,10 @@ def batch_size_schedule(
     Returns:
         A ``BatchSizeSchedule(batch_size, learning_rate)``.
     """
-    init_batch_size = _check_int("init_batch_size", init_batch_size, 1)
+    init_batch_size = check_int("init_batch_size", init_batch_size, 1)
     if max_batch_size is not None:
-        max_batch_size = _check_int("max_batch_size", max_batch_size, init_batch_size)
-    init_value = _check_real("init_value", init_value)
+        max_batch_size = check_int("max_batch_size", max_batch_size, init_batch_size)
+    init_value = check_real("init_value", init_value)
     for boundary, scale in boundaries_and_scales.items():
         if not 0 < scale <= 1:  # also rejects NaN
             raise ValueError(

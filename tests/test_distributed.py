@@ -200,13 +200,19 @@ def test_checkpoint_from_eight_devices_resumes_on_one_and_four(eight, reference,
     _assert_states_close(four, states[2])
 
 
-def test_two_processes_train_together(reference, tmp_path):
-    """Two processes x 2 devices: a fresh run (checkpointed by orbax from both processes) and
-    its streamed twin; then the checkpoint resumes in this 1-device process."""
+def test_two_processes_train_together(reference, common, tmp_path):
+    """Two processes x 2 devices: a fresh run (checkpointed by orbax from both processes, then
+    resumed here on one device), its streamed twin, and a global batch from per-process rows."""
     states, history = reference
     body = """
         dump("scan", run(epochs=2, checkpoint_dir="ckpt"))
         dump("stream", run(epochs=1, on_device=False))
+        # a batch assembled from rows each process loaded itself: process p holds rows 8p..8p+7
+        from jaxreg.train import distributed
+        rows = data()[0][:16]
+        batch = distributed.global_batch(rows[8 * jax.process_index():][:8], distributed.make_mesh())
+        assert batch.shape == rows.shape and batch.sharding.spec == distributed.batch_sharding(batch.sharding.mesh).spec
+        assert (multihost_utils.process_allgather(batch, tiled=True) == rows).all()
         """
     _run_two_processes(lambda port, i: [sys.executable, "-c", _script(body), str(port), str(i)], 2, tmp_path)
     scan, info = _load(tmp_path / "scan")
@@ -214,6 +220,8 @@ def test_two_processes_train_together(reference, tmp_path):
     _assert_states_close(scan, states[1])
     np.testing.assert_allclose(info["history"]["val_loss"], history["val_loss"][:2], rtol=1e-5)
     _assert_states_close(_load(tmp_path / "stream")[0], states[0])
+    resumed = common["run"](epochs=3, checkpoint_dir=str(tmp_path / "ckpt"), resume=True)
+    _assert_states_close(common["host"](resumed.state), states[2])
 
 
 def test_cli_two_processes(tmp_path):

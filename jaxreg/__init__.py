@@ -15,3 +15,15 @@ from jaxreg.transforms import (ScheduleState, add_l1, add_l2, batch_scaled_l2, d
 # --- schedules and plateau ---
 from jaxreg import schedules
 from jaxreg.plateau import ReduceOnPlateauState, reduce_on_plateau
+
+# --- higher layers, imported on first use (``jaxreg.nn``, ``jaxreg.train``, ...) so that the
+# transforms stay light to import (no flax modules, orbax or matplotlib) ---
+_SUBPACKAGES = ("nn", "data", "models", "train", "plots")
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"jaxreg.{name}")
+    raise AttributeError(f"module 'jaxreg' has no attribute {name!r}")

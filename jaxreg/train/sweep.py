@@ -224,8 +224,8 @@ def device_free_bytes(device: jax.Device) -> int:
 
 def chunk_capacity(per_setting: int, data_bytes: int, device: jax.Device, num_devices: int = 1) -> int:
     """How many settings a chunk may hold: per device
-    ``(MEMORY_FRACTION * free - 2 * data) / per_setting`` (the data and its shuffled epoch
-    copy are on every device), at least 1, times ``num_devices``."""
+    ``(MEMORY_FRACTION * free - 2 * data) / per_setting`` (the data is on every device; twice,
+    to leave room for a shuffled copy), at least 1, times ``num_devices``."""
     budget = MEMORY_FRACTION * device_free_bytes(device) - 2 * data_bytes
     return max(1, int(budget // max(per_setting, 1))) * num_devices
 
@@ -278,8 +278,8 @@ def sweep(
     Args:
         model: a linen module, as for :func:`jaxreg.train.fit`.
         data: a :class:`jaxreg.data.Dataset` (test split evaluated at the end when ``test``)
-            or ``(x, y)`` training arrays; they must fit on the device (one epoch is a
-            ``lax.scan`` over a device-resident slab).
+            or ``(x, y)`` training arrays; they must fit on the device (an epoch is a
+            ``lax.scan`` over device-resident data, :func:`jaxreg.train.scan_epoch`).
         settings_or_grid: a dict of lists (the cartesian product) or a list of dicts over
             :data:`KEYS`: ``learning_rate``, ``l2``, ``l1``, ``batch_scaled``, ``seed``,
             ``batch_size``, ``optimizer``, ``schedule``, ``schedule_kwargs``, ``proximal``,
@@ -312,10 +312,10 @@ def sweep(
     for b in {s["batch_size"] for s in settings}:
         if b > len(x):
             raise ValueError(f"sweep key 'batch_size' must not exceed the {len(x)} training examples; got {b}")
-    if bn_momentum is not None or any(s["bn_momentum"] is not None for s in settings):
-        if "bn_momentum" not in getattr(model, "__dataclass_fields__", {}):
-            raise ValueError(f"sweep key 'bn_momentum' needs a model with a bn_momentum field; "
-                             f"{type(model).__name__} has none")
+    if any(s["bn_momentum"] is not None for s in settings) and "bn_momentum" not in getattr(
+            model, "__dataclass_fields__", {}):
+        raise ValueError(f"sweep key 'bn_momentum' needs a model with a bn_momentum field; "
+                         f"{type(model).__name__} has none")
     if loss_fn is None:
         loss_fn = cross_entropy if np.issubdtype(y.dtype, np.integer) else squared_error
 
@@ -394,10 +394,12 @@ def _group_runner(plan: dict, loss_fn, compute_dtype, stacked: NamedSharding | N
     a vmapped init and one jitted vmapped epoch, compiled on the first chunk and reused."""
     model, tx, b = plan["model"], plan["tx"], plan["batch_size"]
 
-    @functools.partial(jax.jit, **({} if stacked is None else {"out_shardings": stacked}))
     def init(seeds, hyperparams, sample_x):
+        """Op by op, not jitted: compiling the vmapped initializers takes seconds, while their
+        eager kernels are compiled once per shape and reused by every later sweep."""
         states = jax.vmap(lambda seed: create_train_state(model, tx, sample_x, seed))(seeds)
-        return states.replace(opt_state=optax.tree_utils.tree_set(states.opt_state, **hyperparams))
+        states = states.replace(opt_state=optax.tree_utils.tree_set(states.opt_state, **hyperparams))
+        return states if stacked is None else jax.device_put(states, stacked)
 
     step = jax.vmap(functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn, compute_dtype=compute_dtype),
                     in_axes=(0, None, None))
@@ -408,9 +410,8 @@ def _group_runner(plan: dict, loss_fn, compute_dtype, stacked: NamedSharding | N
                        "l1": [s["l1"] for s in settings]}
         if plan["schedule"] == "fixed":  # a schedule's learning rate is in its closure
             hyperparams["learning_rate"] = [s["learning_rate"] for s in settings]
-        hyperparams = jax.device_put({k: np.asarray(v, np.float32) for k, v in hyperparams.items()}, stacked)
-        seeds = jax.device_put(np.asarray([s["seed"] for s in settings], np.int32), stacked)
-        states = init(seeds, hyperparams, x[:1])
+        hyperparams = {k: jnp.asarray(v, jnp.float32) for k, v in hyperparams.items()}
+        states = init(jnp.asarray([s["seed"] for s in settings], jnp.int32), hyperparams, x[:1])
         history: dict[str, list] = {}
         for epoch in range(epochs):
             t0 = time.perf_counter()

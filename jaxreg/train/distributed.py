@@ -109,10 +109,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def _leaf_spec(shape: Sequence[int], fsdp: int, min_size: int) -> P:
     """``P()``, or ``'fsdp'`` on the largest dimension divisible by ``fsdp`` for big leaves."""
-    if fsdp == 1 or math.prod(shape) < min_size:
+    dims = [d for d in range(len(shape)) if shape[d] % fsdp == 0]
+    if fsdp == 1 or math.prod(shape) < min_size or not dims:
         return P()
-    dims = sorted((d for d in range(len(shape)) if shape[d] % fsdp == 0), key=lambda d: -shape[d])
-    return P(*[FSDP if d == dims[0] else None for d in range(len(shape))]) if dims else P()
+    split = max(dims, key=lambda d: shape[d])
+    return P(*[FSDP if d == split else None for d in range(len(shape))])
 
 
 def state_sharding(state: Any, mesh: Mesh, fsdp_min_size: int | None = None) -> Any:

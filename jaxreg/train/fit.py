@@ -175,9 +175,9 @@ def fit(
         raise ValueError(f"the plateau monitors {monitor!r}: pass validation_split or validation_data")
 
     mesh = distributed.default_mesh() if mesh is None else mesh
-    if batch_size % (accumulate * (1 if mesh is None else mesh.size)):
-        raise ValueError(f"batch_size {batch_size} is not divisible by accumulate={accumulate} times the "
-                         f"{1 if mesh is None else mesh.size} devices")
+    if accumulate < 1 or batch_size % (accumulate * (1 if mesh is None else mesh.size)):
+        raise ValueError(f"batch_size {batch_size} must be a multiple of accumulate={accumulate} (>= 1) times "
+                         f"the {1 if mesh is None else mesh.size} devices")
 
     step = functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn, compute_dtype=compute_dtype,
                              accumulate=accumulate)

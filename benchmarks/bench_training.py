@@ -206,8 +206,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
                    seed=SEED, progress=False, test=False).state
 
     def flax_cold() -> Any:
-        step = jax.jit(functools.partial(flax_step), donate_argnums=0)  # a new function: compiles
-        return _flax_train(step, flax_state(model, optax.adam(LEARNING_RATE), x), x, y, epochs)
+        fresh = jax.jit(functools.partial(flax_step), donate_argnums=0)  # a new function: compiles
+        return _flax_train(fresh, flax_state(model, optax.adam(LEARNING_RATE), x), x, y, epochs)
 
     # every call compiles, so no warm-up is needed; one repeat in quick runs
     cold = interleaved_medians({"fit": fit_call, "flax": flax_cold}, repeats=1 if quick else repeats, warmup=0)

@@ -19,6 +19,7 @@ and shows both structures.
 """
 
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -129,7 +130,14 @@ def resolve(mask: Mask, params: PyTree) -> PyTree:
       TypeError: if a mask leaf is not a bool, or ``mask`` is a string other than ``"all"``.
     """
     if mask is None:
-        return kernels_only(params)
+        tree = kernels_only(params)
+        if jax.tree.leaves(params) and not any(jax.tree.leaves(tree)):
+            # e.g. under optax.flatten, every parameter is one 1-D vector: silently
+            # regularizing nothing would be worse than a false alarm.
+            warnings.warn("the default mask (kernels_only) selects no leaf of these params, so "
+                          "the regularizer does nothing; pass mask=True (all leaves), a pytree "
+                          "of bools or jaxreg.masks.by_path(...)", stacklevel=2)
+        return tree
     if mask is True or (isinstance(mask, str) and mask == "all"):
         return all_leaves(params)
     if isinstance(mask, str):

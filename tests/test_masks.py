@@ -5,6 +5,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import chex
+import optax
 import pytest
 from flax import traverse_util
 
@@ -118,3 +120,15 @@ def test_bad_mask_types():
     with pytest.raises(TypeError, match="`mask`"):
         masks.resolve({"a": jnp.array(True)}, params)
     assert masks.resolve({"a": np.bool_(True)}, params) == {"a": True}
+
+
+def test_default_mask_warns_when_it_selects_nothing_as_under_optax_flatten():
+    params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
+    grads = jax.tree.map(jnp.zeros_like, params)
+    flat = optax.flatten(jaxreg.add_l2(0.5))  # sees one 1-D vector: no "kernel" left
+    with pytest.warns(UserWarning, match="selects no leaf"):
+        updates, _ = flat.update(grads, flat.init(params), params)
+    chex.assert_trees_all_close(updates, grads)  # what the warning is about: no penalty
+    flat_all = optax.flatten(jaxreg.add_l2(0.5, mask=True))
+    updates, _ = flat_all.update(grads, flat_all.init(params), params)
+    chex.assert_trees_all_close(updates, jax.tree.map(lambda p: 0.5 * p, params))

@@ -29,6 +29,12 @@ BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
 
 
+def _batch_norm(model: nn.Module, train: bool) -> BatchNorm:
+    """The models' batch normalization: Keras' epsilon, the model's ``bn_momentum`` (a field, so
+    :func:`jaxreg.train.sweep` can vary it with ``model.clone(bn_momentum=m)``)."""
+    return BatchNorm(use_running_average=not train, momentum=model.bn_momentum, epsilon=BN_EPSILON)
+
+
 class SeedMLP(nn.Module):
     """Seed 004's model: ``Dense(50) -> BatchNorm -> relu -> Dense(num_classes)``.
 
@@ -37,12 +43,13 @@ class SeedMLP(nn.Module):
 
     num_classes: int = 10
     hidden: int = 50
+    bn_momentum: float = BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         x = x.reshape(x.shape[0], -1)
         x = nn.Dense(self.hidden)(x)
-        x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)(x)
+        x = _batch_norm(self, train)(x)
         return nn.Dense(self.num_classes)(nn.relu(x))
 
 
@@ -55,13 +62,14 @@ class KerasMLP(nn.Module):
 
     num_classes: int = 10
     hidden: tuple[int, ...] = (128, 64)
+    bn_momentum: float = BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
             x = nn.Dense(width)(x)
-            x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)(x)
+            x = _batch_norm(self, train)(x)
             x = nn.relu(x)
         return nn.Dense(self.num_classes)(x)
 
@@ -76,12 +84,13 @@ class SmallCNN(nn.Module):
     num_classes: int = 10
     channels: tuple[int, ...] = (32, 64)
     hidden: int = 128
+    bn_momentum: float = BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         for c in self.channels:
             x = nn.Conv(c, (3, 3))(x)
-            x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)(x)
+            x = _batch_norm(self, train)(x)
             x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
         return nn.Dense(self.num_classes)(x)

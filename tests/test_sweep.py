@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxreg.data import load
-from jaxreg.models import SeedMLP
+from jaxreg.models import Linear, SeedMLP
 from jaxreg.nn import BatchNorm
 from jaxreg.train import fit
 from jaxreg.train.sweep import _chunks, chunk_capacity, expand, group_key, sweep
@@ -87,7 +87,7 @@ def test_eight_devices_match_one(tmp_path, swept):
     script = textwrap.dedent(f"""
         import jax, numpy as np
         from jaxreg.data import load
-        from jaxreg.models import SeedMLP
+        from jaxreg.models import Linear, SeedMLP
         from jaxreg.train.sweep import sweep
         assert jax.local_device_count() == 8
         r = sweep(SeedMLP(hidden=16), load("digits"), {SETTINGS!r}, **{KW!r})  # 3 settings padded to 8
@@ -134,8 +134,10 @@ def test_incompatible_settings_run_in_groups():
     assert group_key(base[0]) == group_key(base[1])
     poly = [{**s, "schedule": "poly"} for s in base]
     assert group_key(poly[0]) != group_key(poly[1])
-    with pytest.raises(ValueError, match="bn_momentum.*SeedMLP has none"):
-        sweep(SeedMLP(), (x, y), {"bn_momentum": [0.9]}, epochs=1, batch_size=32, progress=False)
+    with pytest.raises(ValueError, match="bn_momentum.*Linear has none"):
+        sweep(Linear(num_classes=3), (x, y), {"bn_momentum": [0.9]}, epochs=1, batch_size=32, progress=False)
+    # the built-in models carry the field
+    assert SeedMLP().clone(bn_momentum=0.9).bn_momentum == 0.9
 
 
 @pytest.mark.parametrize("spec, match", [

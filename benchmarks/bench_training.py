@@ -144,6 +144,10 @@ def _torch_train(x: np.ndarray, y: np.ndarray, epochs: int) -> Callable[[], None
         print("bench_training: torch is not importable; skipping the torch rows")
         return None
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        # OpenMP's threads spin against XLA's in this process and against other processes: on 2
+        # shared cores two threads took 0.4-6 s for what one thread does in 0.035 s.
+        torch.set_num_threads(1)
     xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).long().to(device)
 
     def call() -> None:

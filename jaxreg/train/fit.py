@@ -5,6 +5,17 @@ through the batches (one ``lax.scan`` on device, or streamed from the host: see
 :mod:`jaxreg.train.epoch`), evaluate on the validation data, record the history, feed the
 plateau transform the monitored metric, checkpoint, call the callbacks. The seed recipe
 (seed 004) is ``fit(SeedMLP(), dict(name="adam"), mnist, epochs=10, batch_size=128)``.
+
+Compilation: a call compiles the model's initializer (once per model and input shape in a
+process), the epoch (every call: its step closes over the optimizer built for the call), the
+evaluation (once per model and data shape in a process: validation, test) and, with a plateau,
+its update; a few tiny eager ops aside, that is all. For the seed recipe on a CPU the epoch
+takes most of it, about 1-2 s against the 0.8 s of a hand-written loop's jitted step. ``fit``
+leaves JAX's configuration alone; to keep compiled programs across calls and processes, enable
+JAX's persistent compilation cache first, as the ``jaxreg`` command does::
+
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/jaxreg/xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # default: only >= 1 s
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ regularizers.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -41,11 +42,20 @@ class TrainState:
         )
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init_variables(model: nn.Module, key: jax.Array, sample_x: Any) -> Any:
+    """``model.init(key, sample_x, train=False)`` compiled as one program, cached per model
+    (linen modules hash by their fields) and input shape. Run eagerly, flax's initializers
+    compile every primitive separately: about 30 small XLA compilations for the seed 004 MLP,
+    4.5 s of compile on a loaded 2-core CPU, against 1.4 s for this one. Same values bit for bit."""
+    return model.init(key, sample_x, train=False)
+
+
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, sample_x: Any, seed: int) -> TrainState:
     """Initializes ``model`` on ``sample_x`` (a batch of inputs; only its shape and dtype
     matter) and ``tx`` on its parameters, with keys derived from ``seed``."""
     init_key, step_key = jax.random.split(jax.random.key(seed))
-    variables = model.init(init_key, sample_x, train=False)
+    variables = _init_variables(model, init_key, sample_x)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros([], jnp.int32),

@@ -6,14 +6,17 @@ is shared by the module; everything else reuses it or fails before training.
 import contextlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
 
+import jax
 import matplotlib.image
 import numpy as np
 import pytest
 
+from jaxreg import cli
 from jaxreg.cli import main
 from jaxreg.cli import train as train_cli
 from jaxreg.plots import plot_history
@@ -27,6 +30,15 @@ def run_main(argv):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = main(argv)
     return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def xdg_cache(tmp_path_factory):
+    """Commands run here keep their compile cache in a temporary XDG_CACHE_HOME, not ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("xdg-cache")
+        mp.setenv("XDG_CACHE_HOME", str(path))
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +185,31 @@ def test_default_dataset_falls_back_to_digits(corrupt_dir):
     data, why = train_cli.load_dataset(None, corrupt_dir)
     assert data.name == "digits"
     assert why.startswith("dataset: digits (default fallback") and "not an IDX file" in why
+
+
+def test_compile_cache_is_populated(tmp_path):
+    """A run (in a fresh process: jax sets its cache up once per process) fills
+    $XDG_CACHE_HOME/jaxreg/xla."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    proc = subprocess.run([sys.executable, "-m", "jaxreg.cli", "train", "--dataset", "digits", "--epochs", "1",
+                           "--no-progress", "--out", str(tmp_path / "run")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((tmp_path / "cache" / "jaxreg" / "xla").iterdir())) >= 3  # init, epoch, evaluation
+
+
+def test_compile_cache_setting_is_scoped(xdg_cache):
+    """The cache is on only while a command runs, off with --no-compile-cache."""
+    assert jax.config.jax_compilation_cache_dir is None
+    with cli.compile_cache(True):
+        assert jax.config.jax_compilation_cache_dir == str(xdg_cache / "jaxreg" / "xla")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+    assert jax.config.jax_compilation_cache_dir is None
+    with cli.compile_cache(False):
+        assert jax.config.jax_compilation_cache_dir is None
+    assert cli.build_parser().parse_args(["eval", "--run", ".", "--no-compile-cache"]).compile_cache is False
+    assert cli.build_parser().parse_args(["train"]).compile_cache is True
 
 
 def test_subprocess_error_is_one_line():

@@ -10,7 +10,7 @@ size split three ways (one leaf, 100 leaves, 1000 leaves):
   5% slower), and against bare ``optax.sgd(lr, momentum)`` (informational: what the penalty
   costs).
 - Per-leaf overhead: the update time of the most-leaves layout over the one-leaf layout of the
-  same total size (optax measures about 25x on an H100), for both chains.
+  same total size (the issue quotes about 25x for optax on an H100), for both chains.
 - Fused paths for many leaves, each over the one-leaf time (target: at most 3x):
   ``optax.flatten(chain)`` (concatenates params and gradients at every step and splits the
   updates back), and a contiguous buffer: params and optimizer state kept as one

@@ -9,10 +9,11 @@ plateau transform the monitored metric, checkpoint, call the callbacks. The seed
 Compilation: a call compiles the model's initializer (once per model and input shape in a
 process), the epoch (every call: its step closes over the optimizer built for the call), the
 evaluation (once per model and data shape in a process: validation, test) and, with a plateau,
-its update; a few tiny eager ops aside, that is all. For the seed recipe on a CPU the epoch
-takes most of it, about 1-2 s against the 0.8 s of a hand-written loop's jitted step. ``fit``
-leaves JAX's configuration alone; to keep compiled programs across calls and processes, enable
-JAX's persistent compilation cache first, as the ``jaxreg`` command does::
+its update; a few tiny eager ops aside, that is all. For the seed recipe on a 2-core CPU the
+initializer and the epoch take about 1 s each, the epoch twice a hand-written loop's jitted
+step (see ``benchmarks/RESULTS.md``). ``fit`` leaves JAX's configuration alone; to keep
+compiled programs across calls and processes, enable JAX's persistent compilation cache first,
+as the ``jaxreg`` command does::
 
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/jaxreg/xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # default: only >= 1 s

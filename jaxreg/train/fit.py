@@ -55,7 +55,7 @@ class FitResult(NamedTuple):
     evaluate: Callable[[TrainState, Any, Any], dict[str, float]]
 
 
-def _split(data: Any, validation_split: float, validation_data: Any) -> tuple:
+def split_data(data: Any, validation_split: float, validation_data: Any) -> tuple:
     """``(x, y), validation (x, y) or None, test (x, y) or None`` from a dataset or arrays."""
     if isinstance(data, (tuple, list)):
         (x, y), test = data, None
@@ -77,7 +77,7 @@ def _resolve_optimizer(optimizer: Any, total_steps: int) -> Optimizer:
     return Optimizer(tx=optimizer)
 
 
-def _epoch_logs(metrics: dict[str, jax.Array]) -> dict[str, float]:
+def epoch_logs(metrics: dict[str, jax.Array]) -> dict[str, float]:
     """Means over the epoch's applied (not skipped) steps, and the count of skipped ones."""
     metrics = jax.device_get(metrics)
     applied = ~metrics["skipped"]
@@ -175,7 +175,7 @@ def fit(
         (times the plateau scale), ``l2_strength`` (divided by the batch size when batch-scaled),
         ``l1_strength``, ``skipped_steps`` and ``epoch_seconds``.
     """
-    (x, y), validation, test_data = _split(data, validation_split, validation_data)
+    (x, y), validation, test_data = split_data(data, validation_split, validation_data)
     steps = len(x) // batch_size
     if steps == 0:
         raise ValueError(f"batch_size {batch_size} exceeds the {len(x)} training examples")
@@ -234,7 +234,7 @@ def fit(
             state, metrics = run_epoch(state, x, y, epoch_key)
         else:
             state, metrics = run_epoch(state, x, y, epoch_key, on_step=lambda: bar.update(1))
-        logs = _epoch_logs(metrics)
+        logs = epoch_logs(metrics)
         logs["epoch_seconds"] = time.perf_counter() - t0
         if validation is not None:
             logs.update({f"val_{k}": v for k, v in eval_fn(state, *validation).items()})

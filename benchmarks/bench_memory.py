@@ -1,7 +1,7 @@
 """Device memory of a training step: jaxreg.train vs the hand-written flax loop's step.
 
 Both steps are seed 004's (see :mod:`benchmarks.bench_training`): ``jaxreg.train.train_step``
-as ``fit`` uses it (optimizer wrapped in ``optax.apply_if_finite``) and the flax
+as ``fit`` uses it (skipping non-finite steps) and the flax
 ``TrainState`` step, each jitted with the state donated. The figures are XLA's buffer
 assignment of the compiled executables (``jit(f).lower(...).compile().memory_analysis()``),
 which every backend reports (on CPU ``device.memory_stats()`` is None):
@@ -9,11 +9,11 @@ which every backend reports (on CPU ``device.memory_stats()`` is None):
 - peak bytes of one step (``peak_memory_in_bytes``: live arguments, outputs and temporaries),
   jaxreg over flax: no extra copies of the parameters or the optimizer state (target <= 1.05);
 - donated (aliased) bytes over the bytes of the parameters and the optimizer state, for each:
-  donation works when the ratio is >= 1, i.e. they are updated in place (a 1-byte scalar such
-  as ``apply_if_finite``'s ``last_finite`` may be left unaliased, so the whole state is not the
-  yardstick);
+  donation works when the ratio is >= 1, i.e. they are updated in place (a small scalar of the
+  state may be left unaliased, so the whole state is not the yardstick);
 - fit's scan-mode epoch (``jit(scan_epoch)``): its temporaries over the training data's bytes,
-  informational: the epoch gathers a permuted copy of the data (the slab) before scanning.
+  informational: the epoch gathers each batch inside the scan, so no permuted copy of the
+  data is made.
 
 Memory is the same number on every run, so the rows carry bytes in the seconds columns
 (``unit: bytes``).

@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
@@ -137,10 +136,10 @@ def fit(
         loss_fn: per-example loss ``(outputs, targets) -> [B]``; default softmax cross-entropy
             for integer targets, squared error otherwise.
         monitor: the history key fed to the plateau transform after each epoch.
-        skip_nonfinite: wrap the optimizer in ``optax.apply_if_finite``: a step whose gradient
-            has a NaN/Inf leaves parameters, optimizer state and batch statistics unchanged and
-            is counted in ``skipped_steps``. It never gives up, so a diverged run shows every
-            step skipped; stop it with a callback.
+        skip_nonfinite: a step whose gradient has a NaN/Inf leaves parameters, optimizer
+            state and batch statistics unchanged and is counted in ``skipped_steps``
+            (:func:`optax.apply_if_finite`'s semantics; see :func:`train_step`). It never
+            gives up, so a diverged run shows every step skipped; stop it with a callback.
         compute_dtype: e.g. ``jnp.bfloat16`` for mixed precision (float32 parameters, batch
             statistics and loss).
         on_device: run each epoch as one ``lax.scan`` over device-resident data; default: when
@@ -180,7 +179,6 @@ def fit(
     if steps == 0:
         raise ValueError(f"batch_size {batch_size} exceeds the {len(x)} training examples")
     opt = _resolve_optimizer(optimizer, total_steps=epochs * steps)
-    tx = optax.apply_if_finite(opt.tx, jnp.iinfo(jnp.int32).max) if skip_nonfinite else opt.tx
     if loss_fn is None:
         loss_fn = cross_entropy if np.issubdtype(y.dtype, np.integer) else squared_error
     if opt.plateau is not None and monitor.startswith("val_") and validation is None:
@@ -191,9 +189,9 @@ def fit(
         raise ValueError(f"batch_size {batch_size} must be a multiple of accumulate={accumulate} (>= 1) times "
                          f"the {1 if mesh is None else mesh.size} devices")
 
-    step = functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn, compute_dtype=compute_dtype,
-                             accumulate=accumulate)
-    init = functools.partial(create_train_state, model, tx, x[:1], seed)
+    step = functools.partial(train_step, model=model, tx=opt.tx, loss_fn=loss_fn, compute_dtype=compute_dtype,
+                             accumulate=accumulate, skip_nonfinite=skip_nonfinite)
+    init = functools.partial(create_train_state, model, opt.tx, x[:1], seed)
     if mesh is None:
         state, sharded, put_batch, put_data = init(), {}, jax.device_put, jax.device_put
     else:

@@ -385,8 +385,8 @@ def _plan_group(model, key: dict, members: list[dict], epochs: int, n_train: int
         key["optimizer"], members[0]["learning_rate"], schedule=key["schedule"], total_steps=epochs * (n_train // b),
         l2=float(any(s["l2"] for s in members)), l1=float(any(s["l1"] for s in members)),
         proximal=key["proximal"], mask=mask, schedule_kwargs=dict(key["schedule_kwargs"]))
-    tx = optax.apply_if_finite(opt.tx, jnp.iinfo(jnp.int32).max) if skip_nonfinite else opt.tx
-    return {"model": model, "tx": tx, "batch_size": b, "steps": n_train // b, "schedule": key["schedule"]}
+    return {"model": model, "tx": opt.tx, "skip_nonfinite": skip_nonfinite, "batch_size": b,
+            "steps": n_train // b, "schedule": key["schedule"]}
 
 
 def _group_runner(plan: dict, loss_fn, compute_dtype, stacked: NamedSharding | None):
@@ -401,7 +401,8 @@ def _group_runner(plan: dict, loss_fn, compute_dtype, stacked: NamedSharding | N
         states = states.replace(opt_state=optax.tree_utils.tree_set(states.opt_state, **hyperparams))
         return states if stacked is None else jax.device_put(states, stacked)
 
-    step = jax.vmap(functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn, compute_dtype=compute_dtype),
+    step = jax.vmap(functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn, compute_dtype=compute_dtype,
+                                      skip_nonfinite=plan["skip_nonfinite"]),
                     in_axes=(0, None, None))
     run_epoch = jax.jit(functools.partial(scan_epoch, step=step, batch_size=b), donate_argnums=0)
 

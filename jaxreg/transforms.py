@@ -183,6 +183,14 @@ def add_l1(strength: ScalarOrSchedule, mask: masks.Mask = None
     return _add_penalty_gradient("add_l1", jnp.sign, strength, mask)
 
 
+def _data_scaled(name: str, direction: Callable[[jax.Array], jax.Array], strength: ScalarOrSchedule,
+                 num_examples: int, mask: masks.Mask) -> optax.GradientTransformationExtraArgs:
+    """``updates + strength / num_examples * direction(params)`` (seed 002's ``lambda/m`` forms)."""
+    check_hyperparam("strength", strength)
+    check_hyperparam("num_examples", num_examples, schedule=False, positive=True, integer=True)
+    return _add_penalty_gradient(name, direction, strength, mask, factor=1.0 / num_examples)
+
+
 def data_scaled_l2(strength: ScalarOrSchedule, num_examples: int, mask: masks.Mask = None
                    ) -> optax.GradientTransformationExtraArgs:
     """Seed 002's L2 term ``lambda/(2m) * sum w^2``: adds ``lambda/m * w``.
@@ -198,10 +206,7 @@ def data_scaled_l2(strength: ScalarOrSchedule, num_examples: int, mask: masks.Ma
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
     """
-    check_hyperparam("strength", strength)
-    check_hyperparam("num_examples", num_examples, schedule=False, positive=True, integer=True)
-    return _add_penalty_gradient("data_scaled_l2", lambda w: w, strength, mask,
-                                 factor=1.0 / num_examples)
+    return _data_scaled("data_scaled_l2", lambda w: w, strength, num_examples, mask)
 
 
 def data_scaled_l1(strength: ScalarOrSchedule, num_examples: int, mask: masks.Mask = None
@@ -216,10 +221,7 @@ def data_scaled_l1(strength: ScalarOrSchedule, num_examples: int, mask: masks.Ma
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
     """
-    check_hyperparam("strength", strength)
-    check_hyperparam("num_examples", num_examples, schedule=False, positive=True, integer=True)
-    return _add_penalty_gradient("data_scaled_l1", jnp.sign, strength, mask,
-                                 factor=1.0 / num_examples)
+    return _data_scaled("data_scaled_l1", jnp.sign, strength, num_examples, mask)
 
 
 _CONVENTION_FACTOR = {"half": 1.0, "seed": 2.0}

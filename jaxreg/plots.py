@@ -20,6 +20,13 @@ PANELS = (
 """Panel title and the history keys drawn in it; a panel with none of its keys is left out."""
 
 
+def figure_row(panels: int, panel_size: tuple[float, float]) -> tuple[Figure, list]:
+    """A figure with ``panels`` axes side by side, each ``panel_size`` inches, on the Agg canvas."""
+    fig = Figure(figsize=(panel_size[0] * panels, panel_size[1]), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, list(fig.subplots(1, panels, squeeze=False)[0])
+
+
 def plot_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike,
                  title: str | None = None) -> None:
     """Writes ``path`` (PNG): one panel per epoch curve of :data:`PANELS` present in ``history``.
@@ -34,9 +41,8 @@ def plot_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike
     panels = [(name, keys) for name, keys in panels if keys]
     if not panels:
         raise ValueError(f"nothing to plot: history has none of {[k for _, ks in PANELS for k in ks]}")
-    fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    for ax, (name, keys) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+    fig, axes = figure_row(len(panels), (4.2, 3.6))
+    for ax, (name, keys) in zip(axes, panels):
         for key in keys:
             values = list(history[key])
             ax.plot(range(1, len(values) + 1), values, marker=".",

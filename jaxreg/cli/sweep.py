@@ -38,17 +38,16 @@ from typing import Any
 
 import jax
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
-from jaxreg import models
+from jaxreg import models, penalties
 from jaxreg.cli.train import DEFAULT_L2, MODELS, load_dataset, non_negative_int, positive_int, readable_dir
 from jaxreg.data import DATASETS
+from jaxreg.plots import figure_row
 from jaxreg.train import SweepResult, sweep
 from jaxreg.train.optimizer import OPTIMIZERS
 
 DEFAULT_GRID_L2 = (0.0, 1e-5, 1e-4, 1e-3)
 STUDY_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
+PANEL_SIZE = (5.0, 3.8)
 REFERENCE_BATCH = 128
 """The study's fixed-strength model uses ``lambda / REFERENCE_BATCH`` (equal to lambda/b there)."""
 
@@ -108,10 +107,8 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 
 def kernel_norm(params: Any) -> float:
-    """``||W||_2`` over all kernels (the leaves the L2 penalty applies to by default)."""
-    squares = [np.sum(np.square(a)) for path, a in jax.tree_util.tree_leaves_with_path(params)
-               if getattr(path[-1], "key", None) == "kernel"]
-    return float(np.sqrt(np.sum(squares)))
+    """``||W||_2`` over the leaves the L2 penalty applies to by default (kernels only)."""
+    return float(np.sqrt(penalties.l2(params)))
 
 
 HYPERPARAMETERS = ("l2", "l1", "learning_rate", "batch_scaled", "batch_size", "optimizer")
@@ -136,12 +133,6 @@ def summarize(result: SweepResult) -> list[dict[str, Any]]:
     return rows
 
 
-def _figure(panels: int) -> tuple[Figure, Any]:
-    fig = Figure(figsize=(5 * panels, 3.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(1, panels, squeeze=False)[0]
-
-
 def _score(rows: list[dict[str, Any]]) -> str:
     return "test_accuracy_mean" if "test_accuracy_mean" in rows[0] else "train_loss_mean"
 
@@ -151,7 +142,7 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     curve per combination of the other hyperparameters that vary."""
     metric = _score(rows)
     varying = [k for k in HYPERPARAMETERS if k != "l2" and len({r[k] for r in rows}) > 1]
-    fig, (ax,) = _figure(1)
+    fig, (ax,) = figure_row(1, PANEL_SIZE)
     for other, curve in itertools.groupby(sorted(rows, key=lambda r: [r[k] for k in varying]),
                                           key=lambda r: tuple(r[k] for k in varying)):
         curve = sorted(curve, key=lambda r: r["l2"])
@@ -171,7 +162,7 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 def plot_study(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Test accuracy and kernel norm against the batch size, fixed lambda vs lambda/b."""
     metric = _score(rows)
-    fig, axes = _figure(2)
+    fig, axes = figure_row(2, PANEL_SIZE)
     for scaled, label in ((False, f"fixed lambda/{REFERENCE_BATCH}"), (True, "lambda/b")):
         curve = sorted((r for r in rows if r["batch_scaled"] == scaled), key=lambda r: r["batch_size"])
         b = [r["batch_size"] for r in curve]

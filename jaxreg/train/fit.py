@@ -35,7 +35,7 @@ from jaxreg.train import checkpoint, distributed
 from jaxreg.train.epoch import scan_epoch, stream_epoch
 from jaxreg.train.optimizer import Optimizer, make_optimizer, plateau_scale, update_plateau
 from jaxreg.train.state import TrainState, create_train_state
-from jaxreg.train.step import cross_entropy, evaluate, squared_error, train_step
+from jaxreg.train.step import default_loss, evaluate, train_step
 
 DEVICE_DATA_BYTES = 1 << 30
 """Training sets up to this size run in scan mode by default."""
@@ -180,7 +180,7 @@ def fit(
         raise ValueError(f"batch_size {batch_size} exceeds the {len(x)} training examples")
     opt = _resolve_optimizer(optimizer, total_steps=epochs * steps)
     if loss_fn is None:
-        loss_fn = cross_entropy if np.issubdtype(y.dtype, np.integer) else squared_error
+        loss_fn = default_loss(y)
     if opt.plateau is not None and monitor.startswith("val_") and validation is None:
         raise ValueError(f"the plateau monitors {monitor!r}: pass validation_split or validation_data")
 

@@ -35,6 +35,15 @@ def squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.squared_error(outputs.reshape(targets.shape), targets)
 
 
+def default_loss(targets: Any) -> LossFn:
+    """:func:`cross_entropy` for integer targets (classification), else :func:`squared_error`."""
+    return cross_entropy if jnp.issubdtype(targets.dtype, jnp.integer) else squared_error
+
+
+EVAL_BATCH = 1000
+"""Examples per chunk of :func:`evaluate` (one inference batch)."""
+
+
 def _cast(tree: Any, dtype: Any) -> Any:
     """Floating leaves of ``tree`` cast to ``dtype`` (``None``: unchanged)."""
     if dtype is None:
@@ -168,7 +177,7 @@ def evaluate(
     y: Any,
     *,
     loss_fn: LossFn = cross_entropy,
-    batch_size: int = 1000,
+    batch_size: int = EVAL_BATCH,
     compute_dtype: Any = None,
 ) -> dict[str, float]:
     """Mean loss (and accuracy for integer labels) of ``model`` in inference mode (running

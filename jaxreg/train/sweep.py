@@ -62,7 +62,7 @@ from jaxreg.train.epoch import scan_epoch
 from jaxreg.train.fit import epoch_logs, split_data
 from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES, make_optimizer
 from jaxreg.train.state import create_train_state
-from jaxreg.train.step import cross_entropy, evaluation_sums, squared_error, train_step
+from jaxreg.train.step import EVAL_BATCH, default_loss, evaluation_sums, train_step
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,6 @@ DEFAULT_DEVICE_BYTES = 2 << 30
 """Memory assumed free on a device that does not report ``memory_stats`` (CPU)."""
 MEMORY_FRACTION = 0.5
 """Share of the free device memory a chunk may plan to use (XLA needs headroom)."""
-EVAL_BATCH = 1000
 
 
 class SettingResult(NamedTuple):
@@ -317,7 +316,7 @@ def sweep(
         raise ValueError(f"sweep key 'bn_momentum' needs a model with a bn_momentum field; "
                          f"{type(model).__name__} has none")
     if loss_fn is None:
-        loss_fn = cross_entropy if np.issubdtype(y.dtype, np.integer) else squared_error
+        loss_fn = default_loss(y)
 
     groups: dict[tuple, list[int]] = {}
     for i, s in enumerate(settings):

@@ -212,7 +212,11 @@ def fit(
     evaluate_run = functools.partial(evaluate, model, loss_fn=loss_fn, compute_dtype=compute_dtype)
 
     def eval_fn(state, x, y):
-        return evaluate_run(state, put_data(np.asarray(x)), put_data(np.asarray(y)))
+        x, y = (a if isinstance(a, jax.Array) else put_data(np.asarray(a)) for a in (x, y))
+        return evaluate_run(state, x, y)
+
+    if validation is not None:  # placed once, not at every epoch's evaluation
+        validation = tuple(put_data(np.asarray(a)) for a in validation)
 
     feed_plateau = jax.jit(functools.partial(update_plateau, plateau=opt.plateau),
                            **({} if mesh is None else dict(out_shardings=state_sharding.opt_state)))

@@ -93,6 +93,11 @@ def test_eight_devices_match_one(tmp_path, swept):
         r = sweep(SeedMLP(hidden=16), load("digits"), {SETTINGS!r}, **{KW!r})  # 3 settings padded to 8
         assert r.groups[0]["chunk_size"] == 8, r.groups
         leaves = [np.asarray(a) for res in r.results for a in jax.tree.leaves((res.params, res.batch_stats))]
+        # a user's mesh with Explicit axes (jax.make_mesh's default) gives the same results
+        explicit = sweep(SeedMLP(hidden=16), load("digits"), {SETTINGS!r}, mesh=jax.make_mesh((8,), ("sweep",)),
+                         **{KW!r})
+        for a, b in zip(leaves, [a for res in explicit.results for a in jax.tree.leaves((res.params, res.batch_stats))]):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
         np.savez({str(tmp_path / "out.npz")!r}, *leaves, test=[res.final["test_loss"] for res in r.results])
     """)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}

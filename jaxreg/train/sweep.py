@@ -42,6 +42,7 @@ a multiple of ``n``; the copies are dropped). The data is replicated.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -55,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxreg.train.epoch import scan_epoch
@@ -239,7 +240,9 @@ def _chunks(count: int, capacity: int, multiple: int) -> tuple[int, int]:
 
 def _sweep_mesh(mesh: Mesh | None) -> Mesh | None:
     if mesh is None:
-        return jax.make_mesh((jax.local_device_count(),), ("sweep",)) if jax.local_device_count() > 1 else None
+        if jax.local_device_count() == 1:
+            return None
+        return jax.make_mesh((jax.local_device_count(),), ("sweep",), axis_types=(AxisType.Auto,))
     if "sweep" not in mesh.axis_names:
         raise ValueError(f"the sweep mesh needs an axis named 'sweep'; got axes {mesh.axis_names}")
     return mesh
@@ -355,8 +358,12 @@ def sweep(
             chunk = members[c * size:(c + 1) * size]
             padded = [settings[i] for i in chunk] + [settings[chunk[-1]]] * (size - len(chunk))
             t0 = time.perf_counter()
-            history, states = run_chunk(padded, x, y, data_key, epochs, bar)
-            final = _final_metrics(history, plan, states, test_data if test else None, loss_fn, compute_dtype)
+            # An Explicit-axes mesh must be the context mesh of the jitted vmapped programs
+            # (jax.set_mesh); harmless for Auto axes.
+            with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+                history, states = run_chunk(padded, x, y, data_key, epochs, bar)
+                final = _final_metrics(history, plan, states, test_data if test else None, loss_fn,
+                                       compute_dtype)
             host = jax.device_get((states.params, states.batch_stats))
             seconds = time.perf_counter() - t0
             for j, i in enumerate(chunk):

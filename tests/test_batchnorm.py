@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from jaxreg.nn import BatchNorm, momentum_from_keras, momentum_from_torch
 
@@ -257,7 +259,7 @@ def test_stable_variance_at_large_mean_over_std():
 
 
 def test_stable_variance_with_masks_and_ghost_batches():
-    """The shift is taken from unmasked elements, and per ghost batch."""
+    """The statistics are those of the unmasked elements, and per ghost batch."""
     k1, k2 = jax.random.split(jax.random.key(1))
     shape = (16, 10, 3)
     x = (-2e4 + 2.0 * jax.random.normal(k1, shape)).astype(jnp.float32)
@@ -275,8 +277,64 @@ def test_stable_variance_with_masks_and_ghost_batches():
     np.testing.assert_allclose(stats["var"], np.mean([r["var"] for r in refs], 0), rtol=1e-3)
 
 
+_COND_SHAPE = (48, 5, 4)
+
+
+@jax.jit
+def _train_outputs(x, dy):
+    """Batch statistics and d(sum(y * dy))/dx of a default BatchNorm (unit scale, zero bias)."""
+    bn = BatchNorm(momentum=0.0)
+    variables = bn.init(jax.random.key(0), x, use_running_average=False)
+
+    def loss(x):
+        y, new = bn.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+        return jnp.sum(y * dy), new["batch_stats"]
+
+    dx, stats = jax.grad(loss, has_aux=True)(x)
+    return stats["mean"], stats["var"], dx
+
+
+@given(log_ratio=st.floats(-2.0, 4.5), sign=st.sampled_from([-1.0, 1.0]),
+       sort=st.booleans(), seed=st.integers(0, 2**16))
+def test_statistics_and_gradients_accurate_at_any_mean_over_std(log_ratio, sign, sort, seed):
+    """float32 statistics within 1e-3 of float64 for |mean|/std from 1e-2 to 3e4, sorted or not.
+
+    Covers both sides of the switch from the plain sums to the recomputation around the first
+    mean (E[x^2] > 64 var), and batches sorted along the batch axis.
+    """
+    kx, kdy, ks = jax.random.split(jax.random.key(seed), 3)
+    std = 0.5 + jax.random.uniform(ks, (_COND_SHAPE[-1],))
+    z = jax.random.normal(kx, _COND_SHAPE)
+    if sort:
+        z = jnp.sort(z, axis=0)
+    x = (sign * 10.0**log_ratio * std + std * z).astype(jnp.float32)
+    dy = jax.random.normal(kdy, _COND_SHAPE)
+    ref = np_batchnorm(x, -1, np.ones(4), np.zeros(4), dy)
+    mean, var, dx = _train_outputs(x, dy)
+    mean_err = np.abs(np.asarray(mean, np.float64) - ref["mean"])
+    ulp_of_mean = np.abs(ref["mean"]) * np.finfo(np.float32).eps
+    assert np.all(mean_err <= 2 * ulp_of_mean + 1e-6 * np.sqrt(ref["var"])), (mean_err, ulp_of_mean)
+    np.testing.assert_allclose(var, ref["var"], rtol=1e-3)
+    # x itself is rounded to float32 at ~|mean| * eps: x_hat (and so dx) cannot be better
+    atol = 5e-4 + 4 * (10.0**log_ratio) * float(np.finfo(np.float32).eps)
+    np.testing.assert_allclose(dx, ref["dx"], atol=atol * np.abs(ref["dx"]).max())
+
+
+def test_stable_statistics_under_vmap_with_mixed_conditioning():
+    """Under vmap the recomputation's cond becomes a select: each instance stays accurate."""
+    kx, kdy = jax.random.split(jax.random.key(3))
+    z = jax.random.normal(kx, (2, *_COND_SHAPE))
+    x = jnp.stack([1.0 + z[0], 3e4 + z[1]])
+    dy = jax.random.normal(kdy, x.shape)
+    mean, var, dx = jax.vmap(_train_outputs)(x, dy)
+    for i in range(2):
+        ref = np_batchnorm(x[i], -1, np.ones(4), np.zeros(4), dy[i])
+        np.testing.assert_allclose(var[i], ref["var"], rtol=1e-3)
+        np.testing.assert_allclose(dx[i], ref["dx"], atol=1e-2 * np.abs(ref["dx"]).max())
+
+
 def test_second_derivatives_match_flax_exact_autodiff():
-    """The stop_gradient shift leaves derivatives of every order exact (e.g. gradient penalties)."""
+    """The custom_jvp keeps derivatives of every order exact (e.g. gradient penalties)."""
     x, dy, _, _ = random_inputs((5, 3), -1)
 
     def hessian(module):

@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent(
                               use_running_average=False, mask=mask, mutable=["batch_stats"])
         return y, new["batch_stats"]
 
-    def run(module, sharded, groups_of=None):
+    def run(module, sharded, x=x):
         variables = module.init(jax.random.key(1), x, use_running_average=False)
         f = functools.partial(train, module)
         if sharded:
@@ -63,6 +63,17 @@ SCRIPT = textwrap.dedent(
     }.items():
         multi = run(module, sharded=True)
         out[name] = {k: maxdiff(multi[k], single[k]) for k in single}
+
+    # |mean| / std = 1e3: the recomputation around the first mean runs inside shard_map
+    x_ill = 1e3 * 2.0 + x - 3.0
+    single = run(BatchNorm(momentum=0.9), sharded=False, x=x_ill)
+    multi = run(BatchNorm(momentum=0.9, axis_name="d"), sharded=True, x=x_ill)
+    out["stable_ill"] = {k: maxdiff(multi[k], single[k]) for k in single}
+    m = np.broadcast_to(np.asarray(mask), x.shape).reshape(-1, C)
+    xs = np.asarray(x_ill, np.float64).reshape(-1, C)
+    ref_var = np.array([xs[m[:, c], c].var() for c in range(C)])
+    out["stable_ill_var_rel_err"] = float(np.max(np.abs(
+        np.asarray(multi["stats"]["var"]) - (0.1 * ref_var + 0.9)) / (0.1 * ref_var + 0.9)))
 
     # axis_index_groups (pmap only): two groups of 4 devices = one-device BN on each half
     grouped_bn = BatchNorm(momentum=0.9, axis_name="d",
@@ -103,6 +114,15 @@ def test_synced_statistics_equal_whole_batch_on_one_device(sync_result, variance
     diffs = sync_result[variance]
     assert diffs["y"] < 1e-5 and diffs["stats"] < 1e-5, diffs
     assert diffs["dx"] < 1e-5 and diffs["dparams"] < 1e-4, diffs
+
+
+def test_synced_statistics_exact_when_ill_conditioned(sync_result):
+    """At |mean|/std = 1e3 the recomputation (a cond with a psum inside) runs on every device."""
+    diffs = sync_result["stable_ill"]
+    assert diffs["y"] < 1e-5 and diffs["stats"] < 1e-4, diffs
+    assert diffs["dx"] < 1e-5 and diffs["dparams"] < 1e-4, diffs
+    # flax's E[x^2] - E[x]^2 would be ~ float_eps * 1e6 = 6% off here
+    assert sync_result["stable_ill_var_rel_err"] < 1e-5, sync_result["stable_ill_var_rel_err"]
 
 
 def test_flax_pmean_of_means_is_wrong_for_unequal_counts(sync_result):

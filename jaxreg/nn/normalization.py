@@ -31,20 +31,19 @@ update only (normalization always uses the biased variance), as PyTorch does.
 Differences from ``flax.linen.BatchNorm`` (same fields, call signature, variable names, shapes
 and dtypes, so checkpoints load unchanged):
 
-* ``use_fast_variance`` defaults to ``False``: the sums are taken around a per-feature shift
-  ``c`` close to the mean (the mean of a thin slice of the batch), ``var = E[(x - c)^2] -
-  (E[x] - c)^2``, accurate at any ``|mean| / std`` and still one pass over ``x``. flax's default
-  ``E[x^2] - E[x]^2`` (``c = 0``, kept as ``use_fast_variance=True``) cancels catastrophically
-  when ``|mean| / std`` is large (at 1e4 in float32 it returns noise or 0). flax's own
-  ``use_fast_variance=False`` (mean first, then ``E[(x - mean)^2]``) is exact but reads ``x``
-  one more time. Limitation: if the slice's mean is ~100 standard deviations or more from the
-  batch mean (e.g. a batch sorted by value), the relative error grows like
-  ``float_eps * ((mean - c) / std)^2``.
-* With ``axis_name`` the statistics are exact over all devices: the shift ``c`` is averaged
-  over devices, then the per-device element counts and shifted sums (of ``x - c`` and
-  ``(x - c)^2``) are ``psum``-ed in one collective. flax averages per-device means and
-  per-device ``E[x^2]`` (``pmean``), which is wrong when devices hold different numbers of
-  valid elements (masks, uneven shards; flax issue 2417).
+* ``use_fast_variance`` defaults to ``False``: the statistics are accurate at any
+  ``|mean| / std``. flax's default ``E[x^2] - E[x]^2`` (kept as ``use_fast_variance=True``)
+  cancels catastrophically when ``|mean| / std`` is large (at 1e4 in float32 it returns noise
+  or 0). Ours takes the same one pass of plain sums, checks per feature whether ``E[x^2] >
+  64 var`` (``|mean| / std`` above ~8, where that formula starts to lose digits) and only then
+  recomputes the sums around the first mean (a ``lax.cond``, see :func:`_moments`): as fast as
+  flax's fast variance on ordinary activations, as accurate as its two-pass
+  ``use_fast_variance=False`` (which reads ``x`` once more, always) on the rest.
+* With ``axis_name`` the statistics are exact over all devices: the per-device element counts
+  and sums are ``psum``-ed in one collective (and the recomputation's sums in a second one,
+  when it runs). flax averages per-device means and per-device ``E[x^2]`` (``pmean``), which
+  is wrong when devices hold different numbers of valid elements (masks, uneven shards; flax
+  issue 2417).
 * ``virtual_batch_size`` (ghost batch normalization) and ``unbiased_running_var`` are extra.
 """
 from __future__ import annotations
@@ -101,6 +100,12 @@ def _canonicalize_axes(rank: int, axes: int | Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted({a % rank for a in axes_tuple}))
 
 
+#: The fast sums are kept when ``E[x^2] <= _CONDITION_LIMIT * var`` for every feature (that is,
+#: ``|mean| / std <= sqrt(63) ~ 8``), where the relative rounding error of ``E[x^2] - E[x]^2``
+#: is at most about ``64 * float_eps`` times the summation's error growth: ~4e-6 in float32.
+_CONDITION_LIMIT = 64.0
+
+
 def _moments(
     x: Array,
     reduction_axes: tuple[int, ...],
@@ -110,28 +115,44 @@ def _moments(
     axis_name: str | None,
     axis_index_groups: Any,
     use_fast_variance: bool,
-    fallback_shift: Array,
 ) -> tuple[Array, Array, Array]:
     """Count, mean and biased variance of ``x`` over ``reduction_axes`` (kept as size-1 axes).
 
-    One pass over ``x`` for the shifted sums ``S1 = sum(x - c)``, ``S2 = sum((x - c)^2)``::
+    First, one pass over ``x`` for the plain sums ``S1 = sum(x)``, ``S2 = sum(x^2)``::
 
-        mean = c + S1 / N,    var = S2 / N - (S1 / N)^2
+        mean = S1 / N,    var = S2 / N - mean^2
 
-    exact for any per-feature constant ``c``. ``use_fast_variance`` takes ``c = 0`` (flax's
-    ``E[x^2] - E[x]^2``: catastrophic cancellation when ``|mean| / std`` is large). Otherwise
-    ``c`` is the mean of a thin slice of ``x`` (index 0 along the longest reduction axis, masked
-    elements excluded; ``fallback_shift`` if that slice has none), so ``|mean - c|`` is a few
-    standard deviations and the float32 result is accurate at any ``|mean| / std``, at the cost
-    of reading ``x`` once, as flax's fast variance does. ``c`` is a ``stop_gradient`` constant:
-    since the formulas hold for every ``c``, derivatives of all orders are exact.
+    flax's fast variance, which cancels catastrophically when ``|mean| / std`` is large (the
+    relative error is ~``float_eps * (mean / std)^2``: noise or 0 at 1e4 in float32). With
+    ``use_fast_variance`` that is the result. Otherwise, if any feature has ``E[x^2] >
+    _CONDITION_LIMIT * var``, the statistics are recomputed around the first mean ``c``
+    (accurate to ``float_eps * |mean|``, so ``|mean - c|`` is a tiny fraction of a standard
+    deviation)::
 
-    ``mask`` (broadcastable to ``x``) selects the elements that count. With ``axis_name``, ``c``
-    is averaged over devices (``pmean``), then (N, S1, S2) are ``psum``-ed in one collective, so
-    the statistics are those of all devices' elements together, exact for unequal counts.
+        d = sum(x - c) / N,    mean = c + d,    var = sum((x - c)^2) / N - d^2
+
+    which is accurate at any ``|mean| / std``. The recomputation is a ``lax.cond``: well-
+    conditioned batches (the usual case, e.g. activations after a linear layer) cost exactly
+    flax's fast variance, and only ill-conditioned ones pay the second pass. Under ``vmap`` the
+    predicate is batched and ``cond`` becomes a ``select``: both are computed, results unchanged.
+
+    Derivatives come from a ``custom_jvp`` with the exact, well-conditioned tangents
+    ``dmean = sum(dx) / N`` and ``dvar = 2 sum((x - mean) dx) / N`` whichever branch ran, so
+    autodiff never differentiates through the ``cond`` (which would keep XLA from fusing the
+    backward pass) and derivatives of every order are exact.
+
+    Why not always shift? A one-pass sum around a per-feature shift ``c`` (``sum(x - c)``, with
+    ``c`` from a slice of the batch) costs no extra pass, but on XLA CPU the broadcast
+    subtraction inside the two reductions made them ~2x slower than plain sums, ~10% of a
+    BatchNorm fwd+bwd step (``benchmarks/RESULTS.md``); a two-pass mean-then-variance costs one
+    more read of ``x`` on every backend.
+
+    ``mask`` (broadcastable to ``x``) selects the elements that count. With ``axis_name``, the
+    per-device (N, S1, S2) are ``psum``-ed in one collective (and the recomputation's sums in
+    another, only if it runs; all devices take the same branch since the predicate is computed
+    from the summed values), so the statistics are those of all devices' elements together,
+    exact for unequal counts.
     """
-    x = jnp.asarray(x)
-    converted = x.dtype != jnp.dtype(dtype)
     x = jnp.asarray(x, dtype)
     stat_shape = tuple(1 if a in reduction_axes else d for a, d in enumerate(x.shape))
     if mask is None:
@@ -141,83 +162,46 @@ def _moments(
         where = jnp.broadcast_to(jnp.asarray(mask, bool), x.shape)
         count = jnp.sum(where, reduction_axes, keepdims=True, dtype=dtype)
 
-    shift = None
-    if not use_fast_variance:
-        shift = _pilot_mean(x, where, reduction_axes, jnp.asarray(fallback_shift, dtype))
-        if axis_name is not None:
-            shift = lax.pmean(shift, axis_name, axis_index_groups=axis_index_groups)
-        if converted:
-            # x is converted (bf16 -> float32) into a full-size copy anyway (flax too): fused
-            # with the conversion, x - c is that copy, and the plain sums of it cost nothing more.
-            x = x - shift
-        else:
-            sums = (count, *_shifted_sums(x, shift, where, reduction_axes))
-    if shift is None or converted:
-        sums = (
-            count,
-            jnp.sum(x, reduction_axes, keepdims=True, where=where),
-            jnp.sum(lax.square(x), reduction_axes, keepdims=True, where=where),
-        )
-    if axis_name is not None:
-        sums = tuple(lax.psum(jnp.stack(sums), axis_name, axis_index_groups=axis_index_groups))
-    count, s1, s2 = sums
-    mean = s1 / count
-    # S2/N - (S1/N)^2 can round below 0 (only when the shift is far from the mean).
-    var = jnp.maximum(0.0, s2 / count - lax.square(mean))
-    return count, (mean if shift is None else shift + mean), var
-
-
-def _shifted_sums(
-    x: Array, c: Array, where: Array | None, reduction_axes: tuple[int, ...]
-) -> tuple[Array, Array]:
-    """``(sum(x - c), sum((x - c)^2))`` over ``reduction_axes`` (kept), as two reads of ``x``.
-
-    Written so that XLA CPU (jax 0.10) fuses each subtraction into its reduction (a YNNPACK
-    "ynn_fusion"), reading ``x`` as flax's unshifted sums do. With the plain ``d = x - c;
-    sum(d), sum(d * d)``, ``d`` has several users (both sums, and autodiff's backward
-    ``2 * d * g``), so it is not fused into the reductions but written out as a full float32
-    array and read back twice: 385 MB of full-array traffic per fwd+bwd step vs flax's 308 MB
-    at 64x28x28x128 (same as flax's two-pass ``use_fast_variance=False``). Hence three spellings
-    that XLA does not merge (CSE) and that round exactly as ``x - c`` does: ``x + (-c)`` for
-    ``S1``, ``x - c`` for ``S2`` and, in the ``custom_jvp`` rule, ``2x + (-2c) == 2 (x - c)`` for
-    the tangent of ``S2`` (what autodiff of ``sum((x - c)^2)`` computes, so results and
-    derivatives of all orders are unchanged). Float32 fwd+bwd: ~5% faster than the plain form
-    (A/B), 1.07-1.10x flax's fast variance on 2 CPU cores, the rest being the broadcast
-    subtraction inside the two reductions (both sums 1.4 ms vs flax's 0.9 ms, alone).
-    Not used for converted (bf16) inputs, see :func:`_moments`.
-    """
-
-    def total(v: Array) -> Array:
+    def total(v: Array, where: Array | None) -> Array:
         return jnp.sum(v, reduction_axes, keepdims=True, where=where)
 
+    def psum(*stats: Array) -> tuple[Array, ...]:
+        """Per-feature statistics summed over devices, in one collective."""
+        if axis_name is None:
+            return stats
+        return tuple(lax.psum(jnp.stack(stats), axis_name, axis_index_groups=axis_index_groups))
+
+    def fast(x: Array, count: Array, where: Array | None) -> tuple[Array, ...]:
+        count, s1, s2 = psum(count, total(x, where), total(lax.square(x), where))
+        mean = s1 / count
+        # S2/N - mean^2 can round below 0.
+        return count, mean, jnp.maximum(0.0, s2 / count - lax.square(mean)), s2
+
+    if use_fast_variance:
+        return fast(x, count, where)[:3]
+
     @jax.custom_jvp
-    def sums(x: Array, c: Array) -> tuple[Array, Array]:
-        return total(x + (-c)), total(lax.square(x - c))
+    def stable(x: Array, count: Array, where: Array | None) -> tuple[Array, Array, Array]:
+        count, mean, var, s2 = fast(x, count, where)
 
-    @sums.defjvp
-    def sums_jvp(primals, tangents):
-        x, c = primals
-        dx, dc = tangents
-        dd = dx - dc
-        return sums(x, c), (total(dd), total((x * 2 + c * -2) * dd))
+        def recompute(x: Array, c: Array) -> tuple[Array, Array]:
+            d1, d2 = psum(total(x - c, where), total(lax.square(x - c), where))
+            d = d1 / count
+            return c + d, jnp.maximum(0.0, d2 / count - lax.square(d))
 
-    return sums(x, c)
+        ill_conditioned = jnp.any(s2 > _CONDITION_LIMIT * count * var)
+        mean, var = lax.cond(ill_conditioned, recompute, lambda x, c: (c, var), x, mean)
+        return count, mean, var
 
+    @stable.defjvp
+    def stable_jvp(primals, tangents):
+        x, count, where = primals
+        dx = tangents[0]
+        count, mean, var = stable(x, count, where)
+        dmean, dvar = psum(total(dx, where), total(2 * (x - mean) * dx, where))
+        return (count, mean, var), (jnp.zeros_like(count), dmean / count, dvar / count)
 
-def _pilot_mean(
-    x: Array, where: Array | None, reduction_axes: tuple[int, ...], fallback: Array
-) -> Array:
-    """Mean of the slice at index 0 of the longest reduction axis (a ``stop_gradient`` constant)."""
-    if not reduction_axes:
-        return lax.stop_gradient(x)
-    axis = max(reduction_axes, key=lambda a: x.shape[a])
-    x0 = lax.slice_in_dim(x, 0, 1, axis=axis)
-    if where is None:
-        return lax.stop_gradient(x0.mean(reduction_axes, keepdims=True))
-    w0 = lax.slice_in_dim(where, 0, 1, axis=axis)
-    n0 = w0.sum(reduction_axes, keepdims=True)
-    s0 = jnp.sum(x0, reduction_axes, keepdims=True, where=w0)
-    return lax.stop_gradient(jnp.where(n0 > 0, s0 / jnp.maximum(n0, 1), fallback))
+    return stable(x, count, where)
 
 
 def _normalize(
@@ -333,7 +317,6 @@ def _batch_norm(
         axis_name=None if mdl.is_initializing() else mdl.axis_name,
         axis_index_groups=mdl.axis_index_groups,
         use_fast_variance=mdl.use_fast_variance,
-        fallback_shift=running_mean,
     )
     renorm = None
     if renorm_fn is not None:
@@ -403,7 +386,8 @@ class BatchNorm(nn.Module):
       axis_name: named device axis (pmap/shard_map) over which statistics are computed exactly.
       axis_index_groups: subgroups of ``axis_name`` (as in ``lax.psum``).
       use_fast_variance: ``E[x^2] - E[x]^2`` (flax's default; inaccurate when ``|mean| / std``
-        is large). Default ``False``: sums around a shift near the mean (as fast, accurate).
+        is large). Default ``False``: the same sums, recomputed around the mean for the batches
+        where that formula would lose digits (as fast on ordinary activations, accurate).
       force_float32_reductions: statistics in at least float32 and ``batch_stats`` in float32
         (default); if ``False``, statistics in the input dtype and ``batch_stats`` in
         ``param_dtype``, as in flax.

@@ -96,7 +96,8 @@ def test_eight_devices_match_one(tmp_path, swept):
         # a user's mesh with Explicit axes (jax.make_mesh's default) gives the same results
         explicit = sweep(SeedMLP(hidden=16), load("digits"), {SETTINGS!r}, mesh=jax.make_mesh((8,), ("sweep",)),
                          **{KW!r})
-        for a, b in zip(leaves, [a for res in explicit.results for a in jax.tree.leaves((res.params, res.batch_stats))]):
+        for a, b in zip(leaves, [a for res in explicit.results for a in jax.tree.leaves((res.params, res.batch_stats))],
+                        strict=True):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
         np.savez({str(tmp_path / "out.npz")!r}, *leaves, test=[res.final["test_loss"] for res in r.results])
     """)

@@ -30,7 +30,7 @@ import optax
 
 from benchmarks.bench_training import BATCH_SIZE, LEARNING_RATE, SEED, flax_state, flax_step, jaxreg_step
 from benchmarks.timing import row
-from jaxreg.models import SeedMLP
+from jaxreg.train.models import SeedMLP
 from jaxreg.train import create_train_state, scan_epoch
 
 

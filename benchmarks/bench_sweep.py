@@ -19,7 +19,7 @@ import jax
 
 from benchmarks.timing import interleaved_medians, row
 from jaxreg.data import load
-from jaxreg.models import SeedMLP
+from jaxreg.train.models import SeedMLP
 from jaxreg.train import fit, sweep
 
 

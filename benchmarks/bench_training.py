@@ -35,7 +35,7 @@ from flax.training import train_state
 
 import jaxreg.data
 from benchmarks.timing import interleaved_medians, row
-from jaxreg.models import SeedMLP
+from jaxreg.train.models import SeedMLP
 from jaxreg.train import create_train_state, fit, scan_epoch, train_step
 
 BATCH_SIZE, LEARNING_RATE, SEED = 128, 1e-3, 0

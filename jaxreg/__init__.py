@@ -1,29 +1,51 @@
 """jaxreg: regularization and normalization as composable optax/flax building blocks.
 
-Layers, lowest first: transforms (masks, penalties, transforms, proximal, schedules,
-plateau) -> nn (flax modules) -> data -> train -> cli. A lower layer never imports a higher one.
+Layers, lowest first, one folder each; a lower layer never imports a higher one:
+
+* :mod:`jaxreg.transforms`: the optax layer (masks, penalties, regularizers, proximal,
+  schedules, plateau), re-exported here (``jaxreg.add_l2``, ``jaxreg.masks``, ...);
+* :mod:`jaxreg.nn`: flax modules (the batch normalization family);
+* :mod:`jaxreg.data`: datasets;
+* :mod:`jaxreg.train`: the training engine and its models (:mod:`jaxreg.train.models`);
+* :mod:`jaxreg.cli`: the ``jaxreg`` command and its plots.
+
+``jaxreg._validate`` (argument checks) sits below them all.
 """
 
 __version__ = "0.1.0"
 
-# --- regularization transforms (masks, penalties, transforms, proximal) ---
-from jaxreg import masks, penalties
-from jaxreg.proximal import proximal_elastic_net, proximal_l1
-from jaxreg.transforms import (ScheduleState, add_l1, add_l2, batch_scaled_l2, data_scaled_l1,
-                               data_scaled_l2)
+from jaxreg.transforms import (
+    ReduceOnPlateauState,
+    ScheduleState,
+    add_l1,
+    add_l2,
+    batch_scaled_l2,
+    data_scaled_l1,
+    data_scaled_l2,
+    masks,
+    penalties,
+    proximal_elastic_net,
+    proximal_l1,
+    reduce_on_plateau,
+    schedules,
+)
 
-# --- schedules and plateau ---
-from jaxreg import schedules
-from jaxreg.plateau import ReduceOnPlateauState, reduce_on_plateau
+__all__ = [
+    "ReduceOnPlateauState", "ScheduleState", "add_l1", "add_l2", "batch_scaled_l2", "cli", "data",
+    "data_scaled_l1", "data_scaled_l2", "masks", "models", "nn", "penalties",
+    "proximal_elastic_net", "proximal_l1", "reduce_on_plateau", "schedules", "train",
+]
 
-# --- higher layers, imported on first use (``jaxreg.nn``, ``jaxreg.train``, ...) so that the
-# transforms stay light to import (no flax modules, orbax or matplotlib) ---
-_SUBPACKAGES = ("nn", "data", "models", "train", "plots")
+# The higher layers are imported on first use (``jaxreg.nn``, ``jaxreg.train``, ...), so that
+# the transforms stay light to import (no flax modules, orbax or matplotlib). ``jaxreg.models``
+# is :mod:`jaxreg.train.models`; ``jaxreg.plots`` is :mod:`jaxreg.cli.plots`.
+_LAZY = {"nn": "jaxreg.nn", "data": "jaxreg.data", "train": "jaxreg.train", "cli": "jaxreg.cli",
+         "models": "jaxreg.train.models", "plots": "jaxreg.cli.plots"}
 
 
 def __getattr__(name: str):
-    if name in _SUBPACKAGES:
+    if name in _LAZY:
         import importlib
 
-        return importlib.import_module(f"jaxreg.{name}")
+        return importlib.import_module(_LAZY[name])
     raise AttributeError(f"module 'jaxreg' has no attribute {name!r}")

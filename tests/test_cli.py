@@ -19,7 +19,7 @@ import pytest
 from jaxreg import cli
 from jaxreg.cli import main
 from jaxreg.cli import train as train_cli
-from jaxreg.plots import plot_history
+from jaxreg.cli.plots import plot_history
 
 RUN_ARGS = ["--dataset", "digits", "--epochs", "2", "--batch-size", "32", "--plateau", "--no-progress"]
 

@@ -1,8 +1,9 @@
 """The package's shape: public names, lazy subpackages, and the layering rule.
 
-Layers, lowest first: transforms (masks, penalties, transforms, proximal, schedules, plateau)
--> nn -> data -> train (with models) -> cli and plots. A module may import only its own layer
-or lower ones; the library never imports the CLI.
+Layers, lowest first, one folder each: ``_validate`` (argument checks) -> ``transforms`` (the
+optax layer: masks, penalties, regularizers, proximal, schedules, plateau) -> ``nn`` -> ``data``
+-> ``train`` (with models) -> ``cli`` (with plots). A module may import only its own layer or
+lower ones; the library never imports the CLI.
 """
 import ast
 import subprocess
@@ -13,10 +14,7 @@ import jaxreg
 
 PACKAGE = Path(jaxreg.__file__).parent
 
-LAYER = {
-    "_checks": 0, "masks": 0, "penalties": 0, "transforms": 0, "proximal": 0, "schedules": 0,
-    "plateau": 0, "nn": 1, "data": 2, "models": 3, "train": 3, "plots": 4, "cli": 5,
-}
+LAYER = {"_validate": 0, "transforms": 1, "nn": 2, "data": 3, "train": 4, "cli": 5}
 
 
 def layer_of(module: str) -> int:
@@ -49,6 +47,25 @@ def test_no_module_imports_a_higher_layer():
             assert layer_of(imported) <= own, f"{module} (layer {own}) imports {imported}"
         checked += 1
     assert checked > 20
+
+
+def test_the_top_level_holds_only_the_layers():
+    entries = {p.stem for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
+    assert entries == {"__init__", *LAYER}
+
+
+def test_every_public_package_declares_all():
+    packages = [jaxreg, jaxreg.transforms, jaxreg.nn, jaxreg.data, jaxreg.train, jaxreg.cli]
+    for package in packages:
+        assert package.__all__, package.__name__
+        for name in package.__all__:
+            assert getattr(package, name) is not None, f"{package.__name__}.{name}"
+
+
+def test_old_top_level_names_still_resolve():
+    assert jaxreg.masks is jaxreg.transforms.masks
+    assert jaxreg.models.SeedMLP is jaxreg.train.models.SeedMLP
+    assert jaxreg.plots.plot_history is jaxreg.cli.plots.plot_history
 
 
 def test_public_transforms_are_exported():

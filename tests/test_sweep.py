@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxreg.data import load
-from jaxreg.models import Linear, SeedMLP
+from jaxreg.train.models import Linear, SeedMLP
 from jaxreg.nn import BatchNorm
 from jaxreg.train import fit
 from jaxreg.train.sweep import _chunks, chunk_capacity, expand, group_key, sweep
@@ -87,7 +87,7 @@ def test_eight_devices_match_one(tmp_path, swept):
     script = textwrap.dedent(f"""
         import jax, numpy as np
         from jaxreg.data import load
-        from jaxreg.models import Linear, SeedMLP
+        from jaxreg.train.models import Linear, SeedMLP
         from jaxreg.train.sweep import sweep
         assert jax.local_device_count() == 8
         r = sweep(SeedMLP(hidden=16), load("digits"), {SETTINGS!r}, **{KW!r})  # 3 settings padded to 8

@@ -28,6 +28,8 @@ from jaxreg.cli import sweep, train
 from jaxreg.data import DataError
 from jaxreg.data.sources import cache_dir
 
+__all__ = ["COMMANDS", "ArgumentParser", "build_parser", "compile_cache", "main"]
+
 COMMANDS = [train, sweep]
 """Command modules, each with ``add_parser(subparsers)``."""
 

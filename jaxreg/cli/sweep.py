@@ -38,12 +38,20 @@ from typing import Any
 
 import jax
 import numpy as np
-from jaxreg import models, penalties
-from jaxreg.cli.train import DEFAULT_L2, MODELS, load_dataset, non_negative_int, positive_int, readable_dir
+
+from jaxreg.cli._common import (
+    DEFAULT_L2,
+    MODELS,
+    load_dataset,
+    non_negative_int,
+    positive_int,
+    readable_dir,
+)
+from jaxreg.cli.plots import figure_row
 from jaxreg.data import DATASETS
-from jaxreg.plots import figure_row
-from jaxreg.train import SweepResult, sweep
+from jaxreg.train import SweepResult, models, sweep
 from jaxreg.train.optimizer import OPTIMIZERS
+from jaxreg.transforms import penalties
 
 DEFAULT_GRID_L2 = (0.0, 1e-5, 1e-4, 1e-3)
 STUDY_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)

@@ -7,7 +7,7 @@ A run directory (``--out``, default ``runs/<UTC timestamp>``) holds::
     checkpoints/   orbax checkpoints after each epoch (:mod:`jaxreg.train.checkpoint`)
     metrics.json   written when training finishes: config, data source, timings, final test
                    and training metrics, per-epoch history, jax version and backend
-    curves.png     loss, accuracy and learning rate per epoch (:func:`jaxreg.plots.plot_history`)
+    curves.png     loss, accuracy and learning rate per epoch (:func:`jaxreg.cli.plots.plot_history`)
     eval.json      written by ``jaxreg eval``
 
 With no flags, ``jaxreg train`` is seed 004's recipe (SeedMLP, Adam 1e-3, batch 128, 10 epochs)
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from datetime import datetime, timezone
@@ -27,51 +26,27 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
-from jaxreg import models
-from jaxreg.data import DATASETS, DataError, Dataset, load
-from jaxreg.plots import plot_history
-from jaxreg.train import checkpoint, distributed, fit
+from jaxreg.cli._common import (
+    DEFAULT_L2,
+    MODELS,
+    fraction,
+    load_dataset,
+    mesh_spec,
+    non_negative_float,
+    non_negative_int,
+    open_fraction,
+    positive_float,
+    positive_int,
+    readable_dir,
+)
+from jaxreg.cli.plots import plot_history
+from jaxreg.data import DATASETS, Dataset, load
+from jaxreg.train import checkpoint, distributed, fit, models
 from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES
-
-DEFAULT_L2 = 0.025
-"""Default L2 strength, batch-scaled: the penalty gradient is ``(0.025 / 128) w`` (about
-``2e-4 w``) at batch 128. Chosen on Fashion-MNIST with the default recipe and a 10% validation
-hold-out: final validation accuracy, mean of seeds 0 and 1, for LAMBDA = 0.0128 / 0.025 / 0.05 /
-0.1 was 0.8573 / 0.8594 / 0.8556 / 0.8458 (mean of the last 3 epochs: 0.8660 / 0.8668 / 0.8647
-/ 0.8597). Without L2 it was 0.8662 (0.8694): in 10 epochs this small model hardly overfits, so
-the penalty costs a little accuracy (seeds differ by about 0.02) and 0.025 costs least."""
-
-MODELS = {"seed-mlp": "seed-mlp", "keras-mlp": "keras-mlp", "cnn": "small-cnn", "linear": "linear"}
-"""Command-line model names -> :data:`jaxreg.models.MODELS` names."""
 
 PLATEAU_VALIDATION_SPLIT = 0.1
 """``--validation-split`` default with ``--plateau`` (which monitors ``val_loss``); without
 it the default is 0, training on the whole training split as seed 004 does."""
-
-
-def _checked(convert, ok, expected: str):
-    """An argparse ``type``: ``convert(text)``, rejected unless ``ok(value)``."""
-    def parse(text: str):
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-    parse.__name__ = expected  # argparse names the type by it in some messages
-    return parse
-
-
-positive_int = _checked(int, lambda v: v > 0, "a positive integer")
-non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = _checked(float, lambda v: 0 < v < math.inf, "a positive number")
-non_negative_float = _checked(float, lambda v: 0 <= v < math.inf, "a number >= 0")
-fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
-readable_dir = _checked(Path, lambda p: p.is_dir() and os.access(p, os.R_OK | os.X_OK),
-                        "a readable directory")
-mesh_spec = _checked(distributed.parse_mesh, bool, "a mesh like data=8 or data=4,fsdp=2")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -173,21 +148,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--num-processes", type=positive_int, metavar="P", help="with --coordinator: processes in all")
     scale.add_argument("--process-id", type=non_negative_int, metavar="I",
                        help="with --coordinator: this process, 0 to P-1")
-
-
-def load_dataset(name: str | None, data_dir: Path | None) -> tuple[Dataset, str]:
-    """The dataset ``name`` and a line saying which and why; ``None``: Fashion-MNIST if its
-    files are found without downloading, else digits."""
-    if name is not None:
-        data = load(name, data_dir=data_dir)
-        return data, f"dataset: {name}, from {data.source}"
-    try:
-        data = load("fashion-mnist", data_dir=data_dir, download=False)
-        return data, f"dataset: fashion-mnist (default; files found in {data.source})"
-    except DataError as e:
-        reason = str(e).splitlines()[0]
-        return load("digits"), (f"dataset: digits (default fallback: fashion-mnist is not usable "
-                                f"without a download: {reason}; --dataset fashion-mnist may download it)")
 
 
 def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:

@@ -6,13 +6,32 @@ Modules, lowest first: ``state`` (the pytree) -> ``step`` (one pure step, evalua
 """
 from jaxreg.train.epoch import prefetch, scan_epoch, stream_epoch
 from jaxreg.train.fit import FitResult, fit
-from jaxreg.train.optimizer import Optimizer, learning_rate_schedule, make_optimizer, update_plateau
+from jaxreg.train.optimizer import (
+    Optimizer,
+    learning_rate_schedule,
+    make_optimizer,
+    update_plateau,
+)
 from jaxreg.train.state import TrainState, create_train_state
 from jaxreg.train.step import cross_entropy, evaluate, squared_error, train_step
 from jaxreg.train.sweep import SweepResult, sweep
 
 __all__ = [
-    "FitResult", "Optimizer", "TrainState", "create_train_state", "cross_entropy", "evaluate", "fit",
-    "learning_rate_schedule", "make_optimizer", "prefetch", "scan_epoch", "squared_error", "stream_epoch",
-    "SweepResult", "sweep", "train_step", "update_plateau",
+    "FitResult",
+    "Optimizer",
+    "SweepResult",
+    "TrainState",
+    "create_train_state",
+    "cross_entropy",
+    "evaluate",
+    "fit",
+    "learning_rate_schedule",
+    "make_optimizer",
+    "prefetch",
+    "scan_epoch",
+    "squared_error",
+    "stream_epoch",
+    "sweep",
+    "train_step",
+    "update_plateau",
 ]

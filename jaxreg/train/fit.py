@@ -33,7 +33,12 @@ from tqdm.auto import tqdm
 
 from jaxreg.train import checkpoint, distributed
 from jaxreg.train.epoch import scan_epoch, stream_epoch
-from jaxreg.train.optimizer import Optimizer, make_optimizer, plateau_scale, update_plateau
+from jaxreg.train.optimizer import (
+    Optimizer,
+    _plateau_scale,
+    make_optimizer,
+    update_plateau,
+)
 from jaxreg.train.state import TrainState, create_train_state
 from jaxreg.train.step import default_loss, evaluate, train_step
 
@@ -54,7 +59,7 @@ class FitResult(NamedTuple):
     evaluate: Callable[[TrainState, Any, Any], dict[str, float]]
 
 
-def split_data(data: Any, validation_split: float, validation_data: Any) -> tuple:
+def _split_data(data: Any, validation_split: float, validation_data: Any) -> tuple:
     """``(x, y), validation (x, y) or None, test (x, y) or None`` from a dataset or arrays."""
     if isinstance(data, (tuple, list)):
         (x, y), test = data, None
@@ -76,7 +81,7 @@ def _resolve_optimizer(optimizer: Any, total_steps: int) -> Optimizer:
     return Optimizer(tx=optimizer)
 
 
-def epoch_logs(metrics: dict[str, jax.Array]) -> dict[str, float]:
+def _epoch_logs(metrics: dict[str, jax.Array]) -> dict[str, float]:
     """Means over the epoch's applied (not skipped) steps, and the count of skipped ones."""
     metrics = jax.device_get(metrics)
     applied = ~metrics["skipped"]
@@ -92,7 +97,7 @@ def _hyperparams(opt: Optimizer, opt_state: Any, batch_size: int) -> dict[str, f
     hyperparams = optax.tree_utils.tree_get(opt_state, "hyperparams", default={})
     lr, l2, l1 = (float(hyperparams.get(k, math.nan)) for k in ("learning_rate", "l2", "l1"))
     return {
-        "learning_rate": lr * float(plateau_scale(opt_state)),
+        "learning_rate": lr * float(_plateau_scale(opt_state)),
         "l2_strength": l2 / batch_size if opt.batch_scaled else l2,
         "l1_strength": l1,
     }
@@ -174,7 +179,7 @@ def fit(
         (times the plateau scale), ``l2_strength`` (divided by the batch size when batch-scaled),
         ``l1_strength``, ``skipped_steps`` and ``epoch_seconds``.
     """
-    (x, y), validation, test_data = split_data(data, validation_split, validation_data)
+    (x, y), validation, test_data = _split_data(data, validation_split, validation_data)
     steps = len(x) // batch_size
     if steps == 0:
         raise ValueError(f"batch_size {batch_size} exceeds the {len(x)} training examples")
@@ -236,7 +241,7 @@ def fit(
             state, metrics = run_epoch(state, x, y, epoch_key)
         else:
             state, metrics = run_epoch(state, x, y, epoch_key, on_step=lambda: bar.update(1))
-        logs = epoch_logs(metrics)
+        logs = _epoch_logs(metrics)
         logs["epoch_seconds"] = time.perf_counter() - t0
         if validation is not None:
             logs.update({f"val_{k}": v for k, v in eval_fn(state, *validation).items()})

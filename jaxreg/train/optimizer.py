@@ -25,10 +25,15 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from jaxreg import schedules
-from jaxreg.plateau import ReduceOnPlateauState, reduce_on_plateau
-from jaxreg.proximal import proximal_l1
-from jaxreg.transforms import add_l1, add_l2, batch_scaled_l2
+from jaxreg.transforms import (
+    ReduceOnPlateauState,
+    add_l1,
+    add_l2,
+    batch_scaled_l2,
+    proximal_l1,
+    reduce_on_plateau,
+    schedules,
+)
 
 OPTIMIZERS = {
     "adam": optax.adam,
@@ -143,7 +148,7 @@ def update_plateau(opt_state: Any, plateau: optax.GradientTransformation, value:
     )
 
 
-def plateau_scale(opt_state: Any) -> jax.Array | float:
+def _plateau_scale(opt_state: Any) -> jax.Array | float:
     """The plateau transform's current ``scale`` in ``opt_state`` (1 without a plateau)."""
     found = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_plateau_state) if _is_plateau_state(s)]
     return found[0].scale if found else 1.0

@@ -149,7 +149,7 @@ def train_step(
 
 
 @functools.partial(jax.jit, static_argnames=("model", "loss_fn", "batch_size", "compute_dtype"))
-def evaluation_sums(model, params, batch_stats, x, y, *, loss_fn, batch_size, compute_dtype):
+def _evaluation_sums(model, params, batch_stats, x, y, *, loss_fn, batch_size, compute_dtype):
     """The jitted, pure core of :func:`evaluate`: mean metrics as device scalars, over
     ``batch_size`` chunks (the last padded and masked out). Pure, so a sweep can vmap it over
     stacked ``params``/``batch_stats``."""
@@ -182,7 +182,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean loss (and accuracy for integer labels) of ``model`` in inference mode (running
     batch statistics) over all of ``(x, y)``, in one dispatch of ``batch_size`` chunks."""
-    sums = evaluation_sums(
+    sums = _evaluation_sums(
         model, state.params, state.batch_stats, jnp.asarray(x), jnp.asarray(y),
         loss_fn=loss_fn, batch_size=min(batch_size, len(x)), compute_dtype=compute_dtype,
     )

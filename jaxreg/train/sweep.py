@@ -60,10 +60,10 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxreg.train.epoch import scan_epoch
-from jaxreg.train.fit import epoch_logs, split_data
+from jaxreg.train.fit import _epoch_logs, _split_data
 from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES, make_optimizer
 from jaxreg.train.state import create_train_state
-from jaxreg.train.step import EVAL_BATCH, default_loss, evaluation_sums, train_step
+from jaxreg.train.step import EVAL_BATCH, _evaluation_sums, default_loss, train_step
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def sweep(
                     batch_scaled=batch_scaled, schedule=schedule, schedule_kwargs=schedule_kwargs or {},
                     proximal=proximal, bn_momentum=bn_momentum)
     settings = expand(settings_or_grid, seeds, **defaults)
-    (x, y), _, test_data = split_data(data, 0.0, None)
+    (x, y), _, test_data = _split_data(data, 0.0, None)
     for b in {s["batch_size"] for s in settings}:
         if b > len(x):
             raise ValueError(f"sweep key 'batch_size' must not exceed the {len(x)} training examples; got {b}")
@@ -424,7 +424,7 @@ def _group_runner(plan: dict, loss_fn, compute_dtype, stacked: NamedSharding | N
             t0 = time.perf_counter()
             states, metrics = run_epoch(states, x, y, jax.random.fold_in(data_key, epoch))
             metrics = jax.device_get(metrics)
-            logs = [epoch_logs({k: v[:, j] for k, v in metrics.items()}) for j in range(len(settings))]
+            logs = [_epoch_logs({k: v[:, j] for k, v in metrics.items()}) for j in range(len(settings))]
             seconds = time.perf_counter() - t0
             hp = jax.device_get(optax.tree_utils.tree_get(states.opt_state, "hyperparams"))
             for k in logs[0]:
@@ -445,7 +445,7 @@ def _final_metrics(history: dict, plan: dict, states, test_data, loss_fn, comput
     final = {f"train_{k}": history[k][-1] for k in ("loss", "accuracy") if k in history}
     if test_data is not None:
         xt, yt = test_data
-        evaluate = functools.partial(evaluation_sums, plan["model"], loss_fn=loss_fn,
+        evaluate = functools.partial(_evaluation_sums, plan["model"], loss_fn=loss_fn,
                                      batch_size=min(EVAL_BATCH, len(xt)), compute_dtype=compute_dtype)
         metrics = jax.device_get(jax.vmap(evaluate, in_axes=(0, 0, None, None))(
             states.params, states.batch_stats, xt, yt))

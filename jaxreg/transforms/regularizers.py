@@ -32,106 +32,16 @@ Shared behaviour:
   :func:`optax.chain`, which forwards extra keyword arguments such as ``batch_size``.
 """
 
-import math
-import numbers
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from jaxreg import masks
-
-ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
-
-
-class ScheduleState(NamedTuple):
-    """State of a transform whose hyperparameters include a schedule: the step count."""
-
-    count: jax.Array  # int32 scalar
-
-
-def check_hyperparam(name: str, value: Any, *, schedule: bool = True, positive: bool = False,
-                     integer: bool = False) -> None:
-    """Validate a scalar hyperparameter at construction time.
-
-    Args:
-      name: the argument name, used in the error message.
-      value: the value given by the user.
-      schedule: whether a callable (optax schedule) is allowed.
-      positive: require ``value > 0`` instead of ``value >= 0``.
-      integer: require an integer (e.g. a number of examples).
-
-    Raises:
-      TypeError: not a real scalar (or schedule), or not an integer when ``integer``.
-      ValueError: a concrete value that is negative (or zero when ``positive``), NaN or Inf.
-    """
-    if callable(value):
-        if schedule:
-            return
-        raise TypeError(f"`{name}` must be a number, not a callable: got {value!r}")
-    kind = "an integer" if integer else ("a number or a schedule" if schedule else "a number")
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray, np.generic,
-                                                         jax.Array)):
-        raise TypeError(f"`{name}` must be {kind}; got {type(value).__name__}: {value!r}")
-    dtype = np.dtype(value.dtype) if hasattr(value, "dtype") else np.result_type(value)
-    if jnp.ndim(value) != 0 or dtype.kind not in ("iu" if integer else "iuf"):
-        raise TypeError(f"`{name}` must be {kind} (a scalar); got {value!r}")
-    if isinstance(value, jax.core.Tracer):
-        return
-    number = float(value)
-    if not math.isfinite(number) or number < 0 or (positive and number == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"`{name}` must be finite and {bound}; got {name}={value}")
-
-
-def leafwise(
-    name: str,
-    leaf_fn: Callable[..., jax.Array],
-    hyperparams: dict[str, ScalarOrSchedule],
-    mask: masks.Mask,
-    step_values: Callable[..., dict[str, Any]] | None = None,
-) -> optax.GradientTransformationExtraArgs:
-    """The body shared by every jaxreg transform: a per-leaf map of (update, param) pairs.
-
-    At each step the schedules in ``hyperparams`` are evaluated at the step count, then
-    ``leaf_fn(update, param, **hyperparams, **step_values(**extra_args))`` gives the new update
-    of each masked leaf, cast back to the update's dtype. Unmasked leaves pass through.
-
-    Args:
-      name: the public transform's name, for error messages.
-      leaf_fn: ``(update, param, **values) -> new update``.
-      hyperparams: name -> number or schedule; a schedule adds a step count to the state.
-      mask: any mask accepted by :func:`jaxreg.masks.resolve`.
-      step_values: optional ``(**extra_args) -> dict`` of per-step values taken from the extra
-        keyword arguments of ``update`` (e.g. ``batch_size``), validated there.
-
-    Returns:
-      An :class:`optax.GradientTransformationExtraArgs` that requires ``params``.
-    """
-    scheduled = any(callable(v) for v in hyperparams.values())
-
-    def init_fn(params):
-        del params
-        return ScheduleState(count=jnp.zeros([], jnp.int32)) if scheduled else optax.EmptyState()
-
-    def update_fn(updates, state, params=None, **extra_args):
-        if params is None:
-            raise ValueError(f"jaxreg.{name} uses the current value of the parameters, but "
-                             "`params` was not passed: call `tx.update(updates, state, params)`.")
-        values = {k: v(state.count) if callable(v) else v for k, v in hyperparams.items()}
-        if step_values is not None:
-            values.update(step_values(**extra_args))
-        new_updates = jax.tree.map(
-            lambda u, p: leaf_fn(u, p, **values).astype(u.dtype), updates, params)
-        if scheduled:
-            state = ScheduleState(count=optax.safe_increment(state.count))
-        return new_updates, state
-
-    return optax.masked(optax.GradientTransformationExtraArgs(init_fn, update_fn),
-                        lambda tree: masks.resolve(mask, tree))
+from jaxreg._validate import check_hyperparam
+from jaxreg.transforms import masks
+from jaxreg.transforms._leafwise import ScalarOrSchedule, leafwise
 
 
 def _add_penalty_gradient(name: str, direction: Callable[[jax.Array], jax.Array],

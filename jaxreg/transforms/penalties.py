@@ -17,7 +17,7 @@ and the result is a float32 (float64) scalar. Pure functions: jit, grad and vmap
 import jax
 import jax.numpy as jnp
 
-from jaxreg import masks
+from jaxreg.transforms import masks
 
 
 def _masked_sum(fn, params, mask) -> jax.Array:

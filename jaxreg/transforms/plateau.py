@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg._checks import check_int
+from jaxreg._validate import check_int
 
 
 class ReduceOnPlateauState(NamedTuple):

@@ -24,8 +24,9 @@ Example: ``optax.chain(optax.sgd(lr), jaxreg.proximal_l1(alpha, lr))``.
 import jax.numpy as jnp
 import optax
 
-from jaxreg import masks
-from jaxreg.transforms import ScalarOrSchedule, check_hyperparam, leafwise
+from jaxreg._validate import check_hyperparam
+from jaxreg.transforms import masks
+from jaxreg.transforms._leafwise import ScalarOrSchedule, leafwise
 
 
 def _prox_elastic_net(u, w, l1, l2, learning_rate):

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import optax
 
-from jaxreg._checks import check_int, check_real
+from jaxreg._validate import check_int, check_real
 
 
 def fixed(learning_rate: float) -> optax.Schedule:

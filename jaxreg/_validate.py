@@ -1,0 +1,64 @@
+"""Argument validation shared by every layer (the lowest module of the package).
+
+``check_hyperparam`` validates a transform's strength (a number, a schedule or a traced value);
+``check_real`` and ``check_int`` validate plain Python arguments that are always concrete.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_real(name: str, value: float, *, positive: bool = False) -> float:
+    """Returns ``float(value)``; ValueError naming ``name`` if NaN/inf or negative (or zero)."""
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        need = "positive" if positive else "non-negative"
+        raise ValueError(f"`{name}` must be a finite {need} number, got {value}.")
+    return value
+
+
+def check_int(name: str, value: int, minimum: int) -> int:
+    """Returns ``int(value)``; ValueError naming ``name`` unless an integer >= ``minimum``."""
+    if isinstance(value, bool) or not float(value).is_integer() or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value}.")
+    return int(value)
+
+
+def check_hyperparam(name: str, value: Any, *, schedule: bool = True, positive: bool = False,
+                     integer: bool = False) -> None:
+    """Validate a scalar hyperparameter at construction time.
+
+    Args:
+      name: the argument name, used in the error message.
+      value: the value given by the user.
+      schedule: whether a callable (optax schedule) is allowed.
+      positive: require ``value > 0`` instead of ``value >= 0``.
+      integer: require an integer (e.g. a number of examples).
+
+    Raises:
+      TypeError: not a real scalar (or schedule), or not an integer when ``integer``.
+      ValueError: a concrete value that is negative (or zero when ``positive``), NaN or Inf.
+    """
+    if callable(value):
+        if schedule:
+            return
+        raise TypeError(f"`{name}` must be a number, not a callable: got {value!r}")
+    kind = "an integer" if integer else ("a number or a schedule" if schedule else "a number")
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray, np.generic,
+                                                         jax.Array)):
+        raise TypeError(f"`{name}` must be {kind}; got {type(value).__name__}: {value!r}")
+    dtype = np.dtype(value.dtype) if hasattr(value, "dtype") else np.result_type(value)
+    if jnp.ndim(value) != 0 or dtype.kind not in ("iu" if integer else "iuf"):
+        raise TypeError(f"`{name}` must be {kind} (a scalar); got {value!r}")
+    if isinstance(value, jax.core.Tracer):
+        return
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"`{name}` must be finite and {bound}; got {name}={value}")

@@ -20,6 +20,7 @@ from jaxreg.transforms import (
     add_l1,
     add_l2,
     batch_scaled_l2,
+    batch_scaled_strength,
     data_scaled_l1,
     data_scaled_l2,
     masks,
@@ -31,9 +32,10 @@ from jaxreg.transforms import (
 )
 
 __all__ = [
-    "ReduceOnPlateauState", "ScheduleState", "add_l1", "add_l2", "batch_scaled_l2", "cli", "data",
-    "data_scaled_l1", "data_scaled_l2", "masks", "models", "nn", "penalties",
-    "proximal_elastic_net", "proximal_l1", "reduce_on_plateau", "schedules", "train",
+    "ReduceOnPlateauState", "ScheduleState", "add_l1", "add_l2", "batch_scaled_l2",
+    "batch_scaled_strength", "cli", "data", "data_scaled_l1", "data_scaled_l2", "masks", "models",
+    "nn", "penalties", "proximal_elastic_net", "proximal_l1", "reduce_on_plateau", "schedules",
+    "train",
 ]
 
 # The higher layers are imported on first use (``jaxreg.nn``, ``jaxreg.train``, ...), so that

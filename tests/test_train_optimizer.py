@@ -8,6 +8,7 @@ import optax
 import pytest
 from sklearn.datasets import load_digits
 
+import jaxreg
 from jaxreg import models
 from jaxreg.train import create_train_state, fit, learning_rate_schedule, make_optimizer, train_step
 
@@ -71,3 +72,11 @@ def test_schedules_by_name():
         learning_rate_schedule(0.1, "warmup", total_steps=10)
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("lion")
+
+
+def test_effective_l2_is_the_batch_scaled_strength_when_batch_scaled():
+    from jaxreg.train.optimizer import effective_l2
+
+    assert effective_l2(0.025, 128, batch_scaled=True) == jaxreg.batch_scaled_strength(0.025, 128)
+    assert effective_l2(0.025, 128, batch_scaled=True) == pytest.approx(0.025 / 128, rel=1e-15)
+    assert effective_l2(0.025, 128, batch_scaled=False) == 0.025

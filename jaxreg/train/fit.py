@@ -36,6 +36,7 @@ from jaxreg.train.epoch import scan_epoch, stream_epoch
 from jaxreg.train.optimizer import (
     Optimizer,
     _plateau_scale,
+    effective_l2,
     make_optimizer,
     update_plateau,
 )
@@ -98,7 +99,7 @@ def _hyperparams(opt: Optimizer, opt_state: Any, batch_size: int) -> dict[str, f
     lr, l2, l1 = (float(hyperparams.get(k, math.nan)) for k in ("learning_rate", "l2", "l1"))
     return {
         "learning_rate": lr * float(_plateau_scale(opt_state)),
-        "l2_strength": l2 / batch_size if opt.batch_scaled else l2,
+        "l2_strength": effective_l2(l2, batch_size, opt.batch_scaled),
         "l1_strength": l1,
     }
 

@@ -30,6 +30,7 @@ from jaxreg.transforms import (
     add_l1,
     add_l2,
     batch_scaled_l2,
+    batch_scaled_strength,
     proximal_l1,
     reduce_on_plateau,
     schedules,
@@ -133,6 +134,12 @@ def make_optimizer(
 
     tx = optax.inject_hyperparams(chain)(learning_rate=lr, l2=l2, l1=l1)
     return Optimizer(tx=tx, plateau=plateau_tx, batch_scaled=batch_scaled)
+
+
+def effective_l2(l2: float, batch_size: int, batch_scaled: bool) -> float:
+    """The L2 strength the chain applies at batch size ``batch_size``:
+    :func:`jaxreg.batch_scaled_strength` when ``batch_scaled``, else ``l2`` itself."""
+    return batch_scaled_strength(l2, batch_size) if batch_scaled else l2
 
 
 def _is_plateau_state(s: Any) -> bool:

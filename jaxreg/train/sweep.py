@@ -61,7 +61,7 @@ from tqdm.auto import tqdm
 
 from jaxreg.train.epoch import scan_epoch
 from jaxreg.train.fit import _epoch_logs, _split_data
-from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES, make_optimizer
+from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES, effective_l2, make_optimizer
 from jaxreg.train.state import create_train_state
 from jaxreg.train.step import EVAL_BATCH, _evaluation_sums, default_loss, train_step
 
@@ -413,7 +413,7 @@ def _group_runner(plan: dict, loss_fn, compute_dtype, stacked: NamedSharding | N
     run_epoch = jax.jit(functools.partial(scan_epoch, step=step, batch_size=b), donate_argnums=0)
 
     def run_chunk(settings, x, y, data_key, epochs, bar):
-        hyperparams = {"l2": [s["l2"] / b if s["batch_scaled"] else s["l2"] for s in settings],
+        hyperparams = {"l2": [effective_l2(s["l2"], b, s["batch_scaled"]) for s in settings],
                        "l1": [s["l1"] for s in settings]}
         if plan["schedule"] == "fixed":  # a schedule's learning rate is in its closure
             hyperparams["learning_rate"] = [s["learning_rate"] for s in settings]

@@ -45,14 +45,12 @@ from jaxreg.transforms._leafwise import ScalarOrSchedule, leafwise
 
 
 def _add_penalty_gradient(name: str, direction: Callable[[jax.Array], jax.Array],
-                          strength: ScalarOrSchedule, mask: masks.Mask, factor: Any = 1.0,
-                          step_factor: Callable[..., Any] | None = None):
-    """``updates + strength * factor * step_factor(**extra_args) * direction(params)``."""
-    def leaf(g, p, strength, step=1.0):
-        return g + (strength * factor * step) * direction(p)
+                          strength: ScalarOrSchedule, mask: masks.Mask, factor: Any = 1.0):
+    """``updates + strength * factor * direction(params)``."""
+    def leaf(g, p, strength):
+        return g + (strength * factor) * direction(p)
 
-    step_values = None if step_factor is None else (lambda **kw: {"step": step_factor(**kw)})
-    return leafwise(name, leaf, {"strength": strength}, mask, step_values)
+    return leafwise(name, leaf, {"strength": strength}, mask)
 
 
 def add_l2(strength: ScalarOrSchedule, mask: masks.Mask = None
@@ -137,7 +135,22 @@ def data_scaled_l1(strength: ScalarOrSchedule, num_examples: int, mask: masks.Ma
 _CONVENTION_FACTOR = {"half": 1.0, "seed": 2.0}
 
 
-def _batch_factor(batch_size=None, **extra_args):
+def batch_scaled_strength(strength: Any, batch_size: Any, convention: str = "half") -> Any:
+    """The L2 strength :func:`batch_scaled_l2` applies at batch size ``b``: the gradient it adds
+    is ``batch_scaled_strength(lambda, b) * w``, ``lambda / b`` (``"half"``) or ``2 lambda / b``
+    (``"seed"``). The one place this formula lives; the training engine's histories and sweeps
+    call it too.
+
+    Args:
+      strength: ``lambda``, a number or an array.
+      batch_size: ``b``, a number or an array.
+      convention: ``"half"`` or ``"seed"`` (see :func:`batch_scaled_l2`).
+    """
+    return _CONVENTION_FACTOR[convention] * strength / batch_size
+
+
+def _step_batch_size(batch_size=None, **extra_args):
+    """The ``batch_size`` keyword of ``update``, validated (a scalar, > 0 when concrete)."""
     del extra_args
     if batch_size is None:
         raise TypeError("batch_scaled_l2 needs the batch size at every step: call "
@@ -147,7 +160,7 @@ def _batch_factor(batch_size=None, **extra_args):
         raise TypeError(f"`batch_size` must be a scalar; got shape {jnp.shape(batch_size)}")
     if not isinstance(batch_size, jax.core.Tracer) and not batch_size > 0:
         raise ValueError(f"`batch_size` must be > 0; got batch_size={batch_size}")
-    return 1.0 / batch_size
+    return batch_size
 
 
 def batch_scaled_l2(strength: ScalarOrSchedule, mask: masks.Mask = None, *,
@@ -182,5 +195,9 @@ def batch_scaled_l2(strength: ScalarOrSchedule, mask: masks.Mask = None, *,
     check_hyperparam("strength", strength)
     if convention not in _CONVENTION_FACTOR:
         raise ValueError(f'`convention` must be "half" or "seed"; got convention={convention!r}')
-    return _add_penalty_gradient("batch_scaled_l2", lambda w: w, strength, mask,
-                                 factor=_CONVENTION_FACTOR[convention], step_factor=_batch_factor)
+
+    def leaf(g, w, strength, batch_size):
+        return g + batch_scaled_strength(strength, batch_size, convention) * w
+
+    return leafwise("batch_scaled_l2", leaf, {"strength": strength}, mask,
+                    lambda **extra_args: {"batch_size": _step_batch_size(**extra_args)})

@@ -37,5 +37,5 @@ def test_linear_for_regression():
 
 
 def test_unknown_model():
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="`name` must be one of 'linear', 'seed-mlp'.*got name='resnet'"):
         models.get("resnet")

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxreg._validate import check_choice
 from jaxreg.nn import BatchNorm
 
 BN_MOMENTUM = 0.99
@@ -118,7 +119,4 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 def get(name: str, num_classes: int | None = 10) -> nn.Module:
     """The registered model ``name`` (one of :data:`MODELS`) with ``num_classes`` outputs
     (``None``, a regression dataset's ``num_classes``: one output)."""
-    try:
-        return MODELS[name](num_classes=num_classes or 1)
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}") from None
+    return MODELS[check_choice("name", name, MODELS)](num_classes=num_classes or 1)

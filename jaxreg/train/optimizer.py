@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
+from jaxreg._validate import check_choice, message
 from jaxreg.transforms import (
     ReduceOnPlateauState,
     add_l1,
@@ -71,14 +72,14 @@ def learning_rate_schedule(learning_rate: float, schedule: str = "fixed", total_
     if schedule == "fixed":
         return learning_rate
     if total_steps is None:
-        raise ValueError(f"schedule {schedule!r} needs total_steps")
+        raise ValueError(message("total_steps", f"given for schedule={schedule!r}", total_steps))
     if schedule == "poly":
         return schedules.poly_to_zero(learning_rate, total_steps, **{"power": 1.0, **kwargs})
     if schedule == "step":
         return schedules.linear_step(learning_rate, **{"step_size": total_steps, **kwargs})
     if schedule == "cosine":
         return optax.cosine_decay_schedule(learning_rate, total_steps, **kwargs)
-    raise ValueError(f"unknown schedule {schedule!r}; choose from {SCHEDULES}")
+    raise ValueError(message("schedule", "one of " + ", ".join(map(repr, SCHEDULES)), schedule))
 
 
 def make_optimizer(
@@ -113,8 +114,7 @@ def make_optimizer(
             kernels only.
         plateau: keyword arguments of :func:`jaxreg.reduce_on_plateau`, or ``None``.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(OPTIMIZERS)}")
+    check_choice("name", name, OPTIMIZERS)
     lr = learning_rate_schedule(learning_rate, schedule, total_steps, **(schedule_kwargs or {}))
     plateau_tx = None if plateau is None else reduce_on_plateau(**plateau)
     l2_on, l1_on = l2 != 0, l1 != 0  # the chain's structure is fixed here; the values stay injectable

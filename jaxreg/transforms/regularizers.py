@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg._validate import check_hyperparam
+from jaxreg._validate import check_choice, check_hyperparam, require
 from jaxreg.transforms import masks
 from jaxreg.transforms._leafwise import ScalarOrSchedule, leafwise
 
@@ -156,10 +156,9 @@ def _step_batch_size(batch_size=None, **extra_args):
         raise TypeError("batch_scaled_l2 needs the batch size at every step: call "
                         "`tx.update(updates, state, params, batch_size=b)` (optax.chain "
                         "forwards it).")
-    if jnp.ndim(batch_size) != 0:
-        raise TypeError(f"`batch_size` must be a scalar; got shape {jnp.shape(batch_size)}")
-    if not isinstance(batch_size, jax.core.Tracer) and not batch_size > 0:
-        raise ValueError(f"`batch_size` must be > 0; got batch_size={batch_size}")
+    require(jnp.ndim(batch_size) == 0, "batch_size", "a scalar", batch_size, TypeError)
+    require(isinstance(batch_size, jax.core.Tracer) or batch_size > 0, "batch_size", "> 0",
+            batch_size)
     return batch_size
 
 
@@ -193,8 +192,7 @@ def batch_scaled_l2(strength: ScalarOrSchedule, mask: masks.Mask = None, *,
       ``batch_size`` (``TypeError`` if missing, ``ValueError`` if a concrete value ``<= 0``).
     """
     check_hyperparam("strength", strength)
-    if convention not in _CONVENTION_FACTOR:
-        raise ValueError(f'`convention` must be "half" or "seed"; got convention={convention!r}')
+    check_choice("convention", convention, _CONVENTION_FACTOR)
 
     def leaf(g, w, strength, batch_size):
         return g + batch_scaled_strength(strength, batch_size, convention) * w

@@ -17,7 +17,8 @@ from jaxreg.data import load
 from jaxreg.train.models import Linear, SeedMLP
 from jaxreg.nn import BatchNorm
 from jaxreg.train import fit
-from jaxreg.train.sweep import _chunks, chunk_capacity, expand, group_key, sweep
+from jaxreg.train.sweep import chunk_capacity, expand, group_key, sweep
+from jaxreg.train.sweep.memory import chunk_layout
 
 MODEL = SeedMLP(hidden=16)
 # seed 1 is the data seed: settings with seed 1 are exactly fit(seed=1); the seed-0 setting
@@ -151,14 +152,14 @@ def test_incompatible_settings_run_in_groups():
     ([], "empty list"),
     ({"l2": []}, "'l2' needs a non-empty list"),
     ({"l2": 0.1}, "'l2' needs a non-empty list"),
-    ({"l2": [0.0, -1e-3]}, "'l2' must be a non-negative number; got -0.001"),
-    ({"learning_rate": [0.0]}, "'learning_rate' must be a positive number; got 0.0"),
-    ({"lambda": [1.0]}, "unknown sweep key 'lambda'"),
-    ([{"l1": float("nan")}], "'l1' must be a non-negative number"),
-    ({"batch_scaled": ["on"]}, "'batch_scaled' must be true or false"),
-    ({"seed": [-1]}, "'seed' must be a non-negative integer"),
-    ({"optimizer": ["lbfgs"]}, "'optimizer' must be one of"),
-    ({"batch_size": [1000]}, "'batch_size' must not exceed the 96 training examples"),
+    ({"l2": [0.0, -1e-3]}, "`l2` must be a finite non-negative number; got l2=-0.001"),
+    ({"learning_rate": [0.0]}, "`learning_rate` must be a finite positive number; got learning_rate=0.0"),
+    ({"lambda": [1.0]}, r"`lambda` must be a sweep setting key \(one of learning_rate, l2, .*\); got lambda=1.0"),
+    ([{"l1": float("nan")}], "`l1` must be a finite non-negative number; got l1=nan"),
+    ({"batch_scaled": ["on"]}, "`batch_scaled` must be True or False; got batch_scaled='on'"),
+    ({"seed": [-1]}, "`seed` must be an integer >= 0; got seed=-1"),
+    ({"optimizer": ["lbfgs"]}, "`optimizer` must be one of 'adam', .*; got optimizer='lbfgs'"),
+    ({"batch_size": [1000]}, "`batch_size` must be at most the 96 training examples; got batch_size=1000"),
 ])
 def test_bad_specs_raise_value_error_naming_the_key(spec, match):
     xy = (np.zeros((96, 5), np.float32), np.zeros(96, np.int32))
@@ -172,7 +173,7 @@ def test_chunk_capacity_from_device_memory():
     assert chunk_capacity(per_setting=10**6, data_bytes=0, device=gpu, num_devices=8) == 8  # at least 1 each
     cpu = SimpleNamespace(memory_stats=lambda: None)
     assert chunk_capacity(per_setting=1 << 20, data_bytes=0, device=cpu) == 1024  # 2 GiB default, half
-    assert _chunks(9, 8, 1) == (2, 5) and _chunks(9, 100, 8) == (1, 16) and _chunks(4, 3, 1) == (2, 2)
+    assert chunk_layout(9, 8, 1) == (2, 5) and chunk_layout(9, 100, 8) == (1, 16) and chunk_layout(4, 3, 1) == (2, 2)
 
 
 def test_cli_sweep_writes_json_and_png(tmp_path, capsys):

@@ -4,7 +4,7 @@ Every error about a bad argument reads ::
 
     `<name>` must be <condition>; got <name>=<value>
 
-(:func:`message`), e.g. ```patience` must be an integer >= 0; got patience=-1``: the argument
+(:func:`message`), e.g. "`patience` must be an integer >= 0; got patience=-1": the argument
 named as the caller wrote it, the condition it breaks, the value received (``repr`` for
 strings and containers, ``str`` for numbers and arrays). Errors are raised at construction
 time, before any state changes. ``ValueError`` for a bad value, ``TypeError`` for a bad type.
@@ -40,7 +40,7 @@ def _show(value: Any) -> str:
 
 
 def message(name: str, condition: str, value: Any) -> str:
-    """```name` must be condition; got name=value``: the package's one error format."""
+    """The package's one error format: "`name` must be condition; got name=value"."""
     return f"`{name}` must be {condition}; got {name}={_show(value)}"
 
 

@@ -193,3 +193,21 @@ def test_cli_sweep_writes_json_and_png(tmp_path, capsys):
     assert main(["sweep", "--dataset", "digits", "--l2", "0,-1", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "-1" in err
+
+
+def test_setting_schema_is_one_frozen_dataclass():
+    import dataclasses
+
+    from jaxreg.train import Setting
+
+    assert Setting.fields(vmapped=True) == ("learning_rate", "l2", "l1", "batch_scaled", "seed")
+    assert Setting.fields(vmapped=False) == ("batch_size", "optimizer", "schedule", "schedule_kwargs",
+                                             "proximal", "bn_momentum")
+    s = Setting(l2=0.1, schedule_kwargs={"power": 2.0})
+    assert s.schedule_kwargs == (("power", 2.0),) and s.as_dict()["schedule_kwargs"] == {"power": 2.0}
+    assert s["l2"] == 0.1 and {**s}["batch_size"] == 128 and hash(s) == hash(Setting(**s))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.l2 = 0.2
+    for bad in (dict(seed=True), dict(seed=2.0), dict(batch_size=0), dict(l2=True), dict(bn_momentum=1.5)):
+        with pytest.raises(ValueError, match=f"`{next(iter(bad))}` must be"):
+            Setting(**bad)

@@ -78,14 +78,8 @@ def add_l1(strength: ScalarOrSchedule, mask: masks.Mask = None
     """Add ``strength * sign(w)``: a subgradient of the L1 penalty ``strength * sum |w|``.
 
     ``sign(0) = 0``, so weights at exactly zero get no push. Subgradient steps hover around
-    zero rather than reach it; for exact zeros use :func:`jaxreg.proximal_l1`.
-
-    Args:
-      strength: ``lambda >= 0``, a float or a schedule ``count -> value``.
-      mask: which leaves to regularize (:mod:`jaxreg.masks`; default kernels only).
-
-    Returns:
-      An :class:`optax.GradientTransformationExtraArgs`.
+    zero rather than reach it; for exact zeros use :func:`jaxreg.proximal_l1`. Arguments and
+    result as for :func:`add_l2`.
     """
     check_hyperparam("strength", strength)
     return _add_penalty_gradient("add_l1", jnp.sign, strength, mask)
@@ -119,15 +113,8 @@ def data_scaled_l2(strength: ScalarOrSchedule, num_examples: int, mask: masks.Ma
 
 def data_scaled_l1(strength: ScalarOrSchedule, num_examples: int, mask: masks.Mask = None
                    ) -> optax.GradientTransformationExtraArgs:
-    """Seed 002's L1 term ``lambda/m * sum |w|``: adds ``lambda/m * sign(w)``.
-
-    Args:
-      strength: ``lambda >= 0``, a float or a schedule ``count -> value``.
-      num_examples: ``m > 0``, the training set size.
-      mask: which leaves to regularize (:mod:`jaxreg.masks`; default kernels only).
-
-    Returns:
-      An :class:`optax.GradientTransformationExtraArgs`.
+    """Seed 002's L1 term ``lambda/m * sum |w|``: adds ``lambda/m * sign(w)``. Arguments and
+    result as for :func:`data_scaled_l2`.
     """
     return _data_scaled("data_scaled_l1", jnp.sign, strength, num_examples, mask)
 

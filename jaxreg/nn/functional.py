@@ -74,10 +74,10 @@ def check_hyperparameters(
     """
     m = _concrete("momentum", momentum)
     if m is not None and not 0.0 <= m < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got momentum={momentum!r}")
+        raise ValueError(f"momentum must be in [0, 1), got momentum={m!r}")
     e = _concrete("epsilon", epsilon)
     if e is not None and not 0.0 < e < math.inf:
-        raise ValueError(f"epsilon must be finite and > 0, got epsilon={epsilon!r}")
+        raise ValueError(f"epsilon must be finite and > 0, got epsilon={e!r}")
     vbs = virtual_batch_size
     if vbs is not None:
         if isinstance(vbs, bool) or not isinstance(vbs, numbers.Integral) or vbs < 1:
@@ -98,12 +98,12 @@ def check_hyperparameters(
         r = _concrete("r_max", r_max)
         if r is not None and not r >= 1.0:  # also rejects NaN
             raise ValueError(f"r_max must be >= 1 (r is clipped to [1/r_max, r_max]), got "
-                             f"r_max={r_max!r}")
+                             f"r_max={r!r}")
     if d_max is not None and not callable(d_max):
         d = _concrete("d_max", d_max)
         if d is not None and not d >= 0.0:
             raise ValueError(f"d_max must be >= 0 (d is clipped to [-d_max, d_max]), got "
-                             f"d_max={d_max!r}")
+                             f"d_max={d!r}")
 
 
 def canonicalize_axes(rank: int, axes: int | Iterable[int]) -> tuple[int, ...]:

@@ -115,7 +115,7 @@ def _recalibrate_nnx(model: nnx.Module, batches: Iterable[Any]) -> nnx.Module:
 
         pooled: dict[tuple[Any, ...], dict[str, np.ndarray]] = {}
         for batch in batches:
-            for path, calls in jax.device_get(step(state, batch)).flat_state():
+            for path, calls in nnx.to_flat_state(jax.device_get(step(state, batch))):
                 for moments in calls.get_value():
                     pooled[path[:-1]] = _chan_merge(pooled.get(path[:-1]), moments)
     finally:

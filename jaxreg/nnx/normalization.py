@@ -14,6 +14,9 @@ differs from flax:
   cross-device statistics for unequal counts.
 * The running statistics stay float32 with ``dtype=bfloat16`` (flax computes the batch
   statistics in float32 too, but normalizes with running statistics cast to bfloat16).
+* Complex inputs: the running mean becomes complex, as in ``flax.linen.BatchNorm``
+  (``flax.nnx.BatchNorm`` writes it into its float32 array, dropping the imaginary part with a
+  ``ComplexWarning``); the running variance is real, ``E|x - mean|^2``.
 * Extras: ``virtual_batch_size`` (ghost batches), ``unbiased_running_var`` (PyTorch's running
   variance); :class:`BatchRenorm`.
 """
@@ -162,11 +165,14 @@ class BatchNorm(nnx.Module):
             renorm_bounds=renorm_bounds,
         )
         if not use_running_average:
-            self.mean[...] = jax.lax.stop_gradient(out.mean)
-            self.var[...] = jax.lax.stop_gradient(out.var)
-            if self.record_moments:
+            # Replaced, not written into (`[...] =`), so that a complex mean stays complex.
+            self.mean.set_value(jax.lax.stop_gradient(out.mean))
+            self.var.set_value(jax.lax.stop_gradient(out.var))
+            if self.record_moments:  # appended per call, like nnx's sow
                 ddof = jnp.asarray(1.0 if self.unbiased_running_var else 0.0)
-                self.sow(BatchMoments, "batch_moments", {**out.moments, "ddof": ddof})
+                previous = getattr(self, "batch_moments", None)
+                calls = () if previous is None else previous.get_value()
+                self.batch_moments = BatchMoments((*calls, {**out.moments, "ddof": ddof}))
         args = [a for a in (x, scale, bias) if a is not None]
         return jnp.asarray(out.y, dtypes.canonicalize_dtype(*args, dtype=self.dtype))
 

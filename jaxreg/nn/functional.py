@@ -136,10 +136,13 @@ def abs_sq(x: Array) -> Array:
     return lax.square(x)
 
 
-def _all_reduce(
-    stats: tuple[Array, ...], axis_name: Any, axis_index_groups: Any, *, mean: bool = False
-) -> tuple[Array, ...]:
-    """Per-feature statistics summed (``mean``: averaged) over devices in ONE collective.
+def _group_size(axis_name: Any, axis_index_groups: Any) -> int:
+    """The number of devices a collective over ``axis_name`` (and its groups) reduces over."""
+    return len(axis_index_groups[0]) if axis_index_groups else lax.axis_size(axis_name)
+
+
+def _psum(stats: tuple[Array, ...], axis_name: Any, axis_index_groups: Any) -> tuple[Array, ...]:
+    """Per-feature statistics summed over devices in ONE collective.
 
     They are stacked into one array (complex ones as their real and imaginary parts).
     """
@@ -148,12 +151,11 @@ def _all_reduce(
     parts = []
     for s in stats:
         parts += [lax.real(s), lax.imag(s)] if jnp.iscomplexobj(s) else [s]
-    reduce = lax.pmean if mean else lax.psum
     stacked = jnp.stack([p.astype(jnp.result_type(*parts)) for p in parts])
-    reduced = iter(reduce(stacked, axis_name, axis_index_groups=axis_index_groups))
+    summed = iter(lax.psum(stacked, axis_name, axis_index_groups=axis_index_groups))
     return tuple(
-        lax.complex(next(reduced), next(reduced)) if jnp.iscomplexobj(s)
-        else next(reduced).astype(s.dtype)
+        lax.complex(next(summed), next(summed)) if jnp.iscomplexobj(s)
+        else next(summed).astype(s.dtype)
         for s in stats
     )
 
@@ -218,18 +220,28 @@ def moments(
         )
     where = None if mask is None else jnp.broadcast_to(jnp.asarray(mask, bool), x.shape)
 
-    def expectations(where: Array | None, *values: Array) -> tuple[Array, ...]:
-        """The global count and the means of ``values`` (over the axes, devices and mask)."""
+    def expectations(
+        where: Array | None, *values: Array, count: Array | None = None
+    ) -> tuple[Array, ...]:
+        """The global count and the means of ``values`` (over the axes, devices and mask).
+
+        A known ``count`` is reused: the tangents' sums must not share a collective with it
+        (the count would become linear in the tangents, and dividing by it not transposable).
+        """
         if where is None:
             means = tuple(jnp.mean(v, reduction_axes, keepdims=True) for v in values)
-            n: Any = local_n
-            if axis_name is not None:
-                n = n * lax.psum(1, axis_name, axis_index_groups=axis_index_groups)
-                means = _all_reduce(means, axis_name, axis_index_groups, mean=True)
+            n = local_n
+            if axis_name is not None:  # pmean with a static divisor (a traced one is not linear)
+                devices = _group_size(axis_name, axis_index_groups)
+                n *= devices
+                means = tuple(m / devices for m in _psum(means, axis_name, axis_index_groups))
             return (jnp.full(stat_shape, n, real_dtype), *means)
-        count = jnp.sum(where, reduction_axes, keepdims=True, dtype=real_dtype)
         sums = tuple(jnp.sum(v, reduction_axes, keepdims=True, where=where) for v in values)
-        count, *sums = _all_reduce((count, *sums), axis_name, axis_index_groups)
+        if count is None:
+            count = jnp.sum(where, reduction_axes, keepdims=True, dtype=real_dtype)
+            count, *sums = _psum((count, *sums), axis_name, axis_index_groups)
+        else:
+            sums = _psum(sums, axis_name, axis_index_groups)
         return (count, *(s / count for s in sums))
 
     def fast(x: Array, where: Array | None) -> tuple[Array, Array, Array, Array]:
@@ -246,7 +258,7 @@ def moments(
         count, mean, var, mean_sq = fast(x, where)
 
         def recompute(x: Array, c: Array) -> tuple[Array, Array]:
-            _, d, d_sq = expectations(where, x - c, abs_sq(x - c))
+            _, d, d_sq = expectations(where, x - c, abs_sq(x - c), count=count)
             return c + d, jnp.maximum(0.0, d_sq - abs_sq(d))
 
         ill_conditioned = jnp.any(mean_sq > CONDITION_LIMIT * var)
@@ -257,7 +269,8 @@ def moments(
     def stable_jvp(primals, tangents):
         (x, where), dx = primals, tangents[0]
         count, mean, var = stable(x, where)
-        _, dmean, dvar = expectations(where, dx, 2 * jnp.real(jnp.conj(x - mean) * dx))
+        _, dmean, dvar = expectations(where, dx, 2 * jnp.real(jnp.conj(x - mean) * dx),
+                                      count=count)
         return (count, mean, var), (jnp.zeros_like(count), dmean, dvar)
 
     return stable(x, where)

@@ -18,7 +18,7 @@ from jaxreg.plateau import ReduceOnPlateauState, reduce_on_plateau
 
 # --- higher layers, imported on first use (``jaxreg.nn``, ``jaxreg.train``, ...) so that the
 # transforms stay light to import (no flax modules, orbax or matplotlib) ---
-_SUBPACKAGES = ("nn", "data", "models", "train", "plots")
+_SUBPACKAGES = ("nn", "nnx", "data", "models", "train", "plots")
 
 
 def __getattr__(name: str):

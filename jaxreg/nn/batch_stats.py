@@ -59,7 +59,7 @@ def recalibrate_batch_stats(
     """
 
     if isinstance(apply_fn, nnx.Module):
-        return _recalibrate_nnx(apply_fn, variables)
+        return _recalibrate_nnx(apply_fn, variables)  # (model, batches)
     assert batches is not None, "linen: recalibrate_batch_stats(apply_fn, variables, batches)"
 
     @jax.jit
@@ -74,7 +74,7 @@ def recalibrate_batch_stats(
             for moments in calls:
                 pooled[path] = _chan_merge(pooled.get(path), moments)
     _check_pooled(pooled)
-    new = _copy(variables)
+    new = _copy(variables)  # type: ignore[arg-type]
     for path, m in pooled.items():
         stats = _get(new["batch_stats"], path)
         stats["mean"], stats["var"] = _population(m, stats["mean"], stats["var"])
@@ -91,8 +91,9 @@ def _check_pooled(pooled: Mapping[Any, Any]) -> None:
 
 def _population(m: Mapping[str, np.ndarray], mean: Any, var: Any) -> tuple[Array, Array]:
     """The pooled mean and variance ``M2 / (N - ddof)``, in the running statistics' dtypes."""
-    mean_dtype = jnp.result_type(mean, m["mean"].dtype) if np.iscomplexobj(m["mean"]) else (
-        jnp.result_type(mean))
+    mean_dtype = jnp.result_type(mean)
+    if np.iscomplexobj(m["mean"]):  # the running mean of complex inputs is complex
+        mean_dtype = jnp.promote_types(mean_dtype, jnp.complex64)
     return (jnp.asarray(m["mean"], mean_dtype),
             jnp.asarray(m["m2"] / (m["count"] - m["ddof"]), jnp.result_type(var)))
 
@@ -122,9 +123,11 @@ def _recalibrate_nnx(model: nnx.Module, batches: Iterable[Any]) -> nnx.Module:
         for path, m in layers.items():
             m.use_running_average, m.record_moments = saved[path]
     _check_pooled(pooled)
-    for path, m in pooled.items():
+    for path, summary in pooled.items():
         layer = layers[path]
-        layer.mean[...], layer.var[...] = _population(m, layer.mean[...], layer.var[...])
+        mean, var = _population(summary, layer.mean[...], layer.var[...])
+        layer.mean.set_value(mean)  # replaced, not written into: a complex mean stays complex
+        layer.var.set_value(var)
     return model
 
 

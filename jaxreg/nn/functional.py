@@ -239,7 +239,8 @@ def moments(
         sums = tuple(jnp.sum(v, reduction_axes, keepdims=True, where=where) for v in values)
         if count is None:
             count = jnp.sum(where, reduction_axes, keepdims=True, dtype=real_dtype)
-            count, *sums = _psum((count, *sums), axis_name, axis_index_groups)
+            count, *summed = _psum((count, *sums), axis_name, axis_index_groups)
+            sums = tuple(summed)
         else:
             sums = _psum(sums, axis_name, axis_index_groups)
         return (count, *(s / count for s in sums))
@@ -469,8 +470,8 @@ def batch_norm(
 
     scale, bias = broadcast(scale), broadcast(bias)
     if use_running_average:
-        y = normalize(x, broadcast(running_mean), broadcast(running_var), scale, bias,
-                      epsilon=epsilon)
+        y = normalize(x, jnp.reshape(running_mean, broadcast_shape),
+                      jnp.reshape(running_var, broadcast_shape), scale, bias, epsilon=epsilon)
         return BatchNormOutput(y, running_mean, running_var, None)
 
     dtype = jnp.result_type(x) if stats_dtype is None else stats_dtype
@@ -480,7 +481,8 @@ def batch_norm(
     )
     renorm = None
     if renorm_bounds is not None:
-        renorm = renorm_correction(mean, var, broadcast(running_mean), broadcast(running_var),
+        renorm = renorm_correction(mean, var, jnp.reshape(running_mean, broadcast_shape),
+                                   jnp.reshape(running_var, broadcast_shape),
                                    epsilon=epsilon, r_max=renorm_bounds[0],
                                    d_max=renorm_bounds[1])
     y = normalize(xs, mean, var, scale, bias, epsilon=epsilon, renorm=renorm).reshape(x.shape)

@@ -36,7 +36,7 @@ and dtypes, so checkpoints load unchanged):
   cancels catastrophically when ``|mean| / std`` is large (at 1e4 in float32 it returns noise
   or 0). Ours takes the same one pass of plain sums, checks per feature whether ``E[x^2] >
   64 var`` (``|mean| / std`` above ~8, where that formula starts to lose digits) and only then
-  recomputes the sums around the first mean (a ``lax.cond``, see :func:`_moments`): as fast as
+  recomputes the sums around the first mean (a ``lax.cond``, see :func:`jaxreg.nn.functional.moments`): as fast as
   flax's fast variance on ordinary activations, as accurate as its two-pass
   ``use_fast_variance=False`` (which reads ``x`` once more, always) on the rest.
 * With ``axis_name`` the statistics are exact over all devices: the per-device element counts
@@ -45,6 +45,16 @@ and dtypes, so checkpoints load unchanged):
   is wrong when devices hold different numbers of valid elements (masks, uneven shards; flax
   issue 2417).
 * ``virtual_batch_size`` (ghost batch normalization) and ``unbiased_running_var`` are extra.
+* A batch (or ghost batch, or feature) with too few valid elements for its statistics (an
+  all-False mask; one element with ``unbiased_running_var``) leaves the running statistics
+  unchanged instead of making them NaN; shapes without statistics (an empty batch, ``axis``
+  covering every dimension) raise at trace time.
+
+Complex inputs follow flax: ``mean`` complex, ``var = E|x - mean|^2`` real (also in the stable
+recomputation); the running mean becomes complex, the running variance stays real.
+
+All the maths is in :mod:`jaxreg.nn.functional`, shared with :mod:`jaxreg.nnx`; this module
+only creates and stores the linen variables.
 """
 from __future__ import annotations
 
@@ -147,7 +157,7 @@ def _batch_norm(
         ra_mean.value, ra_var.value = out.mean, out.var
         if mdl.is_mutable_collection(BATCH_MOMENTS):
             ddof = jnp.asarray(1.0 if mdl.unbiased_running_var else 0.0)
-            mdl.sow(BATCH_MOMENTS, "moments", {**out.moments, "ddof": ddof})
+            mdl.sow(BATCH_MOMENTS, "moments", {**(out.moments or {}), "ddof": ddof})
     args = [a for a in (x, scale, bias) if a is not None]
     return jnp.asarray(out.y, dtypes.canonicalize_dtype(*args, dtype=mdl.dtype))
 
@@ -164,7 +174,7 @@ class BatchNorm(nn.Module):
       use_running_average: use ``batch_stats`` instead of the statistics of the input.
       axis: feature axis or axes (statistics are per feature, over all other axes).
       momentum: in ``[0, 1)``; ``running = momentum * running + (1 - momentum) * batch``.
-      epsilon: ``> 0``, added to the variance.
+      epsilon: finite and ``> 0``, added to the variance.
       dtype: output dtype (default: inferred from input and params).
       param_dtype: dtype of ``scale``/``bias``.
       use_bias, use_scale: learn ``bias`` (beta) / ``scale`` (gamma).

@@ -172,7 +172,7 @@ class BatchNorm(nnx.Module):
                 ddof = jnp.asarray(1.0 if self.unbiased_running_var else 0.0)
                 previous = getattr(self, "batch_moments", None)
                 calls = () if previous is None else previous.get_value()
-                self.batch_moments = BatchMoments((*calls, {**out.moments, "ddof": ddof}))
+                self.batch_moments = BatchMoments((*calls, {**(out.moments or {}), "ddof": ddof}))
         args = [a for a in (x, scale, bias) if a is not None]
         return jnp.asarray(out.y, dtypes.canonicalize_dtype(*args, dtype=self.dtype))
 

@@ -4,7 +4,8 @@ Layers, lowest first, one folder each; a lower layer never imports a higher one:
 
 * :mod:`jaxreg.transforms`: the optax layer (masks, penalties, regularizers, proximal,
   schedules, plateau), re-exported here (``jaxreg.add_l2``, ``jaxreg.masks``, ...);
-* :mod:`jaxreg.nn`: flax modules (the batch normalization family);
+* :mod:`jaxreg.nn`, :mod:`jaxreg.nnx`: flax linen and NNX modules (the batch normalization
+  family, one numerical core in :mod:`jaxreg.nn.functional`);
 * :mod:`jaxreg.data`: datasets;
 * :mod:`jaxreg.train`: the training engine and its models (:mod:`jaxreg.train.models`);
 * :mod:`jaxreg.cli`: the ``jaxreg`` command and its plots.
@@ -23,15 +24,15 @@ from jaxreg.transforms import (ReduceOnPlateauState, ScheduleState, add_l1, add_
 __all__ = [  # transforms.__all__ and the layers
     "ReduceOnPlateauState", "ScheduleState", "add_l1", "add_l2", "batch_scaled_l2",
     "batch_scaled_strength", "cli", "data", "data_scaled_l1", "data_scaled_l2", "masks", "models",
-    "nn", "penalties", "proximal_elastic_net", "proximal_l1", "reduce_on_plateau", "schedules",
-    "train", "transforms",
+    "nn", "nnx", "penalties", "proximal_elastic_net", "proximal_l1", "reduce_on_plateau",
+    "schedules", "train", "transforms",
 ]
 
 # The higher layers are imported on first use (``jaxreg.nn``, ``jaxreg.train``, ...), so that
 # the transforms stay light to import (no flax modules, orbax or matplotlib). ``jaxreg.models``
 # is :mod:`jaxreg.train.models`; ``jaxreg.plots`` is :mod:`jaxreg.cli.plots`.
-_LAZY = {"nn": "jaxreg.nn", "data": "jaxreg.data", "train": "jaxreg.train", "cli": "jaxreg.cli",
-         "models": "jaxreg.train.models", "plots": "jaxreg.cli.plots"}
+_LAZY = {"nn": "jaxreg.nn", "nnx": "jaxreg.nnx", "data": "jaxreg.data", "train": "jaxreg.train",
+         "cli": "jaxreg.cli", "models": "jaxreg.train.models", "plots": "jaxreg.cli.plots"}
 
 
 def __getattr__(name: str):

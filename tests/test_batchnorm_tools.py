@@ -228,14 +228,15 @@ def test_fold_batchnorm_same_model_and_model_without_bn():
     expected = model.apply(variables, x)  # eval mode
     pairs = [("conv", "bn0"), ("dense", "bn1")]
 
-    folded = fold_batchnorm(variables, pairs)
+    folded = fold_batchnorm(variables, pairs, epsilon=1e-5)
     np.testing.assert_allclose(model.apply(folded, x), expected, atol=1e-5, rtol=1e-5)
     # conv had a bias: the shift went there; dense had none: the shift is bn1's bias
     np.testing.assert_array_equal(folded["params"]["bn0"]["bias"], np.zeros(6))
     assert "bias" not in folded["params"]["dense"]
     np.testing.assert_array_equal(folded["params"]["bn1"]["scale"], np.ones(5))
 
-    bare = fold_batchnorm(variables, [("conv", "bn0"), ("dense", "bn1")], remove_bn=True)
+    bare = fold_batchnorm(variables, [("conv", "bn0"), ("dense", "bn1")], epsilon=1e-5,
+                          remove_bn=True)
     assert set(bare["params"]) == {"conv", "dense"} and bare["batch_stats"] == {}
     np.testing.assert_allclose(Net(use_bn=False).apply(bare, x), expected, atol=1e-5, rtol=1e-5)
     # the input is not modified
@@ -253,7 +254,8 @@ def test_fold_batchnorm_nested_string_paths():
     variables = Outer().init(jax.random.key(0), x)
     variables["batch_stats"]["block"]["bn0"]["var"] = jnp.full((6,), 3.0)
     variables["batch_stats"]["block"]["bn0"]["mean"] = jnp.full((6,), -0.5)
-    folded = fold_batchnorm(variables, [("block/conv", "block/bn0"), ("block/dense", "block/bn1")])
+    folded = fold_batchnorm(variables, [("block/conv", "block/bn0"), ("block/dense", "block/bn1")],
+                            epsilon=1e-5)
     np.testing.assert_allclose(Outer().apply(folded, x), Outer().apply(variables, x), atol=1e-5)
 
 
@@ -261,6 +263,6 @@ def test_fold_batchnorm_rejects_mismatched_pairs():
     x = jnp.ones((2, 5, 5, 2))
     variables = Net().init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="bn1 has statistics of shape \\(5,\\), but conv has 6"):
-        fold_batchnorm(variables, [("conv", "bn1")])
+        fold_batchnorm(variables, [("conv", "bn1")], epsilon=1e-5)
     with pytest.raises(KeyError, match="missing 'nope'"):
-        fold_batchnorm(variables, [("nope", "bn0")])
+        fold_batchnorm(variables, [("nope", "bn0")], epsilon=1e-5)

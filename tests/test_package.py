@@ -14,7 +14,7 @@ import jaxreg
 
 PACKAGE = Path(jaxreg.__file__).parent
 
-LAYER = {"_validate": 0, "transforms": 1, "nn": 2, "data": 3, "train": 4, "cli": 5}
+LAYER = {"_validate": 0, "transforms": 1, "nn": 2, "nnx": 2, "data": 3, "train": 4, "cli": 5}
 
 
 def layer_of(module: str) -> int:

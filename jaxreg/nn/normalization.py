@@ -36,7 +36,7 @@ and dtypes, so checkpoints load unchanged):
   cancels catastrophically when ``|mean| / std`` is large (at 1e4 in float32 it returns noise
   or 0). Ours takes the same one pass of plain sums, checks per feature whether ``E[x^2] >
   64 var`` (``|mean| / std`` above ~8, where that formula starts to lose digits) and only then
-  recomputes the sums around the first mean (a ``lax.cond``, see :func:`_moments`): as fast as
+  recomputes the sums around the first mean (a ``lax.cond``, see :func:`jaxreg.nn.functional.moments`): as fast as
   flax's fast variance on ordinary activations, as accurate as its two-pass
   ``use_fast_variance=False`` (which reads ``x`` once more, always) on the rest.
 * With ``axis_name`` the statistics are exact over all devices: the per-device element counts
@@ -45,20 +45,29 @@ and dtypes, so checkpoints load unchanged):
   is wrong when devices hold different numbers of valid elements (masks, uneven shards; flax
   issue 2417).
 * ``virtual_batch_size`` (ghost batch normalization) and ``unbiased_running_var`` are extra.
+* A batch (or ghost batch, or feature) with too few valid elements for its statistics (an
+  all-False mask; one element with ``unbiased_running_var``) leaves the running statistics
+  unchanged instead of making them NaN; shapes without statistics (an empty batch, ``axis``
+  covering every dimension) raise at trace time.
+
+Complex inputs follow flax: ``mean`` complex, ``var = E|x - mean|^2`` real (also in the stable
+recomputation); the running mean becomes complex, the running variance stays real.
+
+All the maths is in :mod:`jaxreg.nn.functional`, shared with :mod:`jaxreg.nnx`; this module
+only creates and stores the linen variables.
 """
 from __future__ import annotations
 
-import math
-import numbers
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen import dtypes
-from jax import lax
 from jax.nn import initializers
+
+from jaxreg.nn import functional as F
 
 Array = jax.Array
 Schedule = Callable[[Array], Any]
@@ -91,279 +100,66 @@ def momentum_from_keras(momentum: float) -> float:
     return float(momentum)
 
 
-def _canonicalize_axes(rank: int, axes: int | Iterable[int]) -> tuple[int, ...]:
-    """Sorted, deduplicated, non-negative axes; ValueError naming ``axis`` if out of range."""
-    axes_tuple = tuple(axes) if isinstance(axes, Iterable) else (axes,)
-    for a in axes_tuple:
-        if not -rank <= a < rank:
-            raise ValueError(f"axis={axes!r} is out of range for an input of rank {rank}")
-    return tuple(sorted({a % rank for a in axes_tuple}))
-
-
-#: The fast sums are kept when ``E[x^2] <= _CONDITION_LIMIT * var`` for every feature (that is,
-#: ``|mean| / std <= sqrt(63) ~ 8``), where the relative rounding error of ``E[x^2] - E[x]^2``
-#: is at most about ``64 * float_eps`` times the summation's error growth: ~4e-6 in float32.
-_CONDITION_LIMIT = 64.0
-
-
-def _moments(
-    x: Array,
-    reduction_axes: tuple[int, ...],
-    *,
-    dtype: Any,
-    mask: Array | None,
-    axis_name: str | None,
-    axis_index_groups: Any,
-    use_fast_variance: bool,
-) -> tuple[Array, Array, Array]:
-    """Count, mean and biased variance of ``x`` over ``reduction_axes`` (kept as size-1 axes).
-
-    First, one pass over ``x`` for the plain sums ``S1 = sum(x)``, ``S2 = sum(x^2)``::
-
-        mean = S1 / N,    var = S2 / N - mean^2
-
-    flax's fast variance, which cancels catastrophically when ``|mean| / std`` is large (the
-    relative error is ~``float_eps * (mean / std)^2``: noise or 0 at 1e4 in float32). With
-    ``use_fast_variance`` that is the result. Otherwise, if any feature has ``E[x^2] >
-    _CONDITION_LIMIT * var``, the statistics are recomputed around the first mean ``c``
-    (accurate to ``float_eps * |mean|``, so ``|mean - c|`` is a tiny fraction of a standard
-    deviation)::
-
-        d = sum(x - c) / N,    mean = c + d,    var = sum((x - c)^2) / N - d^2
-
-    which is accurate at any ``|mean| / std``. The recomputation is a ``lax.cond``: well-
-    conditioned batches (the usual case, e.g. activations after a linear layer) cost exactly
-    flax's fast variance, and only ill-conditioned ones pay the second pass. Under ``vmap`` the
-    predicate is batched and ``cond`` becomes a ``select``: both are computed, results unchanged.
-
-    Derivatives come from a ``custom_jvp`` with the exact, well-conditioned tangents
-    ``dmean = sum(dx) / N`` and ``dvar = 2 sum((x - mean) dx) / N`` whichever branch ran, so
-    autodiff never differentiates through the ``cond`` (which would keep XLA from fusing the
-    backward pass) and derivatives of every order are exact.
-
-    Why not always shift? A one-pass sum around a per-feature shift ``c`` (``sum(x - c)``, with
-    ``c`` from a slice of the batch) costs no extra pass, but on XLA CPU the broadcast
-    subtraction inside the two reductions made them ~2x slower than plain sums, ~10% of a
-    BatchNorm fwd+bwd step (``benchmarks/RESULTS.md``); a two-pass mean-then-variance costs one
-    more read of ``x`` on every backend.
-
-    ``mask`` (broadcastable to ``x``) selects the elements that count. With ``axis_name``, the
-    per-device (N, S1, S2) are ``psum``-ed in one collective (and the recomputation's sums in
-    another, only if it runs; all devices take the same branch since the predicate is computed
-    from the summed values), so the statistics are those of all devices' elements together,
-    exact for unequal counts.
-    """
-    x = jnp.asarray(x, dtype)
-    stat_shape = tuple(1 if a in reduction_axes else d for a, d in enumerate(x.shape))
-    if mask is None:
-        where = None
-        count = jnp.full(stat_shape, x.size // math.prod(stat_shape), dtype)
-    else:
-        where = jnp.broadcast_to(jnp.asarray(mask, bool), x.shape)
-        count = jnp.sum(where, reduction_axes, keepdims=True, dtype=dtype)
-
-    def total(v: Array, where: Array | None) -> Array:
-        return jnp.sum(v, reduction_axes, keepdims=True, where=where)
-
-    def psum(*stats: Array) -> tuple[Array, ...]:
-        """Per-feature statistics summed over devices, in one collective."""
-        if axis_name is None:
-            return stats
-        return tuple(lax.psum(jnp.stack(stats), axis_name, axis_index_groups=axis_index_groups))
-
-    def fast(x: Array, count: Array, where: Array | None) -> tuple[Array, ...]:
-        count, s1, s2 = psum(count, total(x, where), total(lax.square(x), where))
-        mean = s1 / count
-        # S2/N - mean^2 can round below 0.
-        return count, mean, jnp.maximum(0.0, s2 / count - lax.square(mean)), s2
-
-    if use_fast_variance:
-        return fast(x, count, where)[:3]
-
-    @jax.custom_jvp
-    def stable(x: Array, count: Array, where: Array | None) -> tuple[Array, Array, Array]:
-        count, mean, var, s2 = fast(x, count, where)
-
-        def recompute(x: Array, c: Array) -> tuple[Array, Array]:
-            d1, d2 = psum(total(x - c, where), total(lax.square(x - c), where))
-            d = d1 / count
-            return c + d, jnp.maximum(0.0, d2 / count - lax.square(d))
-
-        ill_conditioned = jnp.any(s2 > _CONDITION_LIMIT * count * var)
-        mean, var = lax.cond(ill_conditioned, recompute, lambda x, c: (c, var), x, mean)
-        return count, mean, var
-
-    @stable.defjvp
-    def stable_jvp(primals, tangents):
-        x, count, where = primals
-        dx = tangents[0]
-        count, mean, var = stable(x, count, where)
-        dmean, dvar = psum(total(dx, where), total(2 * (x - mean) * dx, where))
-        return (count, mean, var), (jnp.zeros_like(count), dmean / count, dvar / count)
-
-    return stable(x, count, where)
-
-
-def _normalize(
-    mdl: nn.Module,
-    x: Array,
-    mean: Array,
-    var: Array,
-    feature_axes: tuple[int, ...],
-    *,
-    renorm: tuple[Array, Array] | None = None,
-) -> Array:
-    """``scale * ((x - mean) * rsqrt(var + eps) * r + d) + bias`` with params created in ``mdl``.
-
-    ``mean``/``var`` broadcast against ``x``; ``renorm = (r, d)`` is BatchRenorm's correction
-    (``None``: plain batch norm). Operation order and output dtype follow flax's ``_normalize``.
-    """
-    feature_shape = [x.shape[a] if a in feature_axes else 1 for a in range(x.ndim)]
-    reduced_feature_shape = [x.shape[a] for a in feature_axes]
-    y = x - mean
-    mul = lax.rsqrt(var + mdl.epsilon)
-    if renorm is not None:
-        mul = mul * renorm[0]
-    args = [x]
-    scale = None
-    if mdl.use_scale:
-        scale = mdl.param("scale", mdl.scale_init, reduced_feature_shape, mdl.param_dtype)
-        scale = scale.reshape(feature_shape)
-        if not mdl.force_float32_reductions:
-            scale = jnp.asarray(scale, mdl.param_dtype)
-        mul *= scale
-        args.append(scale)
-    y *= mul
-    if renorm is not None:
-        y += renorm[1] if scale is None else renorm[1] * scale
-    if mdl.use_bias:
-        bias = mdl.param("bias", mdl.bias_init, reduced_feature_shape, mdl.param_dtype)
-        bias = bias.reshape(feature_shape)
-        if not mdl.force_float32_reductions:
-            bias = jnp.asarray(bias, mdl.param_dtype)
-        y += bias
-        args.append(bias)
-    return jnp.asarray(y, dtypes.canonicalize_dtype(*args, dtype=mdl.dtype))
-
-
-RenormFn = Callable[[Array, Array, Array, Array], tuple[Array, Array]]
-
-
 def _batch_norm(
     mdl: BatchNorm,
     x: Array,
     use_running_average: bool | None,
     mask: Array | None,
-    renorm_fn: RenormFn | None = None,
+    renorm_bounds: tuple[Any, Any] | None = None,
 ) -> Array:
-    """Shared body of :class:`BatchNorm` and :class:`BatchRenorm` (see their docstrings).
+    """Shared body of :class:`BatchNorm` and :class:`BatchRenorm`: variables around the core.
 
-    ``renorm_fn(mean, var, running_mean, running_var) -> (r, d)`` is called in training mode
-    with the batch statistics and the running statistics *before* this step's update.
+    Creates/reads the variables, calls :func:`jaxreg.nn.functional.batch_norm` and stores the
+    new running statistics (not at initialization, where flax's modules leave them as created,
+    and where there is no device axis to reduce over).
     """
     use_running_average = nn.merge_param(
         "use_running_average", mdl.use_running_average, use_running_average
     )
-    feature_axes = _canonicalize_axes(x.ndim, mdl.axis)
-    reduction_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
+    feature_axes = F.canonicalize_axes(x.ndim, mdl.axis)
     feature_shape = tuple(x.shape[a] for a in feature_axes)
-    stats_dtype = jnp.float32 if mdl.force_float32_reductions else mdl.param_dtype
-    ra_mean = mdl.variable("batch_stats", "mean", jnp.zeros, feature_shape, stats_dtype)
-    ra_var = mdl.variable("batch_stats", "var", jnp.ones, feature_shape, stats_dtype)
-    broadcast_shape = [x.shape[a] if a in feature_axes else 1 for a in range(x.ndim)]
-
-    if use_running_average:
-        mean, var = (jnp.reshape(v.value, broadcast_shape) for v in (ra_mean, ra_var))
-        if not mdl.force_float32_reductions:
-            mean, var = jnp.asarray(mean, mdl.param_dtype), jnp.asarray(var, mdl.param_dtype)
-        return _normalize(mdl, x, mean, var, feature_axes)
-
-    # Ghost batches: view the leading axis as (groups, virtual_batch_size); statistics per group.
-    vbs = mdl.virtual_batch_size
-    if vbs is not None:
-        if 0 in feature_axes:
-            raise ValueError(
-                f"virtual_batch_size={vbs} splits axis 0, which must not be a feature axis "
-                f"(axis={mdl.axis!r})"
-            )
-        if x.shape[0] % vbs:
-            raise ValueError(
-                f"virtual_batch_size={vbs} does not divide the batch size {x.shape[0]}"
-            )
-        if mdl.axis_name is not None:
-            raise ValueError(
-                f"virtual_batch_size={vbs} cannot be combined with axis_name={mdl.axis_name!r}: "
-                "ghost batches are local sub-batches"
-            )
-        groups = (x.shape[0] // vbs, vbs)
-        xs = x.reshape(groups + x.shape[1:])
-        if mask is not None:
-            mask = jnp.broadcast_to(mask, x.shape).reshape(xs.shape)
-        feature_axes = tuple(a + 1 for a in feature_axes)
-        reduction_axes = tuple(a + 1 for a in reduction_axes)
-        broadcast_shape = [1, *broadcast_shape]
-    else:
-        xs = x
-
-    running_mean = ra_mean.value.reshape(broadcast_shape)
-    stats_compute_dtype = jnp.result_type(x) if mdl.dtype is None else mdl.dtype
-    if mdl.force_float32_reductions:
-        stats_compute_dtype = jnp.promote_types(stats_compute_dtype, jnp.float32)
-    count, mean, var = _moments(
-        xs,
-        reduction_axes,
-        dtype=stats_compute_dtype,
+    f32 = mdl.force_float32_reductions
+    ra_mean = mdl.variable("batch_stats", "mean", jnp.zeros, feature_shape,
+                           jnp.float32 if f32 else mdl.param_dtype)
+    ra_var = mdl.variable("batch_stats", "var", jnp.ones, feature_shape,
+                          jnp.float32 if f32 else mdl.param_dtype)
+    scale = bias = None
+    if mdl.use_scale:
+        scale = mdl.param("scale", mdl.scale_init, feature_shape, mdl.param_dtype)
+    if mdl.use_bias:
+        bias = mdl.param("bias", mdl.bias_init, feature_shape, mdl.param_dtype)
+    running_mean, running_var = ra_mean.value, ra_var.value
+    if use_running_average and not f32:
+        # flax normalizes in param_dtype here (our float32 statistics are cast the same way).
+        running_mean = jnp.asarray(running_mean, mdl.param_dtype)
+        running_var = jnp.asarray(running_var, mdl.param_dtype)
+    stats_dtype = jnp.result_type(x) if mdl.dtype is None else mdl.dtype
+    if f32:
+        stats_dtype = jnp.promote_types(stats_dtype, jnp.float32)
+    initializing = mdl.is_initializing()
+    out = F.batch_norm(
+        x, scale, bias, running_mean, running_var,
+        axis=feature_axes,
+        use_running_average=bool(use_running_average),
+        momentum=mdl.momentum,
+        epsilon=mdl.epsilon,
+        stats_dtype=stats_dtype,
         mask=mask,
-        axis_name=None if mdl.is_initializing() else mdl.axis_name,
+        axis_name=None if initializing else mdl.axis_name,
         axis_index_groups=mdl.axis_index_groups,
         use_fast_variance=mdl.use_fast_variance,
+        virtual_batch_size=mdl.virtual_batch_size,
+        unbiased_running_var=mdl.unbiased_running_var,
+        renorm_bounds=renorm_bounds,
+        update_stats=not initializing,
     )
-    renorm = None
-    if renorm_fn is not None:
-        renorm = renorm_fn(mean, var, running_mean, ra_var.value.reshape(broadcast_shape))
-
-    if not mdl.is_initializing():
-        running_var = var * count / (count - 1) if mdl.unbiased_running_var else var
-        # Ghost batches: the running statistics move towards the mean of the group statistics.
-        batch_mean, batch_var = (
-            jnp.reshape(v.mean(0) if vbs is not None else v, feature_shape)
-            for v in (mean, running_var)
-        )
-        ra_mean.value = mdl.momentum * ra_mean.value + (1 - mdl.momentum) * batch_mean
-        ra_var.value = mdl.momentum * ra_var.value + (1 - mdl.momentum) * batch_var
-
-    if not mdl.is_initializing() and mdl.is_mutable_collection(BATCH_MOMENTS):
-        _sow_moments(mdl, count, mean, var, feature_shape, grouped=vbs is not None)
-
-    y = _normalize(mdl, xs, mean, var, feature_axes, renorm=renorm)
-    return y.reshape(x.shape)
-
-
-def _sow_moments(
-    mdl: nn.Module, count: Array, mean: Array, var: Array, feature_shape: tuple[int, ...],
-    grouped: bool,
-) -> None:
-    """Sow the whole-batch (count, mean, M2 = count * var) for exact pooling across batches.
-
-    Ghost-batch group moments are first pooled exactly (Chan et al.'s parallel formula).
-    ``ddof`` is 1 for layers keeping an unbiased running variance, else 0.
-    """
-    m2 = count * var
-    if grouped:
-        total = count.sum(0)
-        pooled_mean = (count * mean).sum(0) / total
-        m2 = (m2 + count * lax.square(mean - pooled_mean)).sum(0)
-        count, mean = total, pooled_mean
-    mdl.sow(
-        BATCH_MOMENTS,
-        "moments",
-        {
-            "count": count.reshape(feature_shape),
-            "mean": mean.reshape(feature_shape),
-            "m2": m2.reshape(feature_shape),
-            "ddof": jnp.asarray(1.0 if mdl.unbiased_running_var else 0.0),
-        },
-    )
+    if not use_running_average and not initializing:
+        ra_mean.value, ra_var.value = out.mean, out.var
+        if mdl.is_mutable_collection(BATCH_MOMENTS):
+            ddof = jnp.asarray(1.0 if mdl.unbiased_running_var else 0.0)
+            mdl.sow(BATCH_MOMENTS, "moments", {**(out.moments or {}), "ddof": ddof})
+    args = [a for a in (x, scale, bias) if a is not None]
+    return jnp.asarray(out.y, dtypes.canonicalize_dtype(*args, dtype=mdl.dtype))
 
 
 class BatchNorm(nn.Module):
@@ -378,7 +174,7 @@ class BatchNorm(nn.Module):
       use_running_average: use ``batch_stats`` instead of the statistics of the input.
       axis: feature axis or axes (statistics are per feature, over all other axes).
       momentum: in ``[0, 1)``; ``running = momentum * running + (1 - momentum) * batch``.
-      epsilon: ``> 0``, added to the variance.
+      epsilon: finite and ``> 0``, added to the variance.
       dtype: output dtype (default: inferred from input and params).
       param_dtype: dtype of ``scale``/``bias``.
       use_bias, use_scale: learn ``bias`` (beta) / ``scale`` (gamma).
@@ -416,15 +212,13 @@ class BatchNorm(nn.Module):
     unbiased_running_var: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.momentum, numbers.Real) and not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got momentum={self.momentum!r}")
-        if isinstance(self.epsilon, numbers.Real) and not self.epsilon > 0.0:
-            raise ValueError(f"epsilon must be > 0, got epsilon={self.epsilon!r}")
-        vbs = self.virtual_batch_size
-        if vbs is not None and not (isinstance(vbs, numbers.Integral) and vbs > 0):
-            raise ValueError(
-                f"virtual_batch_size must be a positive int or None, got virtual_batch_size={vbs!r}"
-            )
+        F.check_hyperparameters(
+            momentum=self.momentum, epsilon=self.epsilon,
+            virtual_batch_size=self.virtual_batch_size,
+            unbiased_running_var=self.unbiased_running_var,
+            r_max=getattr(self, "r_max", None), d_max=getattr(self, "d_max", None),
+            axis_name=self.axis_name,
+        )
         super().__post_init__()
 
     @nn.compact
@@ -468,15 +262,12 @@ class BatchRenorm(BatchNorm):
         self, x: Array, use_running_average: bool | None = None, *, mask: Array | None = None
     ) -> Array:
         step = self.variable("batch_stats", "step", lambda: jnp.zeros((), jnp.int32))
-
-        def renorm(mean: Array, var: Array, ra_mean: Array, ra_var: Array) -> tuple[Array, Array]:
-            r_max = self.r_max(step.value) if callable(self.r_max) else self.r_max
-            d_max = self.d_max(step.value) if callable(self.d_max) else self.d_max
-            sigma = jnp.sqrt(ra_var + self.epsilon)
-            r = jnp.clip(jnp.sqrt(var + self.epsilon) / sigma, 1.0 / r_max, r_max)
-            d = jnp.clip((mean - ra_mean) / sigma, -d_max, d_max)
-            if not self.is_initializing():
-                step.value = step.value + 1
-            return lax.stop_gradient(r), lax.stop_gradient(d)
-
-        return _batch_norm(self, x, use_running_average, mask, renorm_fn=renorm)
+        r_max = self.r_max(step.value) if callable(self.r_max) else self.r_max
+        d_max = self.d_max(step.value) if callable(self.d_max) else self.d_max
+        y = _batch_norm(self, x, use_running_average, mask, renorm_bounds=(r_max, d_max))
+        training = not nn.merge_param(
+            "use_running_average", self.use_running_average, use_running_average
+        )
+        if training and not self.is_initializing():
+            step.value = step.value + 1  # the schedules' clock: one tick per training call
+        return y

@@ -43,6 +43,11 @@ def path_str(path: tuple) -> str:
 
 def _leaf_name(path: tuple) -> str | None:
     """The name of a leaf: its last dict key or attribute name; ``None`` for tuple/list items."""
+    # flax NNX state: a Variable (nnx.Param) flattens to its array under the attribute "value";
+    # the leaf's name is the key of the Variable itself.
+    if len(path) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and (
+            path[-1].name == "value"):
+        path = path[:-1]
     if not path:
         return None
     key = path[-1]

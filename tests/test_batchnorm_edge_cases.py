@@ -162,7 +162,7 @@ def test_shapes_without_statistics_raise(module, shape, match):
         ({"epsilon": jnp.array(-1.0)}, "epsilon=-1.0"),
         ({"epsilon": float("inf")}, "epsilon=inf"),
         ({"epsilon": float("nan")}, "epsilon=nan"),
-        ({"momentum": jnp.ones(3) * 0.9}, "momentum must be a real scalar"),
+        ({"momentum": jnp.ones(3) * 0.9}, "`momentum` must be a real scalar"),
         ({"virtual_batch_size": True}, "virtual_batch_size=True"),
         ({"virtual_batch_size": 1, "unbiased_running_var": True}, "virtual_batch_size=1"),
     ],

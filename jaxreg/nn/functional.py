@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxreg._validate import message, require
+
 Array = jax.Array
 
 #: The fast sums are kept when ``E[|x|^2] <= CONDITION_LIMIT * var`` for every feature (that is,
@@ -47,10 +49,10 @@ def _concrete(name: str, value: Any) -> float | None:
     if isinstance(value, jax.core.Tracer):
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real | np.ndarray | jax.Array):
-        raise TypeError(f"{name} must be a real number, got {name}={value!r}")
+        raise TypeError(message(name, "a real number", value))
     array = np.asarray(value)
     if array.ndim != 0 or array.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a real scalar, got {name}={value!r}")
+        raise TypeError(message(name, "a real scalar", value))
     return float(array)
 
 
@@ -73,37 +75,25 @@ def check_hyperparameters(
     unless they are schedules (callables, evaluated per step). Traced values are not checked.
     """
     m = _concrete("momentum", momentum)
-    if m is not None and not 0.0 <= m < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got momentum={m!r}")
+    require(m is None or 0.0 <= m < 1.0, "momentum", "in [0, 1)", m)
     e = _concrete("epsilon", epsilon)
-    if e is not None and not 0.0 < e < math.inf:
-        raise ValueError(f"epsilon must be finite and > 0, got epsilon={e!r}")
+    require(e is None or 0.0 < e < math.inf, "epsilon", "finite and > 0", e)
     vbs = virtual_batch_size
     if vbs is not None:
-        if isinstance(vbs, bool) or not isinstance(vbs, numbers.Integral) or vbs < 1:
-            raise ValueError(
-                f"virtual_batch_size must be a positive int or None, got virtual_batch_size={vbs!r}"
-            )
-        if axis_name is not None:
-            raise ValueError(
-                f"virtual_batch_size={vbs} cannot be combined with axis_name={axis_name!r}: "
-                "ghost batches are local sub-batches"
-            )
-        if unbiased_running_var and vbs == 1:
-            raise ValueError(
-                "virtual_batch_size=1 with unbiased_running_var=True: the unbiased variance of "
-                "one element is undefined (N / (N - 1) = 1 / 0)"
-            )
+        require(not isinstance(vbs, bool) and isinstance(vbs, numbers.Integral) and vbs >= 1,
+                "virtual_batch_size", "a positive int or None", vbs)
+        require(axis_name is None, "virtual_batch_size",
+                f"None with axis_name={axis_name!r} (ghost batches are local sub-batches)", vbs)
+        require(not (unbiased_running_var and vbs == 1), "virtual_batch_size",
+                "> 1 with unbiased_running_var=True (the unbiased variance of one element is "
+                "N / (N - 1) = 1 / 0)", vbs)
     if r_max is not None and not callable(r_max):
         r = _concrete("r_max", r_max)
-        if r is not None and not r >= 1.0:  # also rejects NaN
-            raise ValueError(f"r_max must be >= 1 (r is clipped to [1/r_max, r_max]), got "
-                             f"r_max={r!r}")
+        # ``not r >= 1`` also rejects NaN
+        require(r is None or r >= 1.0, "r_max", ">= 1 (r is clipped to [1/r_max, r_max])", r)
     if d_max is not None and not callable(d_max):
         d = _concrete("d_max", d_max)
-        if d is not None and not d >= 0.0:
-            raise ValueError(f"d_max must be >= 0 (d is clipped to [-d_max, d_max]), got "
-                             f"d_max={d!r}")
+        require(d is None or d >= 0.0, "d_max", ">= 0 (d is clipped to [-d_max, d_max])", d)
 
 
 def canonicalize_axes(rank: int, axes: int | Iterable[int]) -> tuple[int, ...]:

@@ -67,6 +67,7 @@ from flax import linen as nn
 from flax.linen import dtypes
 from jax.nn import initializers
 
+from jaxreg._validate import require
 from jaxreg.nn import functional as F
 
 Array = jax.Array
@@ -84,8 +85,7 @@ def momentum_from_torch(momentum: float) -> float:
     ``running = m * running + (1 - m) * batch``, so ``m = 1 - a`` (``0.1 -> 0.9``). For the
     full PyTorch behaviour also set ``unbiased_running_var=True``.
     """
-    if not 0.0 < momentum <= 1.0:
-        raise ValueError(f"PyTorch momentum must be in (0, 1], got momentum={momentum!r}")
+    require(0.0 < momentum <= 1.0, "momentum", "a PyTorch momentum in (0, 1]", momentum)
     return 1.0 - momentum
 
 
@@ -95,8 +95,7 @@ def momentum_from_keras(momentum: float) -> float:
     Keras updates ``moving = moving * momentum + batch * (1 - momentum)``, the same convention
     as flax and jaxreg (both default to 0.99); this function only validates the value.
     """
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"Keras momentum must be in [0, 1), got momentum={momentum!r}")
+    require(0.0 <= momentum < 1.0, "momentum", "a Keras momentum in [0, 1)", momentum)
     return float(momentum)
 
 

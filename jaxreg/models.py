@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxreg.nn import BatchNorm
@@ -74,6 +75,57 @@ class KerasMLP(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
+def _pool_windows(x: jax.Array) -> jax.Array:
+    """``[N, H, W, C] -> [N, H//2, 2, W//2, 2, C]``: the 2x2 windows (an odd last row/column is
+    dropped, as by ``VALID`` pooling)."""
+    n, h, w, c = x.shape
+    return x[:, : h - h % 2, : w - w % 2].reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """``flax.linen.max_pool(x, (2, 2), strides=(2, 2))`` for ``[N, H, W, C]``, fast on XLA CPU.
+
+    ``y[n, i, j, c] = max(x[n, 2i + a, 2j + b, c] for a, b in {0, 1}^2)``, a reshape and a
+    reduction. The gradient is ``flax``'s exactly: each output's cotangent goes to the *first*
+    maximum of its window in row-major order ``(0, 0), (0, 1), (1, 0), (1, 1)`` (XLA's
+    select-and-scatter with ``>=``), so ties (as after ``relu``) are treated the same. Written
+    out as four masked selects it is 10-50x faster on XLA CPU than the select-and-scatter that
+    ``max_pool``'s gradient lowers to (which took half of a SmallCNN training step).
+
+    Args:
+      x: ``[N, H, W, C]``.
+
+    Returns:
+      ``[N, H // 2, W // 2, C]``.
+    """
+    return _pool_windows(x).max(axis=(2, 4))
+
+
+def _max_pool_2x2_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return max_pool_2x2(x), x
+
+
+def _max_pool_2x2_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    windows = _pool_windows(x)
+    y = windows.max(axis=(2, 4))
+    taken = jnp.zeros(y.shape, bool)
+    rows = []
+    for a in (0, 1):
+        row = []
+        for b in (0, 1):
+            first = (windows[:, :, a, :, b, :] == y) & ~taken
+            taken = taken | first
+            row.append(jnp.where(first, g, jnp.zeros_like(g)))
+        rows.append(jnp.stack(row, axis=3))
+    n, h, w, c = x.shape
+    dx = jnp.stack(rows, axis=2).reshape(n, h - h % 2, w - w % 2, c)
+    return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+
+
 class SmallCNN(nn.Module):
     """Two convolution blocks and a dense head, for ``[N, H, W, C]`` images.
 
@@ -91,7 +143,7 @@ class SmallCNN(nn.Module):
         for c in self.channels:
             x = nn.Conv(c, (3, 3))(x)
             x = _batch_norm(self, train)(x)
-            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+            x = max_pool_2x2(nn.relu(x))
         x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
         return nn.Dense(self.num_classes)(x)
 

@@ -1,4 +1,5 @@
-"""jaxreg.models.max_pool_2x2 against flax's max_pool, and SmallCNN against its flax original."""
+"""jaxreg.models' CPU-fast SmallCNN pieces against flax / lax: max_pool_2x2 vs flax's max_pool,
+im2col_conv vs lax.conv_general_dilated (values and gradients), SmallCNN vs its flax original."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -57,12 +58,12 @@ def test_gradient_goes_to_the_first_maximum_in_row_major_order():
 
 
 class _FlaxSmallCNN(models.SmallCNN):
-    """SmallCNN as it was written before max_pool_2x2: flax's max_pool."""
+    """SmallCNN as it was written before: flax's Conv (lax) and max_pool."""
 
     @nn.compact
     def __call__(self, x, train):
         for c in self.channels:
-            x = nn.Conv(c, (3, 3))(x)
+            x = nn.Conv(c, (3, 3))(x)  # lax.conv_general_dilated
             x = models._batch_norm(self, train)(x)
             x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
@@ -87,4 +88,50 @@ def test_small_cnn_matches_flax_pooling_version():
     (l2, u2), g2 = jax.value_and_grad(lambda p: loss(ref, p), has_aux=True)(variables["params"])
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
     for a, b in zip(jax.tree.leaves((u1, g1)), jax.tree.leaves((u2, g2)), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 1))])
+@pytest.mark.parametrize("shape", [((2, 7, 6, 3), (3, 3, 3, 5)), ((1, 5, 5, 1), (2, 3, 1, 4))])
+def test_im2col_conv_values_and_gradients_equal_lax(shape, padding):
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(2)
+        x, w = (jnp.asarray(rng.standard_normal(s)) for s in shape)
+        dn = ("NHWC", "HWIO", "NHWC")
+
+        def ref(x, w):
+            return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)
+
+        def ours(x, w):
+            return models.im2col_conv(x, w, (1, 1), padding, dimension_numbers=dn)
+
+        y = ref(x, w)
+        np.testing.assert_allclose(jax.jit(ours)(x, w), y, rtol=1e-12, atol=1e-12)
+        cotangent = jnp.asarray(rng.standard_normal(y.shape))
+        for a, b in zip(jax.vjp(ours, x, w)[1](cotangent), jax.vjp(ref, x, w)[1](cotangent),
+                        strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_im2col_conv_in_flax_conv_float32():
+    x = jax.random.normal(jax.random.key(0), (4, 9, 9, 2))
+    ref = nn.Conv(6, (3, 3))
+    ours = nn.Conv(6, (3, 3), conv_general_dilated=models.im2col_conv)
+    variables = ref.init(jax.random.key(1), x)
+    assert jax.tree.structure(variables) == jax.tree.structure(ours.init(jax.random.key(1), x))
+    np.testing.assert_allclose(ours.apply(variables, x), ref.apply(variables, x), atol=1e-5)
+    g_ours = jax.grad(lambda v: (ours.apply(v, x) ** 2).sum())(variables)
+    g_ref = jax.grad(lambda v: (ref.apply(v, x) ** 2).sum())(variables)
+    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [{"window_strides": (2, 2)}, {"rhs_dilation": (2, 2)},
+                                 {"feature_group_count": 2},
+                                 {"dimension_numbers": ("NCHW", "OIHW", "NCHW")}])
+def test_im2col_conv_rejects_what_it_does_not_implement(bad):
+    args = {"window_strides": (1, 1), **bad}
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+        models.im2col_conv(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)),
+                           args.pop("window_strides"), "SAME", **args)

@@ -31,7 +31,6 @@ from typing import Any
 from benchmarks import flax_loop
 from benchmarks.timing import row
 
-EPOCHS = 10
 TARGET = "<= 0.77 (1.3x)"
 
 

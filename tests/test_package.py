@@ -14,8 +14,8 @@ import jaxreg
 PACKAGE = Path(jaxreg.__file__).parent
 
 LAYER = {
-    "_checks": 0, "masks": 0, "penalties": 0, "transforms": 0, "proximal": 0, "schedules": 0,
-    "plateau": 0, "nn": 1, "data": 2, "models": 3, "train": 3, "plots": 4, "cli": 5,
+    "_checks": 0, "_extras": 0, "masks": 0, "penalties": 0, "transforms": 0, "proximal": 0, "schedules": 0,
+    "plateau": 0, "nn": 1, "data": 2, "models": 3, "train": 3, "plots": 4, "cli": 5, "__main__": 5,
 }
 
 

@@ -4,6 +4,10 @@ Modules, lowest first: ``state`` (the pytree) -> ``step`` (one pure step, evalua
 ``epoch`` (scan / streamed epoch) -> ``optimizer`` (the optax chain) -> ``checkpoint``
 (orbax) -> ``fit`` (the loop) -> ``sweep`` (many settings at once, vmapped).
 """
+from jaxreg._extras import require_train
+
+require_train("jaxreg.train")
+
 from jaxreg.train.epoch import prefetch, scan_epoch, stream_epoch
 from jaxreg.train.fit import FitResult, fit
 from jaxreg.train.optimizer import Optimizer, learning_rate_schedule, make_optimizer, update_plateau

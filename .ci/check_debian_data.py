@@ -1,4 +1,4 @@
-"""Checks Debian's Fashion-MNIST files (package ``dataset-fashion-mnist``) and jaxreg's reading of them.
+"""Checks Debian's Fashion-MNIST files (``dataset-fashion-mnist``) and jaxreg's reading of them.
 
 Run by ``.ci/run`` after the test suite, with the package installed; the required suite never
 reads these files (it writes small IDX files of its own). Checks, failing loudly on any miss:

@@ -17,6 +17,7 @@ import pytest
 import jaxreg.data as data
 from jaxreg.data import DataError, sources
 
+
 def write_idx(path, array, dtype_code=0x08, compress=None):
     """Writes ``array`` as an IDX file (gzip when the name ends in .gz); returns the bytes."""
     array = np.asarray(array)
@@ -74,7 +75,8 @@ def test_fashion_mnist_system_directory_is_searched(system_dir):
 
 
 def test_default_system_directory_is_debians():
-    assert sources.IDX_SOURCES["fashion-mnist"].system_dirs == ("/usr/share/datasets/fashion-mnist",)
+    debian = "/usr/share/datasets/fashion-mnist"
+    assert sources.IDX_SOURCES["fashion-mnist"].system_dirs == (debian,)
 
 
 def test_search_order_data_dir_then_env_then_cache_then_system(tmp_path, monkeypatch, system_dir):

@@ -16,7 +16,7 @@ from jaxreg import _extras
 HEAVY = ("orbax", "tqdm", "matplotlib", "sklearn")
 CORE = ("jaxreg", "jaxreg.masks", "jaxreg.penalties", "jaxreg.transforms", "jaxreg.proximal",
         "jaxreg.schedules", "jaxreg.plateau", "jaxreg.nn", "jaxreg.nnx")
-BLOCK = "import sys\nfor name in ('orbax', 'tqdm', 'matplotlib', 'sklearn'):\n    sys.modules[name] = None\n"
+BLOCK = f"import sys\nfor name in {HEAVY!r}:\n    sys.modules[name] = None\n"
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:

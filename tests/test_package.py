@@ -14,8 +14,9 @@ import jaxreg
 PACKAGE = Path(jaxreg.__file__).parent
 
 LAYER = {
-    "_checks": 0, "_extras": 0, "masks": 0, "penalties": 0, "transforms": 0, "proximal": 0, "schedules": 0,
-    "plateau": 0, "nn": 1, "data": 2, "models": 3, "train": 3, "plots": 4, "cli": 5, "__main__": 5,
+    "_checks": 0, "_extras": 0, "masks": 0, "penalties": 0, "transforms": 0, "proximal": 0,
+    "schedules": 0, "plateau": 0, "nn": 1, "data": 2, "models": 3, "train": 3, "plots": 4,
+    "cli": 5, "__main__": 5,
 }
 
 
@@ -61,7 +62,8 @@ def test_public_transforms_are_exported():
 
 def test_importing_jaxreg_does_not_import_the_higher_layers():
     code = ("import sys, jaxreg; heavy = [m for m in sys.modules if m.split('.')[0] in "
-            "('orbax', 'matplotlib') or m.startswith(('jaxreg.train', 'jaxreg.cli', 'flax.linen'))];"
+            "('orbax', 'matplotlib') or "
+            "m.startswith(('jaxreg.train', 'jaxreg.cli', 'flax.linen'))];"
             "print(heavy); assert not heavy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

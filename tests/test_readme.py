@@ -9,7 +9,8 @@ def quick_start_commands() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Quick start", 1)[1]
     block = re.search(r"```(?:bash|sh)?\n(.*?)```", section, re.S).group(1)
-    return [line.strip() for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    lines = (line.strip() for line in block.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def test_quick_start_has_exactly_two_commands():

@@ -16,7 +16,7 @@ from jaxreg.train.step import cross_entropy, evaluate, squared_error, train_step
 from jaxreg.train.sweep import SweepResult, sweep
 
 __all__ = [
-    "FitResult", "Optimizer", "TrainState", "create_train_state", "cross_entropy", "evaluate", "fit",
-    "learning_rate_schedule", "make_optimizer", "prefetch", "scan_epoch", "squared_error", "stream_epoch",
-    "SweepResult", "sweep", "train_step", "update_plateau",
+    "FitResult", "Optimizer", "TrainState", "create_train_state", "cross_entropy", "evaluate",
+    "fit", "learning_rate_schedule", "make_optimizer", "prefetch", "scan_epoch", "squared_error",
+    "stream_epoch", "SweepResult", "sweep", "train_step", "update_plateau",
 ]

@@ -52,4 +52,4 @@ assert command.returncode == 1 and command.stderr.count("\n") == 1, command
 assert 'pip install "jaxreg[train]"' in command.stderr, command.stderr
 
 print(f"wheel smoke test: jaxreg {jaxreg.__version__} from {jaxreg.__file__} on "
-      f"{sys.version.split()[0]}, jax {jax.__version__}: optax chain, BatchNorm, [train] message ok")
+      f"{sys.version.split()[0]}, jax {jax.__version__}: chain, BatchNorm, [train] message ok")

@@ -17,15 +17,6 @@ import pytest
 import jaxreg.data as data
 from jaxreg.data import DataError, sources
 
-DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-# Copied from ../shared/datasets.md (Debian package dataset-fashion-mnist).
-DEBIAN_SHA256 = {
-    "train-images-idx3-ubyte": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
-    "train-labels-idx1-ubyte": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
-    "t10k-images-idx3-ubyte": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
-    "t10k-labels-idx1-ubyte": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
-}
-
 
 def write_idx(path, array, dtype_code=0x08, compress=None):
     """Writes ``array`` as an IDX file (gzip when the name ends in .gz); returns the bytes."""
@@ -61,41 +52,34 @@ def isolated_env(tmp_path, monkeypatch):
     isolate(monkeypatch, tmp_path / "xdg-cache")
 
 
-@pytest.fixture(scope="module")
-def fashion(tmp_path_factory):
-    # Module-scoped fixtures run before the function-scoped isolation: isolate here too.
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        isolate(monkeypatch, tmp_path_factory.mktemp("xdg-cache"))
-        return data.load("fashion-mnist", download=False)
+@pytest.fixture
+def system_dir(tmp_path, monkeypatch):
+    """Fashion-MNIST's system directory (Debian's ``/usr/share/datasets/fashion-mnist``) replaced
+    by tiny files of the real format in ``tmp_path``: the suite never reads the real package,
+    which ``.ci/check_debian_data.py`` checks instead."""
+    system = write_dataset(tmp_path / "system", marker=4)
+    fake = sources.IDX_SOURCES["fashion-mnist"]._replace(system_dirs=(str(system),))
+    monkeypatch.setitem(sources.IDX_SOURCES, "fashion-mnist", fake)
+    return system
 
 
-def test_fashion_mnist_from_debian_files(fashion):
-    assert fashion.source == str(DEBIAN_DIR)
-    assert (fashion.name, fashion.task, fashion.num_classes) == ("fashion-mnist",
-                                                                 "classification", 10)
-    assert fashion.x_train.shape == (60000, 28, 28, 1)
-    assert fashion.x_test.shape == (10000, 28, 28, 1)
-    assert fashion.x_train.dtype == fashion.x_test.dtype == np.float32
-    assert fashion.y_train.dtype == fashion.y_test.dtype == np.int32
-    assert fashion.x_train.min() == 0.0 and fashion.x_train.max() == 1.0
-    np.testing.assert_array_equal(np.bincount(fashion.y_train), [6000] * 10)
-    np.testing.assert_array_equal(np.bincount(fashion.y_test), [1000] * 10)
+def test_fashion_mnist_system_directory_is_searched(system_dir):
+    ds = data.load("fashion-mnist", download=False)
+    assert ds.source == str(system_dir)
+    assert (ds.name, ds.task, ds.num_classes) == ("fashion-mnist", "classification", 10)
+    assert ds.x_train.shape == (6, 28, 28, 1) and ds.x_test.shape == (4, 28, 28, 1)
+    assert ds.x_train.dtype == ds.x_test.dtype == np.float32
+    assert ds.y_train.dtype == ds.y_test.dtype == np.int32
+    assert ds.x_train[0, 0, 0, 0] == np.float32(4 / 255) and ds.x_train.max() == 1.0
+    np.testing.assert_array_equal(ds.y_train, [0, 1, 2, 3, 4, 5])
 
 
-def test_debian_files_match_datasets_md_and_source_constants():
-    for stem, expected in DEBIAN_SHA256.items():
-        blob = (DEBIAN_DIR / f"{stem}.gz").read_bytes()
-        assert hashlib.sha256(blob).hexdigest() == expected
-    assert sources.IDX_SOURCES["fashion-mnist"].sha256 == DEBIAN_SHA256
+def test_default_system_directory_is_debians():
+    debian = "/usr/share/datasets/fashion-mnist"
+    assert sources.IDX_SOURCES["fashion-mnist"].system_dirs == (debian,)
 
 
-def test_first_pixels_match_an_independent_decode(fashion):
-    raw = gzip.decompress((DEBIAN_DIR / "t10k-images-idx3-ubyte.gz").read_bytes())
-    first = np.frombuffer(raw[16:16 + 784], np.uint8).reshape(28, 28)
-    np.testing.assert_allclose(fashion.x_test[0, :, :, 0] * 255, first, atol=1e-4)
-
-
-def test_search_order_data_dir_then_env_then_cache_then_debian(tmp_path, monkeypatch):
+def test_search_order_data_dir_then_env_then_cache_then_system(tmp_path, monkeypatch, system_dir):
     given = write_dataset(tmp_path / "given", marker=1)
     write_dataset(tmp_path / "env-root" / "fashion-mnist", marker=2)
     cache = write_dataset(tmp_path / "xdg-cache" / "jaxreg" / "fashion-mnist", marker=3)
@@ -112,13 +96,13 @@ def test_search_order_data_dir_then_env_then_cache_then_debian(tmp_path, monkeyp
     assert first_pixel() == (3, str(cache))
     for f in cache.iterdir():
         f.unlink()
-    assert sources.locate("fashion-mnist", download=False) == (DEBIAN_DIR, str(DEBIAN_DIR))
+    assert sources.locate("fashion-mnist", download=False) == (system_dir, str(system_dir))
 
 
-def test_incomplete_directory_is_skipped(tmp_path):
+def test_incomplete_directory_is_skipped(tmp_path, system_dir):
     partial = write_dataset(tmp_path / "partial", marker=7)
     (partial / "t10k-labels-idx1-ubyte.gz").unlink()
-    assert sources.locate("fashion-mnist", partial, download=False)[0] == DEBIAN_DIR
+    assert sources.locate("fashion-mnist", partial, download=False)[0] == system_dir
 
 
 def test_uncompressed_idx_files_are_accepted(tmp_path):

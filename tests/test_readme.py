@@ -9,7 +9,8 @@ def quick_start_commands() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Quick start", 1)[1]
     block = re.search(r"```(?:bash|sh)?\n(.*?)```", section, re.S).group(1)
-    return [line.strip() for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    lines = (line.strip() for line in block.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def test_quick_start_has_exactly_two_commands():
@@ -23,3 +24,12 @@ def test_ci_runs_the_readme_test_command():
     test_command = quick_start_commands()[1]
     ci_lines = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
     assert test_command in ci_lines, f"{test_command!r} is not a line of .ci/run"
+
+
+def test_ci_runs_every_check():
+    ci = (ROOT / ".ci/run").read_text()
+    for step in ("python .ci/check_debian_data.py", "ruff check", "mypy",
+                 "python -m sphinx -q -W -b html docs", "python -m sphinx -q -W -b doctest docs",
+                 "python -m build", ".ci/wheel_smoke.py", "python notebooks/execute.py"):
+        assert step in ci, f"{step!r} is not in .ci/run"
+    assert ci.index("python -m pytest -n 2") < ci.index("check_debian_data.py")

@@ -20,8 +20,11 @@ import os
 
 import numpy as np
 
+from jaxreg._extras import require_train
 from jaxreg.data import sources
 from jaxreg.data.idx import DataError, read_idx
+
+require_train("jaxreg.data")  # scikit-learn (digits); and this layer is the training side
 
 DATASETS = ("fashion-mnist", "mnist", "digits", "synthetic-ridge")
 

@@ -6,6 +6,10 @@ Modules, lowest first: ``state`` (the pytree) -> ``step`` (one pure step, evalua
 settings / memory / run). ``models`` holds the models the CLI and benchmarks train
 (:data:`jaxreg.train.models.MODELS`); ``distributed`` the meshes and multi-process start.
 """
+from jaxreg._extras import require_train
+
+require_train("jaxreg.train")
+
 from jaxreg.train.epoch import prefetch, scan_epoch, stream_epoch
 from jaxreg.train.fit import FitResult, fit
 from jaxreg.train.optimizer import (

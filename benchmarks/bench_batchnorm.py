@@ -16,7 +16,8 @@ on the next one; that page-fault time can be half of a call and makes ratios swi
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as fnn
 import jax

@@ -2,8 +2,9 @@
 
 Seed 004's recipe (``SeedMLP``, Adam 1e-3, batch 128, batch-scaled L2 0.025 on kernels:
 ``jaxreg train``'s defaults) for 10 epochs on Fashion-MNIST (``--quick``: scikit-learn's
-digits, no download, 2 epochs, one pair). Both sides run as fresh subprocesses, in pairs with alternating order,
-after one untimed pair (which fills ``jaxreg``'s compilation cache and the OS file cache):
+digits, no download, 2 epochs, one pair). Both sides run as fresh subprocesses, in pairs with
+alternating order, after one untimed pair (which fills ``jaxreg``'s compilation cache and the
+OS file cache):
 
 - ``jaxreg train --dataset D --epochs 10 --no-progress --out TMP``: the whole process (Python
   start, imports, data, compilation, epochs, a checkpoint per epoch, test evaluation,
@@ -47,7 +48,9 @@ def _timed(command: list[str]) -> tuple[float, str]:
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}"
+        )
     return seconds, done.stdout
 
 
@@ -73,8 +76,8 @@ def _pair(dataset: str, epochs: int, tmp: Path, index: int) -> dict[str, Any]:
 def _fit_end_to_end(dataset: str, epochs: int, tmp: Path) -> tuple[float, float, float, float]:
     """In-process ``fit`` with checkpoints vs the flax loop's ``train``, compilation included."""
     import jaxreg.data
-    from jaxreg.train.models import SeedMLP
     from jaxreg.train import fit
+    from jaxreg.train.models import SeedMLP
 
     ds = jaxreg.data.load(dataset)
     start = time.perf_counter()
@@ -86,6 +89,7 @@ def _fit_end_to_end(dataset: str, epochs: int, tmp: Path) -> tuple[float, float,
     start = time.perf_counter()
     flax_accuracy = flax_loop.train(ds.x_train, ds.y_train, ds.x_test, ds.y_test, epochs)
     flax_s = time.perf_counter() - start
+    assert result.test is not None  # fit evaluates the test split by default
     return fit_s, float(result.test["accuracy"]), flax_s, flax_accuracy
 
 

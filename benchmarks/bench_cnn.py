@@ -12,6 +12,7 @@ where both sides use ``lax.conv``. ``--quick``: 2 steps.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -46,7 +47,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
     x = jnp.asarray(rng.random((steps * BATCH_SIZE, 28, 28, 1), dtype=np.float32))
     y = jnp.asarray(rng.integers(0, 10, len(x)).astype(np.int32))
     tx = optax.adam(1e-3)
-    fns, flops = {}, {}
+    fns: dict[str, Callable[[], Any]] = {}
+    flops: dict[str, float] = {}
     key = jax.random.key(1)
     for name, model in (("jaxreg", models.SmallCNN()), ("flax", FlaxLayersCNN())):
         step = functools.partial(train_step, model=model, tx=tx, skip_nonfinite=True)
@@ -56,12 +58,22 @@ def run(quick: bool) -> list[dict[str, Any]]:
         fns[name] = functools.partial(lambda e, s: e(jax.tree.map(jnp.copy, s), x, y, key)[1],
                                       epoch, state0)
         cost = jax.jit(step).lower(state0, x[:BATCH_SIZE], y[:BATCH_SIZE]).compile().cost_analysis()
+        assert cost is not None, "the backend reports no cost analysis"
         flops[name] = (cost[0] if isinstance(cost, list) else cost).get("flops", float("nan"))
     times = interleaved_medians(fns, repeats=2 if quick else 3, warmup=1)
     per_step = {k: v / steps for k, v in times.items()}
     target = "<= 0.064 s/step (CPU)" if jax.default_backend() == "cpu" else "info"
-    return [row("cnn", f"SmallCNN scanned epoch, batch {BATCH_SIZE}, {steps} steps", times["jaxreg"],
-                "flax Conv + max_pool", times["flax"], target,
-                seconds_per_step=per_step["jaxreg"], reference_seconds_per_step=per_step["flax"],
-                gflops=flops["jaxreg"] / per_step["jaxreg"] / 1e9,
-                reference_gflops=flops["flax"] / per_step["flax"] / 1e9)]
+    return [
+        row(
+            "cnn",
+            f"SmallCNN scanned epoch, batch {BATCH_SIZE}, {steps} steps",
+            times["jaxreg"],
+            "flax Conv + max_pool",
+            times["flax"],
+            target,
+            seconds_per_step=per_step["jaxreg"],
+            reference_seconds_per_step=per_step["flax"],
+            gflops=flops["jaxreg"] / per_step["jaxreg"] / 1e9,
+            reference_gflops=flops["flax"] / per_step["flax"] / 1e9,
+        )
+    ]

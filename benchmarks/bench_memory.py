@@ -28,10 +28,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.bench_training import BATCH_SIZE, LEARNING_RATE, SEED, flax_state, flax_step, jaxreg_step
+from benchmarks.bench_training import (
+    BATCH_SIZE,
+    LEARNING_RATE,
+    SEED,
+    flax_state,
+    flax_step,
+    jaxreg_step,
+)
 from benchmarks.timing import row
-from jaxreg.train.models import SeedMLP
 from jaxreg.train import create_train_state, scan_epoch
+from jaxreg.train.models import SeedMLP
 
 
 def _analysis(fn: Any, *args: Any) -> Any:
@@ -60,12 +67,36 @@ def run(quick: bool) -> list[dict[str, Any]]:
     config = f"seed 004 MLP step, batch {BATCH_SIZE} [bytes]"
     bytes_row = functools.partial(row, unit="bytes")
     return [
-        bytes_row("memory", f"{config}: peak", mine.peak_memory_in_bytes, "flax TrainState step peak",
-                  ref.peak_memory_in_bytes, "<= 1.05"),
-        bytes_row("memory", f"{config}: jaxreg donated / params+opt_state", mine.alias_size_in_bytes,
-                  "jaxreg params+opt_state bytes", _nbytes((state.params, state.opt_state)), ">= 1"),
-        bytes_row("memory", f"{config}: flax donated / params+opt_state", ref.alias_size_in_bytes,
-                  "flax params+opt_state bytes", _nbytes((ref_state.params, ref_state.opt_state)), ">= 1"),
-        bytes_row("memory", f"scan epoch, {examples}x784 data [bytes]: temporaries / data",
-                  epoch.temp_size_in_bytes, "x + y bytes", x.nbytes + y.nbytes, "info"),
+        bytes_row(
+            "memory",
+            f"{config}: peak",
+            mine.peak_memory_in_bytes,
+            "flax TrainState step peak",
+            ref.peak_memory_in_bytes,
+            "<= 1.05",
+        ),
+        bytes_row(
+            "memory",
+            f"{config}: jaxreg donated / params+opt_state",
+            mine.alias_size_in_bytes,
+            "jaxreg params+opt_state bytes",
+            _nbytes((state.params, state.opt_state)),
+            ">= 1",
+        ),
+        bytes_row(
+            "memory",
+            f"{config}: flax donated / params+opt_state",
+            ref.alias_size_in_bytes,
+            "flax params+opt_state bytes",
+            _nbytes((ref_state.params, ref_state.opt_state)),
+            ">= 1",
+        ),
+        bytes_row(
+            "memory",
+            f"scan epoch, {examples}x784 data [bytes]: temporaries / data",
+            epoch.temp_size_in_bytes,
+            "x + y bytes",
+            x.nbytes + y.nbytes,
+            "info",
+        ),
     ]

@@ -25,7 +25,8 @@ TARGET = "<= 1.05"
 
 def _nnx_step(cls: type, x: jax.Array, **kwargs: Any) -> Callable[[], Any]:
     layer = cls(x.shape[-1], rngs=nnx.Rngs(0), **kwargs)
-    graphdef, params, stats = nnx.split(layer, nnx.Param, nnx.BatchStat)
+    graphdef, params, *rest = nnx.split(layer, nnx.Param, nnx.BatchStat)
+    (stats,) = rest
     w = jax.random.normal(jax.random.key(1), x.shape, x.dtype)
 
     def loss(params, xx, stats):

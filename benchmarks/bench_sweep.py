@@ -5,9 +5,10 @@ calls timed: each side trains, evaluates the test split and returns host-side re
 compile on every call (``fit`` jits its epoch per call, the sweep its vmapped epoch per group),
 so unlike most cases the median includes compilation, as a user running either would pay it;
 ``last_epoch_s`` / ``reference_last_epoch_s`` give the last epoch alone (compiled: training
-throughput), summed over the K ``fit`` runs. The sweep wins by trading K small programs for one wide one: its K first-layer
-products share the batch, ``x @ [W_1 ... W_K]``, and one dispatch per epoch serves all
-settings. Targets: CPU ratio <= 0.56 (>= 1.8x) at K = 8; GPU <= 0.125 (>= 8x) at K = 16.
+throughput), summed over the K ``fit`` runs. The sweep wins by trading K small programs for
+one wide one: its K first-layer products share the batch, ``x @ [W_1 ... W_K]``, and one
+dispatch per epoch serves all settings. Targets: CPU ratio <= 0.56 (>= 1.8x) at K = 8;
+GPU <= 0.125 (>= 8x) at K = 16.
 ``quick`` (a smoke run; compilation dominates it): scikit-learn's digits (1437 training
 examples, bundled, so no download), K = 2, 1 epoch, one cold call each, no warm-up.
 """
@@ -17,8 +18,8 @@ import jax
 
 from benchmarks.timing import interleaved_medians, row
 from jaxreg.data import load
-from jaxreg.train.models import SeedMLP
 from jaxreg.train import fit, sweep
+from jaxreg.train.models import SeedMLP
 
 
 def _sizes(quick: bool) -> tuple[int, int]:
@@ -38,7 +39,10 @@ def run(quick: bool) -> list[dict]:
     last_epoch = {}  # seconds of the last (compiled) epoch: training throughput without compilation
 
     def sequential():
-        runs = [fit(SeedMLP(), dict(name="adam", learning_rate=1e-3, l2=lam), data, **recipe) for lam in lambdas]
+        runs = [
+            fit(SeedMLP(), dict(name="adam", learning_rate=1e-3, l2=lam), data, **recipe)
+            for lam in lambdas
+        ]
         last_epoch["fit"] = sum(r.history["epoch_seconds"][-1] for r in runs)
         return [r.test for r in runs]
 
@@ -51,6 +55,16 @@ def run(quick: bool) -> list[dict]:
                                 warmup=0 if quick else 1)
     target = ("none (quick)" if quick else
               "<= 0.125 (GPU, K=16)" if jax.default_backend() == "gpu" else "<= 0.56 (CPU, K=8)")
-    return [row("sweep", f"{name} K={k} {epochs} epoch(s) SeedMLP adam b128",
-                times["sweep"], f"{k} x fit", times["fit"], target, speedup=times["fit"] / times["sweep"],
-                last_epoch_s=last_epoch["sweep"], reference_last_epoch_s=last_epoch["fit"])]
+    return [
+        row(
+            "sweep",
+            f"{name} K={k} {epochs} epoch(s) SeedMLP adam b128",
+            times["sweep"],
+            f"{k} x fit",
+            times["fit"],
+            target,
+            speedup=times["fit"] / times["sweep"],
+            last_epoch_s=last_epoch["sweep"],
+            reference_last_epoch_s=last_epoch["fit"],
+        )
+    ]

@@ -25,7 +25,8 @@ Rows:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +36,8 @@ from flax.training import train_state
 
 import jaxreg.data
 from benchmarks.timing import interleaved_medians, row
-from jaxreg.train.models import SeedMLP
 from jaxreg.train import create_train_state, fit, scan_epoch, train_step
+from jaxreg.train.models import SeedMLP
 
 BATCH_SIZE, LEARNING_RATE, SEED = 128, 1e-3, 0
 
@@ -65,7 +66,9 @@ class FlaxState(train_state.TrainState):
     batch_stats: Any
 
 
-def flax_step(state: FlaxState, x: jax.Array, y: jax.Array) -> tuple[FlaxState, dict[str, jax.Array]]:
+def flax_step(
+    state: FlaxState, x: jax.Array, y: jax.Array
+) -> tuple[FlaxState, dict[str, jax.Array]]:
     def loss_fn(params):
         logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x,
                                          train=True, mutable=["batch_stats"])
@@ -77,7 +80,9 @@ def flax_step(state: FlaxState, x: jax.Array, y: jax.Array) -> tuple[FlaxState, 
     return state, {"loss": loss, "accuracy": (logits.argmax(-1) == y).mean()}
 
 
-def _flax_train(step: Callable, state: FlaxState, x: np.ndarray, y: np.ndarray, epochs: int) -> FlaxState:
+def _flax_train(
+    step: Callable, state: FlaxState, x: np.ndarray, y: np.ndarray, epochs: int
+) -> FlaxState:
     rng = np.random.default_rng(SEED)
     steps = len(x) // BATCH_SIZE
     for _ in range(epochs):
@@ -99,9 +104,11 @@ def flax_state(model: SeedMLP, tx: optax.GradientTransformation, x: np.ndarray) 
 
 # --- jaxreg ---------------------------------------------------------------------------------------
 
-def jaxreg_step(model: SeedMLP) -> Callable:
+def jaxreg_step(model: SeedMLP) -> functools.partial[Any]:
     """``fit``'s step: ``train_step`` skipping non-finite steps (``fit``'s default)."""
-    return functools.partial(train_step, model=model, tx=optax.adam(LEARNING_RATE), skip_nonfinite=True)
+    return functools.partial(
+        train_step, model=model, tx=optax.adam(LEARNING_RATE), skip_nonfinite=True
+    )
 
 
 def _jaxreg_train(epoch: Callable, state0: Any, x: jax.Array, y: jax.Array, epochs: int) -> Any:
@@ -114,9 +121,13 @@ def _jaxreg_train(epoch: Callable, state0: Any, x: jax.Array, y: jax.Array, epoc
     return state
 
 
-def _slab_train(step: Callable, state0: Any, x: jax.Array, y: jax.Array, epochs: int) -> Callable[[], Any]:
+def _slab_train(
+    step: Callable, state0: Any, x: jax.Array, y: jax.Array, epochs: int
+) -> Callable[[], Any]:
     """The epoch scan over slabs permuted before timing: no gather inside the timed work."""
-    scan = jax.jit(lambda s, xs, ys: jax.lax.scan(lambda c, b: step(c, *b), s, (xs, ys)), donate_argnums=0)
+    scan = jax.jit(
+        lambda s, xs, ys: jax.lax.scan(lambda c, b: step(c, *b), s, (xs, ys)), donate_argnums=0
+    )
     steps = len(x) // BATCH_SIZE
     data_key = jax.random.fold_in(jax.random.key(SEED), 1)
     slabs = []
@@ -151,8 +162,12 @@ def _torch_train(x: np.ndarray, y: np.ndarray, epochs: int) -> Callable[[], None
 
     def call() -> None:
         torch.manual_seed(SEED)
-        model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 50), torch.nn.BatchNorm1d(50, eps=1e-3, momentum=0.01),
-                                    torch.nn.ReLU(), torch.nn.Linear(50, 10)).to(device)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(x.shape[1], 50),
+            torch.nn.BatchNorm1d(50, eps=1e-3, momentum=0.01),
+            torch.nn.ReLU(),
+            torch.nn.Linear(50, 10),
+        ).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
         steps = len(x) // BATCH_SIZE
         for _ in range(epochs):
@@ -187,8 +202,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
     step = jaxreg_step(model)
     state0 = create_train_state(model, step.keywords["tx"], x[:1], SEED)
     for unroll in unrolls:
-        epoch = jax.jit(functools.partial(scan_epoch, step=step, batch_size=BATCH_SIZE, unroll=unroll),
-                        donate_argnums=0)
+        epoch = jax.jit(
+            functools.partial(scan_epoch, step=step, batch_size=BATCH_SIZE, unroll=unroll),
+            donate_argnums=0,
+        )
         fns[f"unroll={unroll}"] = functools.partial(_jaxreg_train, epoch, state0, xd, yd, epochs)
     fns["slab"] = _slab_train(step, state0, xd, yd, epochs)
     torch_fn = _torch_train(x, y, epochs)
@@ -213,7 +230,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
         return _flax_train(fresh, flax_state(model, optax.adam(LEARNING_RATE), x), x, y, epochs)
 
     # every call compiles, so no warm-up is needed; one repeat in quick runs
-    cold = interleaved_medians({"fit": fit_call, "flax": flax_cold}, repeats=1 if quick else repeats, warmup=0)
+    cold = interleaved_medians(
+        {"fit": fit_call, "flax": flax_cold}, repeats=1 if quick else repeats, warmup=0
+    )
     rows.append(row("training", f"{config}, fit(...) end to end incl. compile", cold["fit"],
                     "flax loop incl. compile", cold["flax"], "info"))
     return rows

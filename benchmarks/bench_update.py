@@ -26,7 +26,8 @@ flat vector, so it must be ``True`` there in any case.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,11 +59,15 @@ def _label(leaves: int, size: int) -> str:
 
 
 def _jaxreg_chain() -> optax.GradientTransformation:
-    return optax.chain(jaxreg.batch_scaled_l2(STRENGTH, mask=True), optax.sgd(LEARNING_RATE, MOMENTUM))
+    return optax.chain(
+        jaxreg.batch_scaled_l2(STRENGTH, mask=True), optax.sgd(LEARNING_RATE, MOMENTUM)
+    )
 
 
 def _optax_chain() -> optax.GradientTransformation:
-    return optax.chain(optax.add_decayed_weights(STRENGTH / BATCH_SIZE), optax.sgd(LEARNING_RATE, MOMENTUM))
+    return optax.chain(
+        optax.add_decayed_weights(STRENGTH / BATCH_SIZE), optax.sgd(LEARNING_RATE, MOMENTUM)
+    )
 
 
 def _stepper(tx: optax.GradientTransformation, params: Any, grads: Any,
@@ -71,17 +76,18 @@ def _stepper(tx: optax.GradientTransformation, params: Any, grads: Any,
 
     ``prepare`` maps the gradient pytree to what ``tx`` takes, inside the jitted step.
     """
-    tx = optax.with_extra_args_support(tx)
+    extra_args_tx = optax.with_extra_args_support(tx)
 
     def update(params, opt_state, grads):
-        updates, opt_state = tx.update(prepare(grads), opt_state, params, batch_size=BATCH_SIZE)
+        updates, opt_state = extra_args_tx.update(prepare(grads), opt_state, params,
+                                                  batch_size=BATCH_SIZE)
         return optax.apply_updates(params, updates), opt_state
 
     update = jax.jit(update, donate_argnums=(0, 1))
     carry = [jax.tree.map(jnp.copy, params), tx.init(params)]
 
     def call() -> Any:
-        carry[:] = update(*carry, grads)
+        carry[:] = update(carry[0], carry[1], grads)
         return carry
     return call
 
@@ -91,7 +97,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
     rows, one_leaf = [], {}
     for leaves, size in _layouts(quick):
         keys = jax.random.split(jax.random.key(leaves), 2)
-        params = {f"w{i:04d}": jax.random.normal(k, (size,)) for i, k in enumerate(jax.random.split(keys[0], leaves))}
+        params = {
+            f"w{i:04d}": jax.random.normal(k, (size,))
+            for i, k in enumerate(jax.random.split(keys[0], leaves))
+        }
         grads = jax.tree.map(lambda p: 1e-3 * p + 1.0, params)
         fns = {  # the first of each round measured ~5% slow: not one of the two compared chains
             "sgd": _stepper(optax.sgd(LEARNING_RATE, MOMENTUM), params, grads),
@@ -101,23 +110,59 @@ def run(quick: bool) -> list[dict[str, Any]]:
         if leaves > 1:
             fns["flatten"] = _stepper(optax.flatten(_jaxreg_chain()), params, grads)
             flat_params, _ = ravel_pytree(params)
-            fns["buffer"] = _stepper(_jaxreg_chain(), flat_params, grads, prepare=lambda g: ravel_pytree(g)[0])
+            fns["buffer"] = _stepper(
+                _jaxreg_chain(), flat_params, grads, prepare=lambda g: ravel_pytree(g)[0]
+            )
         times = interleaved_medians(fns, repeats=repeats, warmup=2)
         del fns, params, grads
         config = _label(leaves, size)
         rows.append(row("update", config, times["jaxreg"], "optax add_decayed_weights+sgd",
                         times["optax"], "<= 1.05"))
-        rows.append(row("update", config, times["jaxreg"], "optax sgd (no penalty)", times["sgd"], "info"))
+        rows.append(
+            row("update", config, times["jaxreg"], "optax sgd (no penalty)", times["sgd"], "info")
+        )
         if leaves == 1:
             one_leaf = times
             continue
         single = _label(1, leaves * size)
-        rows.append(row("update", f"per-leaf overhead: jaxreg chain {config} / {single}", times["jaxreg"],
-                        "jaxreg chain, 1 leaf", one_leaf["jaxreg"], "info (optax ~25x on H100)"))
-        rows.append(row("update", f"per-leaf overhead: optax chain {config} / {single}", times["optax"],
-                        "optax chain, 1 leaf", one_leaf["optax"], "info (optax ~25x on H100)"))
-        rows.append(row("update", f"optax.flatten(jaxreg chain) {config} / {single}", times["flatten"],
-                        "jaxreg chain, 1 leaf", one_leaf["jaxreg"], "<= 3"))
-        rows.append(row("update", f"ravel_pytree buffer jaxreg chain {config} / {single}", times["buffer"],
-                        "jaxreg chain, 1 leaf", one_leaf["jaxreg"], "<= 3"))
+        rows.append(
+            row(
+                "update",
+                f"per-leaf overhead: jaxreg chain {config} / {single}",
+                times["jaxreg"],
+                "jaxreg chain, 1 leaf",
+                one_leaf["jaxreg"],
+                "info (optax ~25x on H100)",
+            )
+        )
+        rows.append(
+            row(
+                "update",
+                f"per-leaf overhead: optax chain {config} / {single}",
+                times["optax"],
+                "optax chain, 1 leaf",
+                one_leaf["optax"],
+                "info (optax ~25x on H100)",
+            )
+        )
+        rows.append(
+            row(
+                "update",
+                f"optax.flatten(jaxreg chain) {config} / {single}",
+                times["flatten"],
+                "jaxreg chain, 1 leaf",
+                one_leaf["jaxreg"],
+                "<= 3",
+            )
+        )
+        rows.append(
+            row(
+                "update",
+                f"ravel_pytree buffer jaxreg chain {config} / {single}",
+                times["buffer"],
+                "jaxreg chain, 1 leaf",
+                one_leaf["jaxreg"],
+                "<= 3",
+            )
+        )
     return rows

@@ -23,7 +23,7 @@ import gzip
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +45,8 @@ def _idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def load(dataset: str, data_dir: Path = FASHION_DIR) -> tuple[np.ndarray, ...]:
+def load(dataset: str, data_dir: Path = FASHION_DIR) -> tuple[np.ndarray, np.ndarray,
+                                                             np.ndarray, np.ndarray]:
     """``x_train, y_train, x_test, y_test``: Fashion-MNIST / 255, or digits / 16 with
     ``jaxreg.data``'s stratified 1437/360 split."""
     if dataset == "digits":
@@ -58,7 +59,9 @@ def load(dataset: str, data_dir: Path = FASHION_DIR) -> tuple[np.ndarray, ...]:
         return x_tr, y_tr, x_te, y_te
 
     def split(prefix: str) -> tuple[np.ndarray, np.ndarray]:
-        find = lambda stem: next(p for p in (data_dir / f"{stem}.gz", data_dir / stem) if p.exists())
+        def find(stem: str) -> Path:
+            return next(p for p in (data_dir / f"{stem}.gz", data_dir / stem) if p.exists())
+
         x = _idx(find(f"{prefix}-images-idx3-ubyte"))[..., None].astype(np.float32) / 255.0
         return x, _idx(find(f"{prefix}-labels-idx1-ubyte")).astype(np.int32)
     return (*split("train"), *split("t10k"))
@@ -102,8 +105,8 @@ def train(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
             state, m = jit_step(state, x[idx], y[idx])
             metrics.append(m)
         jax.device_get(metrics)
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x_test,
-                         train=False)
+    logits = cast(jax.Array, model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                                         x_test, train=False))
     return float((jnp.argmax(logits, -1) == y_test).mean())
 
 

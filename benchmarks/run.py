@@ -64,16 +64,23 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['reference_s']:.4g}", f"{r['ratio']:.3f}", r["target"],
         ))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True))
+                     for line in lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     cases = available_cases()
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (about a minute on 2 CPU cores)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes (about a minute on 2 CPU cores)"
+    )
     parser.add_argument("--only", nargs="+", choices=cases, metavar="CASE",
                         help=f"run only these cases (of: {', '.join(cases)})")
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON to OUT")
+    parser.add_argument(
+        "--json", type=Path, metavar="OUT", help="also write the results as JSON to OUT"
+    )
     args = parser.parse_args(argv)
 
     env = environment()
@@ -85,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(case_rows), flush=True)
         rows.extend(case_rows)
     if args.json:
-        args.json.write_text(json.dumps({"environment": env, "quick": args.quick, "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps({"environment": env, "quick": args.quick, "rows": rows}, indent=2)
+        )
     return 0
 
 

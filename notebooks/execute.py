@@ -5,7 +5,8 @@ Usage (from anywhere)::
     python notebooks/execute.py [--inplace] [--timeout SECONDS] [NAMES...]
 
 NAMES are notebook file names, stems or unique stem prefixes in this directory
-(``01_batch_scaled_regularization``, ``02_batch_normalization.ipynb``, ``03``, ...); default: every ``*.ipynb`` here, in name order. Without
+(``01_batch_scaled_regularization``, ``02_batch_normalization.ipynb``, ``03``, ...); default:
+every ``*.ipynb`` here, in name order. Without
 ``--inplace`` the executed copies are written to a temporary directory (printed), leaving the
 committed notebooks untouched; with ``--inplace`` the outputs are written back into them.
 
@@ -53,7 +54,9 @@ def find_notebooks(names: list[str]) -> list[Path]:
 def failing_cell(nb: nbformat.NotebookNode) -> tuple[int, str] | None:
     """(index, first source line) of the first code cell whose outputs hold an error."""
     for index, cell in enumerate(nb.cells):
-        if cell.cell_type == "code" and any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+        if cell.cell_type == "code" and any(
+            o.get("output_type") == "error" for o in cell.get("outputs", [])
+        ):
             return index, (cell.source.strip().splitlines() or [""])[0]
     return None
 
@@ -84,8 +87,12 @@ def execute(path: Path, out_path: Path, timeout: int, kernel: str) -> tuple[bool
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="notebooks to run (default: all)")
-    parser.add_argument("--inplace", action="store_true", help="write the outputs back into the notebooks")
-    parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default 600)")
+    parser.add_argument(
+        "--inplace", action="store_true", help="write the outputs back into the notebooks"
+    )
+    parser.add_argument(
+        "--timeout", type=int, default=600, help="seconds allowed per cell (default 600)"
+    )
     parser.add_argument("--kernel", default="python3", help="jupyter kernel name (default python3)")
     args = parser.parse_args(argv)
 

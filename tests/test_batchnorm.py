@@ -174,7 +174,8 @@ def test_parity_with_flax(case):
     low = in_dtype == jnp.bfloat16 or kwargs.get("dtype") == jnp.bfloat16 or (
         kwargs.get("param_dtype") == jnp.bfloat16)
     tol = dict(atol=2e-2, rtol=2e-2) if low else dict(atol=1e-5, rtol=1e-5)
-    for a, b in zip(jax.tree_util.tree_leaves(out_ours), jax.tree_util.tree_leaves(out_theirs)):
+    for a, b in zip(jax.tree_util.tree_leaves(out_ours), jax.tree_util.tree_leaves(out_theirs),
+                    strict=True):
         assert a.dtype == b.dtype
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **tol)
     # inference mode, with the updated statistics

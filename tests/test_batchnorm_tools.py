@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as fnn
 import jax
@@ -143,7 +144,9 @@ def test_recalibration_equals_population_statistics():
     model = Net(norm0=functools.partial(BatchRenorm, r_max=2.0, d_max=1.0),
                 norm1=functools.partial(BatchNorm, unbiased_running_var=True))
     keys = jax.random.split(jax.random.key(0), 3)
-    batches = [2.0 + 3.0 * jax.random.normal(k, (n, 5, 5, 2)) for k, n in zip(keys, (8, 8, 5))]
+    batches = [
+        2.0 + 3.0 * jax.random.normal(k, (n, 5, 5, 2)) for k, n in zip(keys, (8, 8, 5), strict=True)
+    ]
     variables = model.init(jax.random.key(1), batches[0])  # EMA stats at their init values
 
     def apply_fn(v, x, **kw):
@@ -161,14 +164,18 @@ def test_recalibration_equals_population_statistics():
     for name, ddof in (("bn0", 0), ("bn1", 1)):
         h = np.concatenate([np.asarray(a, np.float64) for a in inputs[name]])
         h = h.reshape(-1, h.shape[-1])
-        np.testing.assert_allclose(new["batch_stats"][name]["mean"], h.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            new["batch_stats"][name]["mean"], h.mean(0), rtol=1e-5, atol=1e-6
+        )
         np.testing.assert_allclose(new["batch_stats"][name]["var"], h.var(0, ddof=ddof), rtol=1e-5)
         assert new["batch_stats"][name]["var"].dtype == jnp.float32
     # the first layer's inputs do not depend on normalization: check against x @ W + b directly
     conv = fnn.Conv(6, (3, 3))
     conv_params = {"params": variables["params"]["conv"]}
     h0 = np.concatenate([np.asarray(conv.apply(conv_params, x), np.float64) for x in batches])
-    np.testing.assert_allclose(new["batch_stats"]["bn0"]["mean"], h0.reshape(-1, 6).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(
+        new["batch_stats"]["bn0"]["mean"], h0.reshape(-1, 6).mean(0), rtol=1e-5
+    )
     # params and the renorm step counter are untouched; the input is not modified
     assert new["batch_stats"]["bn0"]["step"] == 0
     jax.tree_util.tree_map(np.testing.assert_array_equal, new["params"], variables["params"])
@@ -214,7 +221,9 @@ def _trained_variables(model, x):
     variables = model.init(jax.random.key(0), x)
     leaves, treedef = jax.tree_util.tree_flatten(variables)
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    noisy = [leaf + 0.3 * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves)]
+    noisy = [
+        leaf + 0.3 * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves, strict=True)
+    ]
     variables = jax.tree_util.tree_unflatten(treedef, noisy)
     for name in ("bn0", "bn1"):  # positive variances
         variables["batch_stats"][name]["var"] = 0.5 + jnp.abs(variables["batch_stats"][name]["var"])

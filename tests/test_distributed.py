@@ -51,12 +51,14 @@ COMMON = textwrap.dedent(
 
     def run(**kw):
         # 256 training examples: 8 steps of 32 per epoch (4 per device on 8 devices)
-        return fit(models.SeedMLP(hidden=16), make_optimizer("momentum", 0.05, l2=L2, batch_scaled=True),
-                   data(), validation_split=0.2, batch_size=BATCH, seed=3, progress=False, **kw)
+        tx = make_optimizer("momentum", 0.05, l2=L2, batch_scaled=True)
+        return fit(models.SeedMLP(hidden=16), tx, data(), validation_split=0.2, batch_size=BATCH,
+                   seed=3, progress=False, **kw)
 
     def host(state):
         # float leaves of the state, gathered to every process (tiled: whole global arrays)
-        leaves = [l for l in jax.tree.leaves(state) if not jax.dtypes.issubdtype(l.dtype, jax.dtypes.prng_key)]
+        leaves = [l for l in jax.tree.leaves(state)
+                  if not jax.dtypes.issubdtype(l.dtype, jax.dtypes.prng_key)]
         if jax.process_count() > 1:
             leaves = multihost_utils.process_allgather(leaves, tiled=True)
         return [np.asarray(l) for l in leaves]
@@ -85,7 +87,11 @@ def _script(body: str) -> str:
 
 
 def _env(devices: int, port: int | None = None) -> dict[str, str]:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
     if port is not None:  # the coordinator listens on loopback only
         env["JAX_COORDINATOR_BIND_ADDRESS"] = f"127.0.0.1:{port}"
     return env
@@ -107,14 +113,23 @@ def _run_two_processes(argv, devices: int, cwd) -> list[str]:
     """Runs ``argv(port, i)`` as processes ``i = 0, 1`` with a free coordinator port; returns
     their stdouts."""
     port = _free_port()
-    procs = [subprocess.Popen(argv(port, i), env=_env(devices, port), cwd=cwd,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            argv(port, i),
+            env=_env(devices, port),
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
     try:
         outs = [p.communicate(timeout=TIMEOUT) for p in procs]
     finally:
         for p in procs:
             p.kill()
-    for p, (_, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-4000:]
     return [out for out, _ in outs]
 
@@ -130,7 +145,9 @@ def common():
 def reference(common, tmp_path_factory):
     """1-device run of 3 epochs: the state after each epoch, and the history."""
     states = []
-    result = common["run"](epochs=3, callbacks=[lambda e, state, logs: states.append(common["host"](state))])
+    result = common["run"](
+        epochs=3, callbacks=[lambda e, state, logs: states.append(common["host"](state))]
+    )
     return states, result.history
 
 
@@ -163,7 +180,7 @@ def _load(path) -> tuple[list[np.ndarray], dict]:
 
 def _assert_states_close(actual: list, expected: list) -> None:
     assert len(actual) == len(expected)
-    for a, b in zip(actual, expected):
+    for a, b in zip(actual, expected, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -210,11 +227,15 @@ def test_two_processes_train_together(reference, common, tmp_path):
         # a batch assembled from rows each process loaded itself: process p holds rows 8p..8p+7
         from jaxreg.train import distributed
         rows = data()[0][:16]
-        batch = distributed.global_batch(rows[8 * jax.process_index():][:8], distributed.make_mesh())
-        assert batch.shape == rows.shape and batch.sharding.spec == distributed.batch_sharding(batch.sharding.mesh).spec
+        mesh = distributed.make_mesh()
+        batch = distributed.global_batch(rows[8 * jax.process_index():][:8], mesh)
+        assert batch.shape == rows.shape
+        assert batch.sharding.spec == distributed.batch_sharding(batch.sharding.mesh).spec
         assert (multihost_utils.process_allgather(batch, tiled=True) == rows).all()
         """
-    _run_two_processes(lambda port, i: [sys.executable, "-c", _script(body), str(port), str(i)], 2, tmp_path)
+    _run_two_processes(
+        lambda port, i: [sys.executable, "-c", _script(body), str(port), str(i)], 2, tmp_path
+    )
     scan, info = _load(tmp_path / "scan")
     assert info["devices"] == 4
     _assert_states_close(scan, states[1])
@@ -227,14 +248,15 @@ def test_two_processes_train_together(reference, common, tmp_path):
 def test_cli_two_processes(tmp_path):
     """``jaxreg train --coordinator ... --num-processes 2 --process-id I`` in two processes
     (2 devices each) trains like one process on one device; process 0 writes the run files."""
-    flags = ["train", "--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--optimizer", "momentum",
-             "--lr", "0.05", "--no-progress"]
+    flags = ["train", "--dataset", "digits", "--epochs", "1", "--batch-size", "64",
+             "--optimizer", "momentum", "--lr", "0.05", "--no-progress"]
     outs = _run_two_processes(lambda port, i: [
-        sys.executable, "-m", "jaxreg.cli", *flags, "--out", "run", "--coordinator", f"127.0.0.1:{port}",
-        "--num-processes", "2", "--process-id", str(i)], 2, tmp_path)
+        sys.executable, "-m", "jaxreg.cli", *flags, "--out", "run",
+        "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+        2, tmp_path)
     assert all("digits: 1 epochs" in out for out in outs)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints", "config.json", "curves.png",
-                                                                    "metrics.json"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "checkpoints", "config.json", "curves.png", "metrics.json"]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert len(metrics["devices"]) == 4
 
@@ -259,7 +281,9 @@ def test_accumulation_semantics():
         seen.append(batch_size)
         return updates, state
 
-    tx = optax.chain(optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), spy), optax.sgd(0.1))
+    tx = optax.chain(
+        optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), spy), optax.sgd(0.1)
+    )
     state = create_train_state(model, tx, x[:1], seed=0)
     new, metrics = jax.jit(lambda s: train_step(s, x, y, model=model, tx=tx, accumulate=3))(state)
     assert seen == [12] and int(new.step) == 1
@@ -267,8 +291,12 @@ def test_accumulation_semantics():
     @jax.jit
     def micro(stats, xm, ym):  # one micro-batch: its gradient and BN update, by hand
         def loss(params):
-            out, upd = model.apply({"params": params, "batch_stats": stats}, xm, train=True, mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(out, ym).mean(), upd["batch_stats"]
+            out, upd = model.apply(
+                {"params": params, "batch_stats": stats}, xm, train=True, mutable=["batch_stats"]
+            )
+            value = optax.softmax_cross_entropy_with_integer_labels(out, ym).mean()
+            return value, upd["batch_stats"]
+
         (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
         return value, stats, grads
 
@@ -278,8 +306,12 @@ def test_accumulation_semantics():
         values.append(value)
         grads.append(g)
     expected = jax.tree.map(lambda p, *g: p - 0.1 * sum(g) / 3, state.params, *grads)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new.params, expected)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), new.batch_stats, stats)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new.params, expected
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), new.batch_stats, stats
+    )
     np.testing.assert_allclose(metrics["loss"], np.mean(values), rtol=1e-6)
 
 
@@ -289,8 +321,19 @@ def test_accumulation_without_batchnorm_is_the_full_batch_step():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(96, 3)).astype(np.float32)
     y = (x @ np.array([1.0, -2.0, 0.5], np.float32) + 0.1 * rng.normal(size=96)).astype(np.float32)
-    runs = [fit(models.Linear(), make_optimizer("adam", 0.05, l2=0.5, batch_scaled=True), (x, y), epochs=2,
-                batch_size=32, accumulate=k, progress=False, test=False) for k in (1, 4)]
+    runs = [
+        fit(
+            models.Linear(),
+            make_optimizer("adam", 0.05, l2=0.5, batch_scaled=True),
+            (x, y),
+            epochs=2,
+            batch_size=32,
+            accumulate=k,
+            progress=False,
+            test=False,
+        )
+        for k in (1, 4)
+    ]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  runs[0].state.params, runs[1].state.params)
     assert runs[1].history["l2_strength"] == pytest.approx([0.5 / 32] * 2)
@@ -308,8 +351,14 @@ def test_mesh_helpers():
         distributed.make_mesh(data=2)
     for batch_size, accumulate in ((30, 4), (32, 0)):
         with pytest.raises(ValueError, match="must be a multiple of accumulate"):
-            fit(models.Linear(), optax.sgd(0.1), (np.zeros((64, 2), np.float32), np.zeros(64, np.float32)),
-                batch_size=batch_size, accumulate=accumulate, progress=False)
+            fit(
+                models.Linear(),
+                optax.sgd(0.1),
+                (np.zeros((64, 2), np.float32), np.zeros(64, np.float32)),
+                batch_size=batch_size,
+                accumulate=accumulate,
+                progress=False,
+            )
     P = jax.sharding.PartitionSpec  # fsdp splits the largest divisible dimension of big leaves
     assert distributed._leaf_spec((6, 10), 2, 60) == P(None, "fsdp")
     assert distributed._leaf_spec((6, 9), 2, 1) == P("fsdp", None)

@@ -15,9 +15,13 @@ def test_shapes_and_collections(name):
     assert model.apply(variables, x, train=False).shape == (4, 7)
     logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
     assert logits.shape == (4, 7)
-    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(
+        variables["batch_stats"]
+    )
     # training mode moves the running statistics towards the batch statistics
-    moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), updates["batch_stats"], variables["batch_stats"])
+    moved = jax.tree.map(
+        lambda a, b: bool(jnp.any(a != b)), updates["batch_stats"], variables["batch_stats"]
+    )
     assert all(jax.tree.leaves(moved))
 
 
@@ -26,7 +30,9 @@ def test_seed_mlp_layout():
     shapes = jax.tree.map(jnp.shape, variables["params"])
     assert shapes["Dense_0"]["kernel"] == (784, 50)
     assert shapes["Dense_1"]["kernel"] == (50, 10)
-    assert jax.tree.map(jnp.shape, variables["batch_stats"]) == {"BatchNorm_0": {"mean": (50,), "var": (50,)}}
+    assert jax.tree.map(jnp.shape, variables["batch_stats"]) == {
+        "BatchNorm_0": {"mean": (50,), "var": (50,)}
+    }
 
 
 def test_linear_for_regression():
@@ -37,7 +43,9 @@ def test_linear_for_regression():
 
 
 def test_unknown_model():
-    with pytest.raises(ValueError, match="`name` must be one of 'linear', 'seed-mlp'.*got name='resnet'"):
+    with pytest.raises(
+        ValueError, match="`name` must be one of 'linear', 'seed-mlp'.*got name='resnet'"
+    ):
         models.get("resnet")
 
 
@@ -46,7 +54,9 @@ def test_seed_and_keras_mlps_are_configurations_of_one_mlp(config, hidden):
     x = jax.random.uniform(jax.random.key(0), (4, 6, 6, 1))
     variables = config().init(jax.random.key(1), x, train=False)
     same = models.MLP(hidden=hidden)
-    assert jax.tree.structure(same.init(jax.random.key(1), x, train=False)) == jax.tree.structure(variables)
+    assert jax.tree.structure(same.init(jax.random.key(1), x, train=False)) == jax.tree.structure(
+        variables
+    )
     for train in (False, True):
         out = config().apply(variables, x, train=train, mutable=["batch_stats"] if train else False)
         ref = same.apply(variables, x, train=train, mutable=["batch_stats"] if train else False)

@@ -71,7 +71,8 @@ def check_hyperparameters(
     ``momentum`` in ``[0, 1)``; ``epsilon`` finite and ``> 0`` (``inf`` would map every output
     to 0); ``virtual_batch_size`` a positive int (not a bool), and ``> 1`` with
     ``unbiased_running_var`` (the ``N / (N - 1)`` correction of one element is ``1 / 0``);
-    not combined with ``axis_name``; BatchRenorm's ``r_max >= 1`` (``[1 / r_max, r_max]`` is otherwise empty) and ``d_max >= 0``
+    not combined with ``axis_name``; BatchRenorm's ``r_max >= 1`` (``[1 / r_max, r_max]`` is
+    otherwise empty) and ``d_max >= 0``
     unless they are schedules (callables, evaluated per step). Traced values are not checked.
     """
     m = _concrete("momentum", momentum)
@@ -80,7 +81,7 @@ def check_hyperparameters(
     require(e is None or 0.0 < e < math.inf, "epsilon", "finite and > 0", e)
     vbs = virtual_batch_size
     if vbs is not None:
-        require(not isinstance(vbs, bool) and isinstance(vbs, numbers.Integral) and vbs >= 1,
+        require(not isinstance(vbs, bool) and isinstance(vbs, numbers.Integral) and int(vbs) >= 1,
                 "virtual_batch_size", "a positive int or None", vbs)
         require(axis_name is None, "virtual_batch_size",
                 f"None with axis_name={axis_name!r} (ghost batches are local sub-batches)", vbs)

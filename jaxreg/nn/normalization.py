@@ -36,9 +36,10 @@ and dtypes, so checkpoints load unchanged):
   cancels catastrophically when ``|mean| / std`` is large (at 1e4 in float32 it returns noise
   or 0). Ours takes the same one pass of plain sums, checks per feature whether ``E[x^2] >
   64 var`` (``|mean| / std`` above ~8, where that formula starts to lose digits) and only then
-  recomputes the sums around the first mean (a ``lax.cond``, see :func:`jaxreg.nn.functional.moments`): as fast as
-  flax's fast variance on ordinary activations, as accurate as its two-pass
-  ``use_fast_variance=False`` (which reads ``x`` once more, always) on the rest.
+  recomputes the sums around the first mean (a ``lax.cond``, see
+  :func:`jaxreg.nn.functional.moments`): one pass, like flax's fast variance, on ordinary
+  activations; as accurate as its two-pass ``use_fast_variance=False`` (which reads ``x``
+  once more, always) on the rest.
 * With ``axis_name`` the statistics are exact over all devices: the per-device element counts
   and sums are ``psum``-ed in one collective (and the recomputation's sums in a second one,
   when it runs). flax averages per-device means and per-device ``E[x^2]`` (``pmean``), which
@@ -182,7 +183,7 @@ class BatchNorm(nn.Module):
       axis_index_groups: subgroups of ``axis_name`` (as in ``lax.psum``).
       use_fast_variance: ``E[x^2] - E[x]^2`` (flax's default; inaccurate when ``|mean| / std``
         is large). Default ``False``: the same sums, recomputed around the mean for the batches
-        where that formula would lose digits (as fast on ordinary activations, accurate).
+        where that formula would lose digits (one pass on ordinary activations, accurate).
       force_float32_reductions: statistics in at least float32 and ``batch_stats`` in float32
         (default); if ``False``, statistics in the input dtype and ``batch_stats`` in
         ``param_dtype``, as in flax.
@@ -191,6 +192,21 @@ class BatchNorm(nn.Module):
         running statistics move towards the mean over groups of the group statistics. Must
         divide the batch size; not combinable with ``axis_name``.
       unbiased_running_var: update the running variance with ``var * N / (N - 1)`` (PyTorch).
+
+    Examples:
+      In training the output is normalized with the batch statistics, and the running mean
+      moves from 0 towards the batch mean by ``1 - momentum``:
+
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxreg.nn import BatchNorm
+      >>> x = jnp.arange(12.0).reshape(4, 3)
+      >>> bn = BatchNorm(use_running_average=False, momentum=0.9)
+      >>> variables = bn.init(jax.random.key(0), x)
+      >>> y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+      >>> [round(float(v), 3) for v in y[:, 0]]
+      [-1.342, -0.447, 0.447, 1.342]
+      >>> [round(float(v), 3) for v in updates["batch_stats"]["mean"]]
+      [0.45, 0.55, 0.65]
     """
 
     use_running_average: bool | None = None

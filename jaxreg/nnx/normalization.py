@@ -72,6 +72,23 @@ class BatchNorm(nnx.Module):
         :func:`jaxreg.nn.recalibrate_batch_stats`).
       rngs: random keys for the initializers.
       bias_metadata, scale_metadata: metadata of the parameters (as in flax).
+
+    Examples:
+      In training mode a call normalizes with the batch statistics and moves ``mean`` from 0
+      towards the batch mean; after ``.eval()`` it uses ``mean`` and ``var``:
+
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jaxreg import nnx as jnnx
+      >>> x = jnp.arange(12.0).reshape(4, 3)
+      >>> layer = jnnx.BatchNorm(3, momentum=0.9, rngs=nnx.Rngs(0))
+      >>> [round(float(v), 3) for v in layer(x)[:, 0]]
+      [-1.342, -0.447, 0.447, 1.342]
+      >>> [round(float(v), 3) for v in layer.mean[...]]
+      [0.45, 0.55, 0.65]
+      >>> layer.eval()
+      >>> [round(float(v), 3) for v in layer(x)[0]]
+      [-0.316, 0.316, 0.949]
     """
 
     def __init__(

@@ -7,11 +7,10 @@ last partial batch is dropped, as ``drop_remainder`` in tf.data) cut into ``S`` 
 
 - :func:`scan_epoch` runs the whole epoch on device as one ``lax.scan`` (one dispatch), for
   data that fits in device memory. It scans over the ``[S, B]`` index matrix and gathers each
-  batch inside the body from ``x``, a jit *argument*. Measured on a shared 2-core CPU (seed
-  004 MLP on Fashion-MNIST, one epoch, best of 7): 0.23 s, 0.19 s with ``unroll=2``, against
-  0.30 s for the streamed loop and 0.45-0.74 s for permuting the epoch into a ``[S, B, ...]``
-  slab first (two extra full-data copies per epoch). Closing over ``x`` instead of passing it
-  embeds it in the program as a constant: 8 s compiles and 0.6 s epochs.
+  batch inside the body from ``x``, a jit *argument*: no ``[S, B, ...]`` slab permuted up
+  front (two extra full-data copies per epoch), and no ``x`` closed over (which would embed it
+  in the program as a constant, slow to compile and to run). The timings behind this choice
+  are in ``benchmarks/RESULTS.md`` ("Notes moved from docstrings").
 - :func:`stream_epoch` gathers batches on the host and steps through them with a jitted
   step, copying the next batch to the device while the current step runs (:func:`prefetch`).
 
@@ -29,9 +28,17 @@ import numpy as np
 Step = Callable[[Any, jax.Array, jax.Array], tuple[Any, dict[str, jax.Array]]]
 
 
-def scan_epoch(state: Any, x: jax.Array, y: jax.Array, key: jax.Array, *, step: Step, batch_size: int,
-               unroll: int = 1, batch_sharding: jax.sharding.Sharding | None = None
-               ) -> tuple[Any, dict[str, jax.Array]]:
+def scan_epoch(
+    state: Any,
+    x: jax.Array,
+    y: jax.Array,
+    key: jax.Array,
+    *,
+    step: Step,
+    batch_size: int,
+    unroll: int = 1,
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> tuple[Any, dict[str, jax.Array]]:
     """All steps of one epoch over device arrays ``x, y``; metrics are stacked ``[S]``.
 
     Jit it with the data as arguments and the state donated, e.g.
@@ -51,7 +58,9 @@ def scan_epoch(state: Any, x: jax.Array, y: jax.Array, key: jax.Array, *, step: 
     return jax.lax.scan(body, state, perm, unroll=unroll)
 
 
-def prefetch(batches: Iterable[Any], size: int = 2, put: Callable[[Any], Any] = jax.device_put) -> Iterator[Any]:
+def prefetch(
+    batches: Iterable[Any], size: int = 2, put: Callable[[Any], Any] = jax.device_put
+) -> Iterator[Any]:
     """Yields ``batches`` put on the default device (or by ``put``), ``size - 1`` batches
     ahead of use.
 
@@ -67,9 +76,17 @@ def prefetch(batches: Iterable[Any], size: int = 2, put: Callable[[Any], Any] = 
         yield queue.popleft()
 
 
-def stream_epoch(state: Any, x: np.ndarray, y: np.ndarray, key: jax.Array, *, step: Step, batch_size: int,
-                 on_step: Callable[[], None] | None = None, put: Callable[[Any], Any] = jax.device_put
-                 ) -> tuple[Any, dict[str, jax.Array]]:
+def stream_epoch(
+    state: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    key: jax.Array,
+    *,
+    step: Step,
+    batch_size: int,
+    on_step: Callable[[], None] | None = None,
+    put: Callable[[Any], Any] = jax.device_put,
+) -> tuple[Any, dict[str, jax.Array]]:
     """The epoch of :func:`scan_epoch` from host arrays, one jitted ``step`` call per batch.
 
     ``step`` should be jitted (with the state donated); ``on_step`` is called after each
@@ -78,7 +95,9 @@ def stream_epoch(state: Any, x: np.ndarray, y: np.ndarray, key: jax.Array, *, st
     stacked ``[S]``.
     """
     steps = len(x) // batch_size
-    perm = np.asarray(jax.random.permutation(key, len(x)))[: steps * batch_size].reshape(steps, batch_size)
+    perm = np.asarray(jax.random.permutation(key, len(x)))[: steps * batch_size].reshape(
+        steps, batch_size
+    )
     metrics = []
     for xb, yb in prefetch(((x[idx], y[idx]) for idx in perm), put=put):
         state, m = step(state, xb, yb)

@@ -10,7 +10,7 @@ regularizers.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -31,14 +31,21 @@ class TrainState:
     opt_state: optax.OptState
     key: jax.Array
 
-    def apply_gradients(self, tx: optax.GradientTransformation, grads: Any, **extra_args: Any) -> TrainState:
+    if TYPE_CHECKING:  # flax.struct.dataclass adds it; declared here for type checkers
+        def replace(self, **updates: Any) -> TrainState: ...
+
+    def apply_gradients(
+        self, tx: optax.GradientTransformation, grads: Any, **extra_args: Any
+    ) -> TrainState:
         """One optimizer step: ``u, s' = tx.update(g, s, params, **extra_args)``,
         ``params' = params + u``. Transformations that take no extra arguments ignore them."""
         updates, opt_state = optax.with_extra_args_support(tx).update(
             grads, self.opt_state, self.params, **extra_args
         )
         return self.replace(
-            step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state
+            step=self.step + 1,
+            params=optax.apply_updates(self.params, updates),
+            opt_state=opt_state,
         )
 
 
@@ -46,12 +53,15 @@ class TrainState:
 def _init_variables(model: nn.Module, key: jax.Array, sample_x: Any) -> Any:
     """``model.init(key, sample_x, train=False)`` compiled as one program, cached per model
     (linen modules hash by their fields) and input shape. Run eagerly, flax's initializers
-    compile every primitive separately: about 30 small XLA compilations for the seed 004 MLP,
-    4.5 s of compile on a loaded 2-core CPU, against 1.4 s for this one. Same values bit for bit."""
+    compile every primitive separately (many small XLA compilations); this is one, with the
+    same values bit for bit (timings: ``benchmarks/RESULTS.md``, "Notes moved from
+    docstrings")."""
     return model.init(key, sample_x, train=False)
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, sample_x: Any, seed: int) -> TrainState:
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, sample_x: Any, seed: int
+) -> TrainState:
     """Initializes ``model`` on ``sample_x`` (a batch of inputs; only its shape and dtype
     matter) and ``tx`` on its parameters, with keys derived from ``seed``."""
     init_key, step_key = jax.random.split(jax.random.key(seed))

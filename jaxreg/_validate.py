@@ -62,3 +62,37 @@ def check_hyperparam(name: str, value: Any, *, schedule: bool = True, positive: 
     if not math.isfinite(number) or number < 0 or (positive and number == 0):
         bound = "> 0" if positive else ">= 0"
         raise ValueError(f"`{name}` must be finite and {bound}; got {name}={value}")
+
+
+def message(name: str, condition: str, value: Any) -> str:
+    """```name` must be condition; got name=value``: the format of every argument error."""
+    shown = str(value) if isinstance(value, (jax.Array, np.ndarray, np.generic)) else repr(value)
+    return f"`{name}` must be {condition}; got {name}={shown}"
+
+
+def require(ok: bool, name: str, condition: str, value: Any,
+            error: type[Exception] = ValueError) -> None:
+    """Raises ``error(message(name, condition, value))`` unless ``ok``."""
+    if not ok:
+        raise error(message(name, condition, value))
+
+
+def check_integer(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    """Returns ``value``, an ``int`` (any integral type, not a bool or a float) in
+    ``[minimum, maximum]``; TypeError for another type, ValueError for a value out of range."""
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+    require(integral, name, f"an integer {bounds}", value, TypeError)
+    require(minimum <= value and (maximum is None or value <= maximum), name,
+            f"an integer {bounds}", value)
+    return int(value)
+
+
+SEED_LIMIT = 2**32
+"""Seeds are ``0 <= seed < SEED_LIMIT``: ``jax.random.key`` keeps 32 bits (``2**32`` would
+be seed 0 again, ``-1`` seed ``2**32 - 1``; 2**64 and more overflow)."""
+
+
+def check_seed(name: str, value: Any) -> int:
+    """Returns ``int(value)``; TypeError/ValueError unless an integer in ``[0, 2**32)``."""
+    return check_integer(name, value, 0, SEED_LIMIT - 1)

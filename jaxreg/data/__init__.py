@@ -104,10 +104,10 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, download: bool
 def _load_idx(name: str, data_dir, download: bool) -> Dataset:
     """Reads and checks the four IDX files of an MNIST-format dataset (10 classes).
 
-    Each file must match its known sha256 (:func:`sources.verify`); then, so that inconsistent
-    files are refused here rather than at the end of a training run: images are 3-d and labels
-    1-d unsigned bytes, as many labels as images, both splits non-empty with images of one
-    shape, labels in ``0..9``.
+    Each file must be a valid IDX file matching its known sha256 (:func:`sources.verify`);
+    then, so that inconsistent files are refused here rather than at the end of a training
+    run: images are 3-d and labels 1-d unsigned bytes, as many labels as images, both splits
+    non-empty with images of one shape, labels in ``0..9``.
     """
     directory, source = sources.locate(name, data_dir, download)
     digests = []
@@ -115,8 +115,8 @@ def _load_idx(name: str, data_dir, download: bool) -> Dataset:
     def read(stem: str, ndim: int) -> tuple[Path, np.ndarray]:
         path = sources.find_file(directory, stem)
         raw, content = read_bytes(path)
+        array = parse_idx(content, path)  # first, as "not an IDX file" says more than a sum
         digests.append(f"{stem} {sources.verify(name, stem, path, raw, content)}\n")
-        array = parse_idx(content, path)
         if array.ndim != ndim or array.dtype != np.uint8:
             raise DataError(f"{path}: expected {ndim}-d unsigned bytes, got {array.ndim}-d "
                             f"{array.dtype} with shape {array.shape}")

@@ -59,6 +59,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from jaxreg._validate import SEED_LIMIT
 from jaxreg.train.epoch import scan_epoch
 from jaxreg.train.fit import _epoch_logs, _split_data
 from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES, make_optimizer
@@ -129,8 +130,9 @@ def _check_setting(setting: Mapping[str, Any]) -> dict[str, Any]:
         elif key in ("batch_scaled", "proximal") and not isinstance(value, bool):
             bad = "true or false"
         elif key in ("seed", "batch_size"):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < (key == "batch_size"):
-                bad = "a positive integer" if key == "batch_size" else "a non-negative integer"
+            if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < (key == "batch_size")
+                    or (key == "seed" and value >= SEED_LIMIT)):
+                bad = "a positive integer" if key == "batch_size" else "a non-negative integer below 2**32"
         elif key == "optimizer" and value not in OPTIMIZERS:
             bad = f"one of {sorted(OPTIMIZERS)}"
         elif key == "schedule" and value not in SCHEDULES:
@@ -418,7 +420,7 @@ def _group_runner(plan: dict, loss_fn, compute_dtype, stacked: NamedSharding | N
         if plan["schedule"] == "fixed":  # a schedule's learning rate is in its closure
             hyperparams["learning_rate"] = [s["learning_rate"] for s in settings]
         hyperparams = {k: jnp.asarray(v, jnp.float32) for k, v in hyperparams.items()}
-        states = init(jnp.asarray([s["seed"] for s in settings], jnp.int32), hyperparams, x[:1])
+        states = init(jnp.asarray([s["seed"] for s in settings], jnp.uint32), hyperparams, x[:1])
         history: dict[str, list] = {}
         for epoch in range(epochs):
             t0 = time.perf_counter()

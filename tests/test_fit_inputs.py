@@ -185,8 +185,8 @@ def test_make_optimizer_refuses_a_learning_rate_that_ascends_and_negative_penalt
 def test_sweep_seeds_are_32_bit_like_fit():
     x, y = arrays()
     seed = 2**31 + 5  # beyond int32
-    with pytest.raises(ValueError,
-                       match=r"sweep key 'seed' must be a non-negative integer below 2\*\*32"):
+    with pytest.raises(ValueError, match=r"`seed` must be an integer in \[0, 4294967295\]; "
+                                         r"got seed=4294967296"):
         expand({"l2": [0.0]}, seeds=[2**32])
     swept = sweep(Tiny(), (x, y), {"learning_rate": [0.1]}, seeds=[seed], data_seed=seed,
                   optimizer="sgd", epochs=1, batch_size=16, progress=False)

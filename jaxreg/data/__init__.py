@@ -27,7 +27,7 @@ from jaxreg.data.idx import DataError, parse_idx, read_bytes, read_idx
 
 DATASETS = ("fashion-mnist", "mnist", "digits", "synthetic-ridge")
 
-__all__ = ["DATASETS", "DataError", "Dataset", "available", "load", "make_ridge", "read_idx"]
+__all__ = ["DATASETS", "DataError", "Dataset", "load", "make_ridge", "read_idx"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -66,11 +66,6 @@ class Dataset:
                 digest.update(f"{a.dtype.str} {a.shape}\n".encode())
                 digest.update(a.tobytes())
             object.__setattr__(self, "fingerprint", digest.hexdigest())
-
-
-def available() -> tuple[str, ...]:
-    """The names :func:`load` accepts (for command-line choices and messages)."""
-    return DATASETS
 
 
 def load(name: str, *, data_dir: str | os.PathLike | None = None, download: bool = True,

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxreg._validate import check_integer, check_seed, message, require
+from jaxreg._validate import check_int, check_seed, message, require
 
 HISTORY_KEYS = ("loss", "accuracy", "learning_rate", "l2_strength", "l1_strength",
                 "skipped_steps", "epoch_seconds")
@@ -104,7 +104,7 @@ def check_fit_inputs(model: Any, optimizer: Any, data: Any, *, epochs: Any, batc
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size),
                         ("accumulate", accumulate), ("unroll", unroll)):
-        check_integer(name, value, 1)
+        check_int(name, value, 1, exact=True)
     check_seed("seed", seed)
     require(isinstance(validation_split, numbers.Real) and not isinstance(validation_split, bool),
             "validation_split", "a number: 0 (none) or in (0, 1)", validation_split, TypeError)

@@ -15,10 +15,10 @@ import shutil
 
 import numpy as np
 import pytest
+from test_data_checks import tiny_files, write
 
 from jaxreg.cli import main
 from jaxreg.data import sources
-from test_data_checks import tiny_files, write
 
 DIGITS = ["--dataset", "digits", "--epochs", "1", "--batch-size", "128", "--no-progress"]
 
@@ -195,7 +195,7 @@ def test_resume_refuses_settings_it_cannot_change(digits_run, tmp_path, flags):
 def test_resume_with_more_epochs_extends_a_finished_run(digits_run, tmp_path):
     run_dir = copy_run(digits_run, tmp_path)
     first = json.loads((run_dir / "metrics.json").read_text())
-    status, out, err = run_main(["train", "--resume", "--out", run_dir, "--epochs", "2",
+    status, _, err = run_main(["train", "--resume", "--out", run_dir, "--epochs", "2",
                                  "--no-progress"])
     assert status == 0, err
     extended = json.loads((run_dir / "metrics.json").read_text())

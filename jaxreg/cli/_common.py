@@ -123,4 +123,5 @@ def check_run_data(config: dict[str, Any], data: Dataset, run_dir: Path) -> None
         classes = ("" if data.num_classes == config["num_classes"] else
                    f"; {data.num_classes} classes, the run's {config['num_classes']}")
         raise ValueError(f"--dataset {data.name}: its examples are {shape(theirs)}, the run's "
-                         f"({config['dataset']}) {shape(ours)}{classes}: the model cannot take them")
+                         f"({config['dataset']}) {shape(ours)}{classes}: the model cannot take "
+                         f"them")

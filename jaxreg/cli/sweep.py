@@ -1,8 +1,9 @@
 """``jaxreg sweep``: train a grid of regularization settings at once (:func:`jaxreg.train.sweep`).
 
 ``jaxreg sweep --l2 0,1e-5,1e-4,1e-3 --lr 1e-3,3e-3 --seeds 3`` trains every combination of
-the comma-separated values, each with seeds ``0..2`` (``--seed S``: ``S..S+2``), vmapped in one compiled program per
-group of compatible settings, and writes to ``--out`` (default ``runs/sweep-<UTC timestamp>``):
+the comma-separated values, each with seeds ``0..2`` (``--seed S``: ``S..S+2``), vmapped in one
+compiled program per group of compatible settings, and writes to ``--out`` (default
+``runs/sweep-<UTC timestamp>``):
 
     sweep.json   ``config``, one ``row`` per setting (its hyperparameters, the seeds, test and
                  train accuracy and loss as mean and std over the seeds, seconds), the groups

@@ -134,7 +134,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                      help="divide the L2 strength by the batch size at each step, LAMBDA/B "
                           "(default: on)")
     reg.add_argument("--l1", type=non_negative_float, metavar="LAMBDA",
-                     help=f"L1 strength on kernels, penalty LAMBDA ||w||_1 (default: {DEFAULTS['l1']})")
+                     help=f"L1 strength on kernels, penalty LAMBDA ||w||_1 (default: "
+                          f"{DEFAULTS['l1']})")
     reg.add_argument("--proximal", action="store_true", default=None,
                      help="with --l1: apply L1 as a proximal soft-thresholding step (exact "
                           "zeros) instead of a subgradient")
@@ -199,7 +200,8 @@ def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
     plateau = (dict(factor=setting(args, "plateau_factor"),
                     patience=setting(args, "plateau_patience")) if plateau else None)
     config = dict(
-        dataset=data.name, data_dir=None if args.data_dir is None else str(args.data_dir.absolute()),
+        dataset=data.name,
+        data_dir=None if args.data_dir is None else str(args.data_dir.absolute()),
         fingerprint=data.fingerprint, input_shape=list(data.x_train.shape[1:]),
         num_classes=data.num_classes, model=setting(args, "model"), epochs=setting(args, "epochs"),
         batch_size=setting(args, "batch_size"), seed=setting(args, "seed"),
@@ -290,7 +292,8 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
             f"{score('train')}, {metrics['train_seconds']:.1f} s, {run_dir}")
 
 
-def _resumed_config(args: argparse.Namespace, config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def _resumed_config(args: argparse.Namespace, config: dict[str, Any],
+                    run_dir: Path) -> dict[str, Any]:
     """``config`` with what ``--resume`` may change applied (``--epochs``); ValueError for a
     flag of :data:`RUN_SETTINGS`, or for fewer epochs than trained, or more with a schedule
     other than ``fixed`` (its learning rate follows the epochs planned)."""

@@ -14,7 +14,9 @@ The API, for any layer (this module imports nothing of jaxreg):
 * :func:`message` ``(name, condition, value) -> str``: the format itself;
 * :func:`require` ``(ok, name, condition, value, error=ValueError)``: raise unless ``ok``;
 * :func:`check_real` ``(name, value, *, positive=False) -> float``: finite, >= 0 (> 0);
-* :func:`check_int` ``(name, value, minimum) -> int``: an integer >= ``minimum`` (not a bool);
+* :func:`check_int` ``(name, value, minimum, maximum=None, *, exact=False) -> int``: an
+  integer in ``[minimum, maximum]`` (not a bool; with ``exact``, of an integer type);
+* :func:`check_seed` ``(name, value) -> int``: a PRNG seed, an integer in ``[0, 2**32)``;
 * :func:`check_fraction` ``(name, value, *, closed=False) -> float``: in (0, 1) or [0, 1];
 * :func:`check_choice` ``(name, value, choices)``: one of ``choices``;
 * :func:`check_bool` ``(name, value) -> bool``: ``True`` or ``False``;
@@ -63,12 +65,31 @@ def check_real(name: str, value: Any, *, positive: bool = False) -> float:
     return number
 
 
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """Returns ``int(value)``; ValueError unless an integer >= ``minimum``. A bool is refused
-    (``True`` would pass ``>= 0``); an integral float such as ``2.0`` is accepted."""
-    ok = not isinstance(value, bool) and float(value).is_integer() and value >= minimum
-    require(ok, name, f"an integer >= {minimum}", value)
+def check_int(name: str, value: Any, minimum: int, maximum: int | None = None, *,
+              exact: bool = False) -> int:
+    """Returns ``int(value)``; ValueError unless an integer in ``[minimum, maximum]`` (no upper
+    bound when ``maximum`` is None). A bool is refused (``True`` would pass ``>= 0``); an
+    integral float such as ``2.0`` is accepted unless ``exact``, which requires an integer type
+    (TypeError otherwise: for counts that index and divide, such as a batch size)."""
+    condition = (f"an integer >= {minimum}" if maximum is None
+                 else f"an integer in [{minimum}, {maximum}]")
+    if exact:
+        require(isinstance(value, numbers.Integral) and not isinstance(value, bool), name,
+                condition, value, TypeError)
+    ok = (not isinstance(value, bool) and (exact or float(value).is_integer())
+          and minimum <= value and (maximum is None or value <= maximum))
+    require(ok, name, condition, value)
     return int(value)
+
+
+SEED_LIMIT = 2**32
+"""Seeds are ``0 <= seed < SEED_LIMIT``: ``jax.random.key`` keeps 32 bits (``2**32`` would be
+seed 0 again, ``-1`` seed ``2**32 - 1``; ``2**64`` and more overflow)."""
+
+
+def check_seed(name: str, value: Any) -> int:
+    """Returns ``int(value)``: an integer (of an integer type) in ``[0, 2**32)``."""
+    return check_int(name, value, 0, SEED_LIMIT - 1, exact=True)
 
 
 def check_fraction(name: str, value: Any, *, closed: bool = False) -> float:

@@ -20,6 +20,7 @@ from jaxreg import cli
 from jaxreg.cli import main
 from jaxreg.cli import train as train_cli
 from jaxreg.cli.plots import plot_history
+from jaxreg.data import DataError, sources
 
 RUN_ARGS = ["--dataset", "digits", "--epochs", "2", "--batch-size", "32", "--plateau", "--no-progress"]
 
@@ -106,13 +107,13 @@ def test_resume_of_finished_run_only_reports(run, monkeypatch):
 
 def test_resume_of_partial_run_continues_with_saved_config(run, tmp_path):
     """Interrupted after epoch 1 (no metrics.json, no epoch-2 checkpoint): --resume trains
-    epoch 2 only, with config.json's settings (not the flags), and ends where the run did."""
+    epoch 2 only, with config.json's settings, and ends where the run did."""
     run_dir, metrics, _ = run
     partial = tmp_path / "partial"
     shutil.copytree(run_dir, partial)
     (partial / "metrics.json").unlink()
     shutil.rmtree(partial / "checkpoints" / "2")
-    status, _, err = run_main(["train", "--resume", "--out", str(partial), "--epochs", "5", "--no-progress"])
+    status, _, err = run_main(["train", "--resume", "--out", str(partial), "--no-progress"])
     assert status == 0, err
     resumed = json.loads((partial / "metrics.json").read_text())
     assert resumed["resumed_from_epoch"] == 1 and resumed["epochs_completed"] == 2
@@ -156,7 +157,8 @@ def corrupt_dir(tmp_path):
     (["train", "--model", "resnet"], "--model: invalid choice"),
     (["train", "--data-dir", "/nonexistent/jaxreg"], "--data-dir: expected a readable directory"),
     (["train", "--resume"], "--resume needs --out"),
-    (["train", "--dataset", "digits", "--batch-size", "5000"], "--batch-size 5000 exceeds"),
+    (["train", "--dataset", "digits", "--batch-size", "5000"],
+     "`batch_size` must be at most the 1437 training examples; got batch_size=5000"),
     (["eval", "--run", "/"], "not a jaxreg run directory"),
     (["eval"], "--run"),
 ])
@@ -180,11 +182,16 @@ def test_existing_run_is_not_overwritten(run):
     assert status == 2 and "already holds a run" in err
 
 
-def test_default_dataset_falls_back_to_digits(corrupt_dir):
-    """No usable Fashion-MNIST without a download (here: the files in data_dir are corrupt)."""
-    data, why = train_cli.load_dataset(None, corrupt_dir)
+def test_default_dataset_falls_back_to_digits(corrupt_dir, tmp_path, monkeypatch):
+    """Digits when no Fashion-MNIST is found locally; a --data-dir is used or refused."""
+    monkeypatch.delenv("JAXREG_DATA_DIR", raising=False)
+    monkeypatch.setitem(sources.IDX_SOURCES, "fashion-mnist", sources.IDX_SOURCES["fashion-mnist"]
+                        ._replace(system_dirs=(str(tmp_path / "none"),)))
+    data, why = train_cli.load_dataset(None, None)
     assert data.name == "digits"
-    assert why.startswith("dataset: digits (default fallback") and "not an IDX file" in why
+    assert why.startswith("dataset: digits (default fallback") and "no directory holds" in why
+    with pytest.raises(DataError, match="not an IDX file"):
+        train_cli.load_dataset(None, corrupt_dir)
 
 
 def test_compile_cache_is_populated(tmp_path):

@@ -349,16 +349,12 @@ def test_mesh_helpers():
     assert dict(mesh.shape) == {"data": 1, "fsdp": 1} and distributed.default_mesh() is None
     with pytest.raises(ValueError, match="needs 2 devices"):
         distributed.make_mesh(data=2)
-    for batch_size, accumulate in ((30, 4), (32, 0)):
-        with pytest.raises(ValueError, match="must be a multiple of accumulate"):
-            fit(
-                models.Linear(),
-                optax.sgd(0.1),
-                (np.zeros((64, 2), np.float32), np.zeros(64, np.float32)),
-                batch_size=batch_size,
-                accumulate=accumulate,
-                progress=False,
-            )
+    data = (np.zeros((64, 2), np.float32), np.zeros(64, np.float32))
+    for batch_size, accumulate, match in ((30, 4, "must be a multiple of accumulate"),
+                                          (32, 0, "`accumulate` must be an integer >= 1")):
+        with pytest.raises(ValueError, match=match):
+            fit(models.Linear(), optax.sgd(0.1), data, batch_size=batch_size,
+                accumulate=accumulate, progress=False)
     P = jax.sharding.PartitionSpec  # fsdp splits the largest divisible dimension of big leaves
     assert distributed._leaf_spec((6, 10), 2, 60) == P(None, "fsdp")
     assert distributed._leaf_spec((6, 9), 2, 1) == P("fsdp", None)

@@ -84,8 +84,12 @@ def test_small_cnn_matches_flax_pooling_version():
                                       mutable=["batch_stats"])
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
 
-    (l1, u1), g1 = jax.value_and_grad(lambda p: loss(ours, p), has_aux=True)(variables["params"])
-    (l2, u2), g2 = jax.value_and_grad(lambda p: loss(ref, p), has_aux=True)(variables["params"])
+    def value_and_grad(model):  # jitted: eager dispatch of every op took ~40 s
+        return jax.jit(jax.value_and_grad(lambda p: loss(model, p), has_aux=True))(
+            variables["params"])
+
+    (l1, u1), g1 = value_and_grad(ours)
+    (l2, u2), g2 = value_and_grad(ref)
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
     for a, b in zip(jax.tree.leaves((u1, g1)), jax.tree.leaves((u2, g2)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -157,7 +157,8 @@ def test_incompatible_settings_run_in_groups():
     ({"lambda": [1.0]}, r"`lambda` must be a sweep setting key \(one of learning_rate, l2, .*\); got lambda=1.0"),
     ([{"l1": float("nan")}], "`l1` must be a finite non-negative number; got l1=nan"),
     ({"batch_scaled": ["on"]}, "`batch_scaled` must be True or False; got batch_scaled='on'"),
-    ({"seed": [-1]}, "`seed` must be an integer >= 0; got seed=-1"),
+    ({"seed": [-1]}, r"`seed` must be an integer in \[0, 4294967295\]; got seed=-1"),
+    ({"seed": [2**32]}, r"`seed` must be an integer in \[0, 4294967295\]; got seed=4294967296"),
     ({"optimizer": ["lbfgs"]}, "`optimizer` must be one of 'adam', .*; got optimizer='lbfgs'"),
     ({"batch_size": [1000]}, "`batch_size` must be at most the 96 training examples; got batch_size=1000"),
 ])

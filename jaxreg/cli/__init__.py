@@ -37,7 +37,13 @@ COMMANDS = [train, evaluate, sweep]
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but an error is the single line ``<prog>: error: <message>`` (no usage block,
-    which for ``train`` would be a dozen lines above the message); ``--help`` has the usage."""
+    which for ``train`` would be a dozen lines above the message; ``--help`` has the usage),
+    and no abbreviated flags (``allow_abbrev=False``: ``sweep --seed`` is not ``--seeds``, and
+    a new flag cannot change what an old command line means). Subparsers are of this class."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # --seed must never be taken for --seeds
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from jaxreg.data import DataError, Dataset, load
+from jaxreg._validate import SEED_LIMIT
+from jaxreg.data import DataError, Dataset, load, sources
 from jaxreg.train import distributed
 
 DEFAULT_L2 = 0.025
@@ -36,6 +37,7 @@ def _checked(convert, ok, expected: str):
 
 positive_int = _checked(int, lambda v: v > 0, "a positive integer")
 non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
+seed_int = _checked(int, lambda v: 0 <= v < SEED_LIMIT, f"an integer in [0, {SEED_LIMIT - 1}]")
 positive_float = _checked(float, lambda v: 0 < v < math.inf, "a positive number")
 non_negative_float = _checked(float, lambda v: 0 <= v < math.inf, "a number >= 0")
 fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
@@ -46,18 +48,26 @@ mesh_spec = _checked(distributed.parse_mesh, bool, "a mesh like data=8 or data=4
 
 
 def load_dataset(name: str | None, data_dir: Path | None) -> tuple[Dataset, str]:
-    """The dataset ``name`` and a line saying which and why; ``None``: Fashion-MNIST if its
-    files are found without downloading, else digits."""
+    """The dataset ``name`` and a line saying which and why. ``None``: Fashion-MNIST from
+    ``data_dir`` if given (used or refused, never replaced: not digits instead), else
+    Fashion-MNIST if its files are found without downloading, else digits."""
+    if data_dir is not None and name is not None and name not in sources.IDX_SOURCES:
+        raise ValueError(f"--data-dir applies to the IDX datasets "
+                         f"({', '.join(sources.IDX_SOURCES)}), not {name}")
     if name is not None:
         data = load(name, data_dir=data_dir)
         return data, f"dataset: {name}, from {data.source}"
+    if data_dir is not None:
+        data = load("fashion-mnist", data_dir=data_dir)
+        return data, f"dataset: fashion-mnist (default, from --data-dir {data.source})"
     try:
-        data = load("fashion-mnist", data_dir=data_dir, download=False)
-        return data, f"dataset: fashion-mnist (default; files found in {data.source})"
-    except DataError as e:
+        sources.locate("fashion-mnist", download=False)
+    except DataError as e:  # not found locally; files found but bad are an error, below
         reason = str(e).splitlines()[0]
         return load("digits"), (f"dataset: digits (default fallback: fashion-mnist is not usable "
                                 f"without a download: {reason}; --dataset fashion-mnist may download it)")
+    data = load("fashion-mnist", download=False)
+    return data, f"dataset: fashion-mnist (default; files found in {data.source})"
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -67,9 +77,51 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+CONFIG_KEYS = ("dataset", "data_dir", "fingerprint", "input_shape", "num_classes", "model",
+               "epochs", "batch_size", "seed", "validation_split", "optimizer")
+"""The keys of a run's ``config.json`` (``jaxreg train``'s ``make_config``)."""
+OPTIMIZER_KEYS = ("name", "learning_rate", "schedule", "l2", "l1", "batch_scaled", "proximal",
+                  "plateau")
+"""The keys of its ``optimizer`` entry (:func:`jaxreg.train.make_optimizer`'s arguments)."""
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
-    """A run directory's ``config.json`` (ValueError when it is not a run directory)."""
+    """A run directory's ``config.json``; ValueError when it is not a run directory, or the
+    file is not JSON or lacks a key of :data:`CONFIG_KEYS` / :data:`OPTIMIZER_KEYS` (the
+    message names the file and the key)."""
+    path = run_dir / "config.json"
     try:
-        return json.loads((run_dir / "config.json").read_text())
+        config = json.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"{run_dir}: not a jaxreg run directory (no config.json)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    optimizer = config.get("optimizer") if isinstance(config, dict) else None
+    missing = ([k for k in CONFIG_KEYS if k not in config] if isinstance(config, dict)
+               else ["(an object)"])
+    missing += [f"optimizer.{k}" for k in OPTIMIZER_KEYS
+                if isinstance(optimizer, dict) and k not in optimizer]
+    if missing:
+        raise ValueError(f"{path}: no key {missing[0]!r} (a run directory of another jaxreg "
+                         f"version, or an edited file)")
+    return config
+
+
+def check_run_data(config: dict[str, Any], data: Dataset, run_dir: Path) -> None:
+    """Refuses ``data`` for the run ``config`` describes (ValueError): the run's dataset with
+    another fingerprint (other files), or another dataset with examples of other shapes."""
+    def shape(dims):
+        return "x".join(map(str, dims))
+    if data.name == config["dataset"]:
+        if data.fingerprint != config["fingerprint"]:
+            raise ValueError(f"{data.source} holds other data than the run was trained on: "
+                             f"{data.name} with fingerprint {data.fingerprint}, not "
+                             f"{config['fingerprint']} ({run_dir / 'config.json'})")
+        return
+    theirs, ours = list(data.x_train.shape[1:]), config["input_shape"]
+    if theirs != ours or data.num_classes != config["num_classes"]:
+        classes = ("" if data.num_classes == config["num_classes"] else
+                   f"; {data.num_classes} classes, the run's {config['num_classes']}")
+        raise ValueError(f"--dataset {data.name}: its examples are {shape(theirs)}, the run's "
+                         f"({config['dataset']}) {shape(ours)}{classes}: the model cannot take "
+                         f"them")

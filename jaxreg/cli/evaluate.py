@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from jaxreg.cli._common import read_config, readable_dir, write_json
+from jaxreg.cli._common import check_run_data, read_config, readable_dir, write_json
 from jaxreg.data import DATASETS, load
 from jaxreg.train import (
     checkpoint,
@@ -42,13 +42,15 @@ def evaluate_run(run_dir: Path, dataset: str | None = None, data_dir: Path | Non
     """Test metrics of the latest checkpoint in ``run_dir`` (on ``dataset`` if given, else
     the run's), also written to ``run_dir/eval.json``.
 
-    The restore template is the run's initial state (model and optimizer from ``config.json``,
+    Refused (ValueError): the run's dataset with another fingerprint than the run's, another
+    dataset whose examples the model cannot take. The restore template is the run's initial state (model and optimizer from ``config.json``,
     so the optimizer state has the checkpoint's structure); only its shapes are used.
     """
     config = read_config(run_dir)
     if not (run_dir / "checkpoints").is_dir():
         raise ValueError(f"{run_dir}: no checkpoints directory")
     data = load(dataset or config["dataset"], data_dir=data_dir or config["data_dir"])
+    check_run_data(config, data, run_dir)  # other data, or shapes the model cannot take
     model = models.get(config["model"], data.num_classes)
     (x, y), _, (x_test, y_test) = _split_data(data, config["validation_split"], None)
     total_steps = config["epochs"] * (len(x) // config["batch_size"])

@@ -1,8 +1,9 @@
 """``jaxreg sweep``: train a grid of regularization settings at once (:func:`jaxreg.train.sweep`).
 
 ``jaxreg sweep --l2 0,1e-5,1e-4,1e-3 --lr 1e-3,3e-3 --seeds 3`` trains every combination of
-the comma-separated values, each with seeds ``0..2``, vmapped in one compiled program per
-group of compatible settings, and writes to ``--out`` (default ``runs/sweep-<UTC timestamp>``):
+the comma-separated values, each with seeds ``0..2`` (``--seed S``: ``S..S+2``), vmapped in one
+compiled program per group of compatible settings, and writes to ``--out`` (default
+``runs/sweep-<UTC timestamp>``):
 
     sweep.json   ``config``, one ``row`` per setting (its hyperparameters, the seeds, test and
                  train accuracy and loss as mean and std over the seeds, seconds), the groups
@@ -39,12 +40,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxreg._validate import SEED_LIMIT
 from jaxreg.cli._common import (
     DEFAULT_L2,
     load_dataset,
-    non_negative_int,
     positive_int,
     readable_dir,
+    seed_int,
 )
 from jaxreg.cli.plots import figure_row
 from jaxreg.data import DATASETS
@@ -89,7 +91,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float_list, default=[1e-3], metavar="LIST", help="learning rates (default: 1e-3)")
     p.add_argument("--batch-scaled", choices=("on", "off", "both"), default="on",
                    help="divide lambda by the batch size at each step (default: %(default)s)")
-    p.add_argument("--seeds", type=positive_int, default=1, help="seeds 0..N-1 per setting (default: %(default)s)")
+    p.add_argument("--seeds", type=positive_int, default=1,
+                   help="seeds per setting: S..S+N-1, S the --seed (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="the first seed, as jaxreg train's --seed (default: %(default)s)")
     p.add_argument("--dataset", choices=DATASETS,
                    help="default: fashion-mnist if found locally, else digits")
     p.add_argument("--data-dir", type=readable_dir, metavar="DIR", help="directory holding the IDX files")
@@ -97,7 +102,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam", help="(default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=10, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=128, metavar="B", help="(default: %(default)s)")
-    p.add_argument("--data-seed", type=non_negative_int, default=0,
+    p.add_argument("--data-seed", type=seed_int, default=0,
                    help="data order of every setting (default: %(default)s)")
     p.add_argument("--chunk-size", type=positive_int, metavar="K",
                    help="at most K settings per compiled call (default: as many as fit in memory)")
@@ -188,6 +193,11 @@ def plot_study(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 def run_sweep(args: argparse.Namespace) -> int:
     """``jaxreg sweep``: the grid (or the study), its JSON and plot, the best setting."""
     out = args.out or Path("runs") / datetime.now(timezone.utc).strftime("sweep-%Y%m%d-%H%M%S")
+    last = args.seed + args.seeds - 1
+    if last >= SEED_LIMIT:
+        raise ValueError(f"--seed {args.seed} with --seeds {args.seeds} reaches seed {last}; "
+                         f"seeds are below 2**32 = {SEED_LIMIT}")
+    seeds = list(range(args.seed, last + 1))
     data, why = load_dataset(args.dataset, args.data_dir)
     print(why)
     model = models.get(args.model, data.num_classes)
@@ -203,7 +213,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         scaled = {"on": [True], "off": [False], "both": [False, True]}[args.batch_scaled]
         grid = {"l2": args.l2 or list(DEFAULT_GRID_L2), "l1": args.l1, "learning_rate": args.lr, "batch_scaled": scaled}
         name = "sweep"
-    result = sweep(model, data, grid, epochs=args.epochs, batch_size=args.batch_size, seeds=args.seeds,
+    result = sweep(model, data, grid, epochs=args.epochs, batch_size=args.batch_size, seeds=seeds,
                    optimizer=args.optimizer, data_seed=args.data_seed, chunk_size=args.chunk_size,
                    progress=not args.no_progress)
     rows = summarize(result)

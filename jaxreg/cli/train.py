@@ -2,8 +2,9 @@
 
 A run directory (``--out``, default ``runs/<UTC timestamp>``) holds::
 
-    config.json    the resolved settings, written before training; ``--resume`` and ``eval``
-                   rebuild the run from it, so a resumed run keeps its original settings
+    config.json    the resolved settings and the data's fingerprint, written once every
+                   setting is checked, before training; ``--resume`` and ``eval`` rebuild the
+                   run from it (a resumed run keeps its settings; only ``--epochs`` may grow)
     checkpoints/   orbax checkpoints after each epoch (:mod:`jaxreg.train.checkpoint`)
     metrics.json   written when training finishes: config, data source, timings, final test
                    and training metrics, per-epoch history, jax version and backend
@@ -27,6 +28,7 @@ from jax.experimental import multihost_utils
 
 from jaxreg.cli._common import (
     DEFAULT_L2,
+    check_run_data,
     fraction,
     load_dataset,
     mesh_spec,
@@ -37,17 +39,43 @@ from jaxreg.cli._common import (
     positive_int,
     read_config,
     readable_dir,
+    seed_int,
     write_json,
 )
 from jaxreg.cli.plots import plot_history
 from jaxreg.data import DATASETS, Dataset, load
-from jaxreg.train import checkpoint, distributed, fit, models
+from jaxreg.train import checkpoint, distributed, fit, make_optimizer, models
+from jaxreg.train._inputs import check_fit_inputs
 from jaxreg.train.fit import _split_data
 from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES
 
 PLATEAU_VALIDATION_SPLIT = 0.1
 """``--validation-split`` default with ``--plateau`` (which monitors ``val_loss``); without
 it the default is 0, training on the whole training split as seed 004 does."""
+
+DEFAULTS = dict(model="seed-mlp", epochs=10, batch_size=128, seed=0, optimizer="adam", lr=1e-3,
+                schedule="fixed", batch_scaled=True, l1=0.0, proximal=False, plateau=False,
+                plateau_factor=0.5, plateau_patience=2)
+"""Defaults of the flags that set a run's config. Their argparse default is ``None``, so that
+a flag given (even at its default value) can be told from one left out: ``--resume`` refuses
+the first, and ``--plateau-*`` without ``--plateau`` is refused."""
+RUN_SETTINGS = ("dataset", "validation_split", "model", "batch_size", "seed", "optimizer", "lr",
+                "schedule", "l2", "batch_scaled", "l1", "proximal", "plateau", "plateau_factor",
+                "plateau_patience")
+"""The flags (argparse ``dest``) stored in config.json, which ``--resume`` cannot change;
+``--epochs`` it can (to train a run further), ``--data-dir`` too (the same data elsewhere:
+the fingerprint must match), and the flags of the run group and of devices and processes."""
+
+
+def _flag(dest: str, value: Any = None) -> str:
+    """The command-line spelling of ``dest`` (``--no-batch-scaled`` for ``batch_scaled=False``)."""
+    return "--" + ("no-" if value is False else "") + dest.replace("_", "-")
+
+
+def setting(args: argparse.Namespace, dest: str) -> Any:
+    """Flag ``dest`` as given, or its default (:data:`DEFAULTS`)."""
+    value = getattr(args, dest)
+    return DEFAULTS[dest] if value is None else value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -68,55 +96,66 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                       help="default: fashion-mnist if its files are found locally (never "
                            "downloaded by default), else digits; stdout says which and why")
     data.add_argument("--data-dir", type=readable_dir, metavar="DIR",
-                      help="directory holding the IDX files (searched first)")
+                      help="directory holding the IDX files, the only place read (a missing "
+                           "or corrupt file is an error, never replaced by another copy)")
     data.add_argument("--validation-split", type=fraction, metavar="F",
                       help=f"hold out the last fraction F of the training split for val_* "
                            f"metrics (default: {PLATEAU_VALIDATION_SPLIT} with --plateau, else 0)")
 
     training = parser.add_argument_group("model and training")
-    training.add_argument("--model", choices=models.MODELS, default="seed-mlp",
+    training.add_argument("--model", choices=models.MODELS,
                           help="seed-mlp: Dense(50)+BN+Dense; keras-mlp: Dense(128)+BN, "
                                "Dense(64)+BN; small-cnn: 2 conv blocks + Dense(128); linear "
-                               "(default: %(default)s)")
-    training.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default: %(default)s)")
-    training.add_argument("--batch-size", type=positive_int, default=128, metavar="B",
-                          help="examples per step; the last partial batch is dropped (default: %(default)s)")
-    training.add_argument("--seed", type=non_negative_int, default=0,
-                          help="initialization and data-order seed (default: %(default)s)")
+                               f"(default: {DEFAULTS['model']})")
+    training.add_argument("--epochs", type=positive_int,
+                          help=f"training epochs (default: {DEFAULTS['epochs']}); with --resume, "
+                               f"more epochs train a run further")
+    training.add_argument("--batch-size", type=positive_int, metavar="B",
+                          help="examples per step; the last partial batch is dropped "
+                               f"(default: {DEFAULTS['batch_size']})")
+    training.add_argument("--seed", type=seed_int,
+                          help=f"initialization and data-order seed, 0 to 2**32 - 1 (default: "
+                               f"{DEFAULTS['seed']})")
 
     opt = parser.add_argument_group("optimizer")
-    opt.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
-                     help="momentum is SGD with momentum 0.9 (default: %(default)s)")
-    opt.add_argument("--lr", type=positive_float, default=1e-3, help="(initial) learning rate (default: %(default)s)")
-    opt.add_argument("--schedule", choices=SCHEDULES, default="fixed",
+    opt.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
+                     help=f"momentum is SGD with momentum 0.9 (default: {DEFAULTS['optimizer']})")
+    opt.add_argument("--lr", type=positive_float,
+                     help=f"(initial) learning rate (default: {DEFAULTS['lr']})")
+    opt.add_argument("--schedule", choices=SCHEDULES,
                      help="learning-rate schedule over the run: poly (linear to 0), step, cosine "
-                     "(default: %(default)s)")
+                          f"(default: {DEFAULTS['schedule']})")
 
     reg = parser.add_argument_group("regularization")
     reg.add_argument("--l2", type=non_negative_float, metavar="LAMBDA",
                      help=f"L2 strength on kernels, penalty LAMBDA/2 ||w||^2 (default: "
                           f"{DEFAULT_L2} batch-scaled, 0 with --no-batch-scaled)")
-    reg.add_argument("--batch-scaled", action=argparse.BooleanOptionalAction, default=True,
+    reg.add_argument("--batch-scaled", action=argparse.BooleanOptionalAction,
                      help="divide the L2 strength by the batch size at each step, LAMBDA/B "
                           "(default: on)")
-    reg.add_argument("--l1", type=non_negative_float, default=0.0, metavar="LAMBDA",
-                     help="L1 strength on kernels, penalty LAMBDA ||w||_1 (default: %(default)s)")
-    reg.add_argument("--proximal", action="store_true",
-                     help="apply L1 as a proximal soft-thresholding step (exact zeros) "
-                          "instead of a subgradient")
-    reg.add_argument("--plateau", action="store_true",
+    reg.add_argument("--l1", type=non_negative_float, metavar="LAMBDA",
+                     help=f"L1 strength on kernels, penalty LAMBDA ||w||_1 (default: "
+                          f"{DEFAULTS['l1']})")
+    reg.add_argument("--proximal", action="store_true", default=None,
+                     help="with --l1: apply L1 as a proximal soft-thresholding step (exact "
+                          "zeros) instead of a subgradient")
+    reg.add_argument("--plateau", action="store_true", default=None,
                      help="reduce the learning rate when val_loss stops improving")
-    reg.add_argument("--plateau-factor", type=open_fraction, default=0.5, metavar="F",
-                     help="with --plateau: multiply the learning rate by F (default: %(default)s)")
-    reg.add_argument("--plateau-patience", type=positive_int, default=2, metavar="N",
-                     help="with --plateau: after N epochs without improvement (default: %(default)s)")
+    reg.add_argument("--plateau-factor", type=open_fraction, metavar="F",
+                     help=f"with --plateau: multiply the learning rate by F (default: "
+                          f"{DEFAULTS['plateau_factor']})")
+    reg.add_argument("--plateau-patience", type=positive_int, metavar="N",
+                     help=f"with --plateau: after N epochs without improvement (default: "
+                          f"{DEFAULTS['plateau_patience']})")
 
     run = parser.add_argument_group("run")
     run.add_argument("--out", type=Path, metavar="DIR",
                      help="run directory (default: runs/<UTC timestamp>)")
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its latest checkpoint, with the "
-                          "settings of its config.json (a finished run is only re-reported)")
+                          "settings of its config.json, which other flags cannot change; "
+                          "--epochs N trains it (even a finished one) to N epochs; a finished "
+                          "run is otherwise only re-reported")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (default: a tqdm bar on stderr)")
 
     scale = parser.add_argument_group(
@@ -140,25 +179,53 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
-    """The run's settings, JSON-serializable; ``optimizer`` holds :func:`make_optimizer`'s
-    keyword arguments (``total_steps`` aside, which ``fit`` fills in)."""
+    """The run's settings, JSON-serializable, checked as ``fit`` would check them
+    (:func:`check_config`); ``optimizer`` holds :func:`make_optimizer`'s keyword arguments
+    (``total_steps`` aside, which ``fit`` fills in).
+
+    Raises:
+      ValueError: a flag that would do nothing (``--proximal`` without ``--l1``,
+        ``--plateau-*`` without ``--plateau``), or settings ``fit`` refuses.
+    """
+    plateau, l1, batch_scaled = (setting(args, k) for k in ("plateau", "l1", "batch_scaled"))
+    if args.proximal and not l1:
+        raise ValueError("--proximal needs --l1 > 0 (it is how the L1 penalty is applied)")
+    for dest in ("plateau_factor", "plateau_patience"):
+        if getattr(args, dest) is not None and not plateau:
+            raise ValueError(f"{_flag(dest)} needs --plateau")
     validation_split = args.validation_split
     if validation_split is None:
-        validation_split = PLATEAU_VALIDATION_SPLIT if args.plateau else 0.0
-    (x_fit, _), _, _ = _split_data(data, validation_split, None)
-    if len(x_fit) < args.batch_size:
-        raise ValueError(f"--batch-size {args.batch_size} exceeds the {data.name} examples left "
-                         f"for training (validation split {validation_split})")
-    l2 = args.l2 if args.l2 is not None else (DEFAULT_L2 if args.batch_scaled else 0.0)
-    plateau = dict(factor=args.plateau_factor, patience=args.plateau_patience) if args.plateau else None
-    return dict(
-        dataset=data.name, data_dir=None if args.data_dir is None else str(args.data_dir.absolute()),
-        model=args.model, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+        validation_split = PLATEAU_VALIDATION_SPLIT if plateau else 0.0
+    l2 = args.l2 if args.l2 is not None else (DEFAULT_L2 if batch_scaled else 0.0)
+    plateau = (dict(factor=setting(args, "plateau_factor"),
+                    patience=setting(args, "plateau_patience")) if plateau else None)
+    config = dict(
+        dataset=data.name,
+        data_dir=None if args.data_dir is None else str(args.data_dir.absolute()),
+        fingerprint=data.fingerprint, input_shape=list(data.x_train.shape[1:]),
+        num_classes=data.num_classes, model=setting(args, "model"), epochs=setting(args, "epochs"),
+        batch_size=setting(args, "batch_size"), seed=setting(args, "seed"),
         validation_split=validation_split,
-        optimizer=dict(name=args.optimizer, learning_rate=args.lr, schedule=args.schedule, l2=l2,
-                       l1=args.l1, batch_scaled=args.batch_scaled, proximal=args.proximal,
-                       plateau=plateau),
+        optimizer=dict(name=setting(args, "optimizer"), learning_rate=setting(args, "lr"),
+                       schedule=setting(args, "schedule"), l2=l2, l1=l1, batch_scaled=batch_scaled,
+                       proximal=setting(args, "proximal"), plateau=plateau),
     )
+    check_config(config, data)
+    return config
+
+
+def check_config(config: dict[str, Any], data: Dataset) -> None:
+    """Raises what ``fit`` would raise for the run ``config`` on ``data``, without training
+    (:func:`jaxreg.train._inputs.check_fit_inputs`, :func:`make_optimizer`): run before a
+    run directory is written or changed."""
+    model = models.get(config["model"], data.num_classes)
+    check_fit_inputs(model, config["optimizer"], data, epochs=config["epochs"],
+                     batch_size=config["batch_size"], seed=config["seed"],
+                     validation_split=config["validation_split"], validation_data=None, test=True,
+                     monitor="val_loss", accumulate=1, unroll=1, loss_fn=None)
+    (x_fit, _), _, _ = _split_data(data, config["validation_split"], None)
+    make_optimizer(**config["optimizer"],
+                   total_steps=config["epochs"] * (len(x_fit) // config["batch_size"]))
 
 
 def _fit(config: dict[str, Any], data: Dataset, run_dir: Path, *, epochs: int, resume: bool,
@@ -225,20 +292,54 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
             f"{score('train')}, {metrics['train_seconds']:.1f} s, {run_dir}")
 
 
+def _resumed_config(args: argparse.Namespace, config: dict[str, Any],
+                    run_dir: Path) -> dict[str, Any]:
+    """``config`` with what ``--resume`` may change applied (``--epochs``); ValueError for a
+    flag of :data:`RUN_SETTINGS`, or for fewer epochs than trained, or more with a schedule
+    other than ``fixed`` (its learning rate follows the epochs planned)."""
+    given = [_flag(d, getattr(args, d)) for d in RUN_SETTINGS if getattr(args, d) is not None]
+    if given:
+        raise ValueError(f"--resume cannot change {', '.join(given)}: a resumed run keeps the "
+                         f"settings of {run_dir / 'config.json'} (it can change --epochs, to "
+                         f"train further, and --data-dir, to the same data elsewhere)")
+    if args.epochs is None or args.epochs == config["epochs"]:
+        return config
+    schedule = config["optimizer"]["schedule"]
+    if schedule != "fixed":
+        raise ValueError(f"--resume cannot change --epochs of a run with --schedule {schedule}: "
+                         f"its learning rate follows the {config['epochs']} epochs planned")
+    mngr = checkpoint.manager(run_dir / "checkpoints")
+    trained = mngr.latest_step() or 0
+    mngr.close()
+    if args.epochs < trained:
+        raise ValueError(f"--epochs {args.epochs} is fewer than the {trained} epochs the run "
+                         f"has trained")
+    return {**config, "epochs": args.epochs}
+
+
 def run_train(args: argparse.Namespace) -> int:
-    """``jaxreg train``: a new run in ``--out``, or with ``--resume`` the run already there."""
+    """``jaxreg train``: a new run in ``--out``, or with ``--resume`` the run already there.
+    Everything is checked (flags, data, settings) before the run directory is written."""
     mesh = _join_and_mesh(args)
     if args.resume:
         if args.out is None:
             raise ValueError("--resume needs --out DIR, the run to continue")
         run_dir = args.out
-        config = read_config(run_dir)
-        if (run_dir / "metrics.json").exists():
+        saved = read_config(run_dir)
+        config = _resumed_config(args, saved, run_dir)
+        if config is saved and (run_dir / "metrics.json").exists():
             print(f"{run_dir} is finished; its metrics:")
             print(summary(json.loads((run_dir / "metrics.json").read_text()), run_dir))
             return 0
         data = load(config["dataset"], data_dir=args.data_dir or config["data_dir"])
-        print(f"resuming {run_dir} with its config.json; dataset: {data.name}, from {data.source}")
+        check_run_data(config, data, run_dir)
+        check_config(config, data)
+        if config is not saved and distributed.is_primary():
+            (run_dir / "metrics.json").unlink(missing_ok=True)  # no longer the run's last word
+            write_json(run_dir / "config.json", config)
+        print(f"resuming {run_dir} with its config.json"
+              + ("" if config is saved else f", to {config['epochs']} epochs")
+              + f"; dataset: {data.name}, from {data.source}")
     else:
         run_dir = args.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         if (run_dir / "config.json").exists():

@@ -16,13 +16,15 @@ This layer imports numpy (and scikit-learn for ``digits``) only, never the train
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 
 from jaxreg._extras import require_train
 from jaxreg.data import sources
-from jaxreg.data.idx import DataError, read_idx
+from jaxreg.data.idx import DataError, parse_idx, read_bytes, read_idx
 
 require_train("jaxreg.data")  # scikit-learn (digits); and this layer is the training side
 
@@ -42,6 +44,11 @@ class Dataset:
       num_classes: number of classes, or None for regression.
       source: where the data came from (a directory, "scikit-learn digits", "synthetic ...").
       task: "classification" or "regression".
+      fingerprint: a sha256 hex digest that identifies the data, recorded by a run so that
+        resuming or evaluating it on other data is refused. IDX datasets: the sha256 of the
+        lines ``"<stem> <sha256 of its IDX content>"`` of the four files in
+        :data:`sources.IDX_FILES` order (a ``.gz`` and a plain copy give the same); otherwise
+        (the default, ``None``): the sha256 of the four arrays' dtypes, shapes and bytes.
     """
 
     name: str
@@ -52,6 +59,16 @@ class Dataset:
     num_classes: int | None
     source: str
     task: str
+    fingerprint: str | None = None
+
+    def __post_init__(self):
+        if self.fingerprint is None:
+            digest = hashlib.sha256()
+            for a in (self.x_train, self.y_train, self.x_test, self.y_test):
+                a = np.ascontiguousarray(a)
+                digest.update(f"{a.dtype.str} {a.shape}\n".encode())
+                digest.update(a.tobytes())
+            object.__setattr__(self, "fingerprint", digest.hexdigest())
 
 
 def load(name: str, *, data_dir: str | os.PathLike | None = None, download: bool = True,
@@ -60,14 +77,16 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, download: bool
 
     Args:
       name: dataset name.
-      data_dir: directory holding the IDX files; searched first (IDX datasets only).
+      data_dir: directory holding the IDX files (IDX datasets only): the only place looked
+        at when given, never replaced by another copy (see :mod:`jaxreg.data.sources`).
       download: whether an IDX dataset found nowhere locally may be downloaded into the cache.
       seed: generator seed of ``synthetic-ridge``; the other datasets are fixed (the digits
         split uses a fixed seed so that results stay comparable across model seeds).
 
     Raises:
       ValueError: ``name`` is unknown.
-      DataError: the IDX files are missing, corrupt or inconsistent.
+      DataError: the IDX files are missing, corrupt (sha256), another dataset's, or
+        inconsistent (shapes, counts, labels); see :func:`_load_idx`.
     """
     if name in sources.IDX_SOURCES:
         return _load_idx(name, data_dir, download)
@@ -81,21 +100,35 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, download: bool
 
 
 def _load_idx(name: str, data_dir, download: bool) -> Dataset:
-    """Reads the four IDX files of an MNIST-format dataset (10 classes, uint8 images)."""
+    """Reads and checks the four IDX files of an MNIST-format dataset (10 classes).
+
+    Each file must be a valid IDX file matching its known sha256 (:func:`sources.verify`);
+    then, so that inconsistent files are refused here rather than at the end of a training
+    run: images are 3-d and labels 1-d unsigned bytes, as many labels as images, both splits
+    non-empty with images of one shape, labels in ``0..9``.
+    """
     directory, source = sources.locate(name, data_dir, download)
+    digests = []
+
+    def read(stem: str, ndim: int) -> tuple[Path, np.ndarray]:
+        path = sources.find_file(directory, stem)
+        raw, content = read_bytes(path)
+        array = parse_idx(content, path)  # first, as "not an IDX file" says more than a sum
+        digests.append(f"{stem} {sources.verify(name, stem, path, raw, content)}\n")
+        if array.ndim != ndim or array.dtype != np.uint8:
+            raise DataError(f"{path}: expected {ndim}-d unsigned bytes, got {array.ndim}-d "
+                            f"{array.dtype} with shape {array.shape}")
+        return path, array
 
     def split(prefix: str) -> tuple[np.ndarray, np.ndarray]:
-        images_path = sources.find_file(directory, f"{prefix}-images-idx3-ubyte")
-        labels_path = sources.find_file(directory, f"{prefix}-labels-idx1-ubyte")
-        images, labels = read_idx(images_path), read_idx(labels_path)
-        for path, array, ndim in ((images_path, images, 3), (labels_path, labels, 1)):
-            if array.ndim != ndim or array.dtype != np.uint8:
-                raise DataError(f"{path}: expected {ndim}-d unsigned bytes, got {array.ndim}-d "
-                                f"{array.dtype} with shape {array.shape}")
+        images_path, images = read(f"{prefix}-images-idx3-ubyte", 3)
+        labels_path, labels = read(f"{prefix}-labels-idx1-ubyte", 1)
         if len(images) != len(labels):
             raise DataError(f"{labels_path}: {len(labels)} labels for the {len(images)} "
                             f"images of {images_path}")
-        if labels.size and labels.max() >= 10:
+        if not len(images):
+            raise DataError(f"{images_path}: no images (an empty {prefix} split)")
+        if labels.max() >= 10:
             raise DataError(f"{labels_path}: label {labels.max()} outside 0..9")
         x = images[..., None].astype(np.float32)
         x /= 255.0
@@ -103,8 +136,12 @@ def _load_idx(name: str, data_dir, download: bool) -> Dataset:
 
     x_train, y_train = split("train")
     x_test, y_test = split("t10k")
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise DataError(f"{directory}: test images are {'x'.join(map(str, x_test.shape[1:3]))}, "
+                        f"training images {'x'.join(map(str, x_train.shape[1:3]))}")
+    fingerprint = hashlib.sha256("".join(digests).encode()).hexdigest()
     return Dataset(name, x_train, y_train, x_test, y_test, num_classes=10, source=source,
-                   task="classification")
+                   task="classification", fingerprint=fingerprint)
 
 
 def _load_digits() -> Dataset:

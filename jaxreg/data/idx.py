@@ -46,16 +46,21 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
       DataError: the file cannot be read or decompressed (truncated or corrupt gzip), or its
         header or payload length is invalid (see :func:`parse_idx`).
     """
+    return parse_idx(read_bytes(path)[1], path)
+
+
+def read_bytes(path: str | os.PathLike) -> tuple[bytes, bytes]:
+    """The bytes of file ``path`` and its IDX bytes (the same, or decompressed for ``.gz``).
+
+    Raises:
+      DataError: the file cannot be read or decompressed (truncated or corrupt gzip).
+    """
     path = Path(path)
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            data = path.read_bytes()
+        raw = path.read_bytes()
+        return raw, gzip.decompress(raw) if path.suffix == ".gz" else raw
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; truncation EOFError
         raise DataError(f"{path}: cannot read IDX file: {type(e).__name__}: {e}") from e
-    return parse_idx(data, path)
 
 
 def parse_idx(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:

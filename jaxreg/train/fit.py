@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from jaxreg._validate import require
 from jaxreg.train import checkpoint, distributed
+from jaxreg.train._inputs import check_fit_inputs
 from jaxreg.train.epoch import scan_epoch, stream_epoch
 from jaxreg.train.optimizer import (
     Optimizer,
@@ -176,9 +177,11 @@ def fit(
         data: a :class:`jaxreg.data.Dataset` (its test split is evaluated at the end when
             ``test``) or ``(x, y)`` arrays. Integer ``y`` means classification.
         epochs, batch_size, seed: each epoch takes ``len(x) // batch_size`` steps; the last
-            partial batch is dropped. ``seed`` fixes the initialization and the data order.
-        validation_split, validation_data: hold out the last fraction of ``(x, y)``, or use
-            the given ``(x, y)``, for the ``val_*`` metrics.
+            partial batch is dropped. ``seed`` (in ``[0, 2**32)``: JAX keys take 32 bits)
+            fixes the initialization and the data order.
+        validation_split, validation_data: hold out the last fraction of ``(x, y)``
+            (``round(len(x) * validation_split)`` examples, at least 1; 0: none), or use the
+            given ``(x, y)`` (then ``validation_split`` is 0), for the ``val_*`` metrics.
         loss_fn: per-example loss ``(outputs, targets) -> [B]``; default softmax cross-entropy
             for integer targets, squared error otherwise.
         monitor: the history key fed to the plateau transform after each epoch.
@@ -214,26 +217,29 @@ def fit(
             (:func:`jaxreg.train.train_step`); regularizers see the effective
             ``batch_size``, batch normalization updates its running averages per micro-batch.
 
+    Raises:
+        TypeError, ValueError: a bad argument, named with its value, before any work
+            (:func:`jaxreg.train._inputs.check_fit_inputs`).
+
     Returns:
         A :class:`FitResult`. ``history`` has per-epoch lists ``loss``, ``accuracy`` (integer
         targets), ``val_loss``, ``val_accuracy`` (with validation data), ``learning_rate``
         (times the plateau scale), ``l2_strength`` (divided by the batch size when batch-scaled),
         ``l1_strength``, ``skipped_steps`` and ``epoch_seconds``.
     """
+    check_fit_inputs(model, optimizer, data, epochs=epochs, batch_size=batch_size, seed=seed,
+                     validation_split=validation_split, validation_data=validation_data, test=test,
+                     monitor=monitor, accumulate=accumulate, unroll=unroll, loss_fn=loss_fn)
     (x, y), validation, test_data = _split_data(data, validation_split, validation_data)
     steps = len(x) // batch_size
-    require(steps > 0, "batch_size", f"at most the {len(x)} training examples", batch_size)
     opt = _resolve_optimizer(optimizer, total_steps=epochs * steps)
     if loss_fn is None:
         loss_fn = default_loss(y)
-    require(opt.plateau is None or not monitor.startswith("val_") or validation is not None,
-            "validation_split", f"> 0, or validation_data given: the plateau monitors {monitor!r}",
-            validation_split)
 
     mesh = distributed.default_mesh() if mesh is None else mesh
     devices = 1 if mesh is None else mesh.size
-    require(accumulate >= 1 and batch_size % (accumulate * devices) == 0, "batch_size",
-            f"a multiple of accumulate={accumulate} (>= 1) times the {devices} devices", batch_size)
+    require(batch_size % (accumulate * devices) == 0, "batch_size",
+            f"a multiple of accumulate={accumulate} times the {devices} devices", batch_size)
 
     step = functools.partial(train_step, model=model, tx=opt.tx, loss_fn=loss_fn, compute_dtype=compute_dtype,
                              accumulate=accumulate, skip_nonfinite=skip_nonfinite)

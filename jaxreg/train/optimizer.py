@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from jaxreg._validate import check_choice, message
+from jaxreg._validate import check_choice, check_hyperparam, message
 from jaxreg.transforms import (
     ReduceOnPlateauState,
     add_l1,
@@ -102,7 +102,7 @@ def make_optimizer(
     Args:
         name: ``adam``, ``adamw``, ``sgd`` or ``momentum`` (SGD with momentum 0.9);
             ``optimizer_kwargs`` go to the optax constructor (e.g. ``b1``, ``weight_decay``).
-        learning_rate: the initial learning rate ``eta_0``.
+        learning_rate: the initial learning rate ``eta_0`` (> 0), or an optax schedule.
         schedule, total_steps, schedule_kwargs: see :func:`learning_rate_schedule`.
         l2: strength of the L2 penalty ``l2/2 ||w||^2``, added through its gradient ``l2 w``
             before the optimizer (coupled with Adam, as Keras' kernel regularizer, whose
@@ -113,8 +113,15 @@ def make_optimizer(
         mask: which parameters the penalties apply to (:mod:`jaxreg.masks`); ``None``:
             kernels only.
         plateau: keyword arguments of :func:`jaxreg.reduce_on_plateau`, or ``None``.
+
+    Raises:
+        ValueError, TypeError: ``learning_rate`` not positive, ``l2`` or ``l1`` negative (or
+            not numbers), ``name`` or ``schedule`` unknown.
     """
     check_choice("name", name, OPTIMIZERS)
+    check_hyperparam("learning_rate", learning_rate, positive=True)  # a negative one ascends
+    check_hyperparam("l2", l2)
+    check_hyperparam("l1", l1)
     lr = learning_rate_schedule(learning_rate, schedule, total_steps, **(schedule_kwargs or {}))
     plateau_tx = None if plateau is None else reduce_on_plateau(**plateau)
     l2_on, l1_on = l2 != 0, l1 != 0  # the chain's structure is fixed here; the values stay injectable

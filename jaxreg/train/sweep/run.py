@@ -265,7 +265,7 @@ def _chunk_runner(plan: GroupPlan, run: _Run):
         if plan.schedule == "fixed":  # a schedule's learning rate is in its closure
             hyperparams["learning_rate"] = [s.learning_rate for s in settings]
         hyperparams = {k: jnp.asarray(v, jnp.float32) for k, v in hyperparams.items()}
-        states = init(jnp.asarray([s.seed for s in settings], jnp.int32), hyperparams, run.x[:1])
+        states = init(jnp.asarray([s.seed for s in settings], jnp.uint32), hyperparams, run.x[:1])
         history: dict[str, list] = {}
         for epoch in range(epochs):
             t0 = time.perf_counter()

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jaxreg._validate import (
+    SEED_LIMIT,
     check_bool,
     check_choice,
     check_fraction,
@@ -63,11 +64,11 @@ class Setting:
             check_real(name, value, positive=name == "learning_rate")
         check_bool("batch_scaled", self.batch_scaled)
         check_bool("proximal", self.proximal)
-        for name, minimum in (("seed", 0), ("batch_size", 1)):
+        for name, minimum, maximum in (("seed", 0, SEED_LIMIT - 1), ("batch_size", 1, None)):
             value = getattr(self, name)
             # exactly an integer: check_int alone would take 2.0
             require(isinstance(value, numbers.Integral), name, f"an integer >= {minimum}", value)
-            check_int(name, value, minimum)
+            check_int(name, value, minimum, maximum)  # seeds: 32 bits, as fit's
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
         kwargs = self.schedule_kwargs

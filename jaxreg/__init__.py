@@ -16,10 +16,22 @@ Layers, lowest first, one folder each; a lower layer never imports a higher one:
 __version__ = "0.1.0"
 
 from jaxreg import transforms
-from jaxreg.transforms import (ReduceOnPlateauState, ScheduleState, add_l1, add_l2,
-                               batch_scaled_l2, batch_scaled_strength, data_scaled_l1,
-                               data_scaled_l2, masks, penalties, proximal_elastic_net,
-                               proximal_l1, reduce_on_plateau, schedules)
+from jaxreg.transforms import (
+    ReduceOnPlateauState,
+    ScheduleState,
+    add_l1,
+    add_l2,
+    batch_scaled_l2,
+    batch_scaled_strength,
+    data_scaled_l1,
+    data_scaled_l2,
+    masks,
+    penalties,
+    proximal_elastic_net,
+    proximal_l1,
+    reduce_on_plateau,
+    schedules,
+)
 
 __all__ = [  # transforms.__all__ and the layers
     "ReduceOnPlateauState", "ScheduleState", "add_l1", "add_l2", "batch_scaled_l2",

@@ -39,7 +39,10 @@ def test_rows_are_well_formed(quick_run):
         for key in ("case", "config", "reference", "target"):
             assert isinstance(r[key], str) and r[key], (key, r)
         for key in ("jaxreg_s", "reference_s"):
-            assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, (key, r)
+            assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, (
+                key,
+                r,
+            )
         assert r["ratio"] == pytest.approx(r["jaxreg_s"] / r["reference_s"], rel=1e-12), r
 
 
@@ -51,5 +54,7 @@ def test_table_is_printed(quick_run):
     headers = [line for line in lines if line.split()[:3] == ["case", "config", "jaxreg"]]
     assert len(headers) == len(CASES)  # one table per case, so every case ran
     for r in results["rows"]:
-        assert any(line.split()[:1] == [r["case"]] and r["config"] in line and f"{r['ratio']:.3f}" in line
-                   for line in lines), r
+        assert any(
+            line.split()[:1] == [r["case"]] and r["config"] in line and f"{r['ratio']:.3f}" in line
+            for line in lines
+        ), r

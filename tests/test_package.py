@@ -24,7 +24,7 @@ def layer_of(module: str) -> int:
 
 
 def jaxreg_imports(path: Path) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names if a.name.startswith("jaxreg."))
@@ -51,7 +51,9 @@ def test_no_module_imports_a_higher_layer():
 
 
 def test_the_top_level_holds_only_the_layers():
-    entries = {p.stem for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
+    entries = {
+        p.stem for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()
+    }
     assert entries == {"__init__", *LAYER}
 
 

@@ -24,7 +24,8 @@ MASKS = {
 def reference(fn, mask):
     """sum of fn(w) over the leaves the mask selects, in float64 NumPy."""
     keep = jax.tree.leaves(MASKS[mask])
-    return sum(float(np.sum(fn(w))) for k, w in zip(keep, jax.tree.leaves(PARAMS_NP)) if k)
+    return sum(float(np.sum(fn(w))) for k, w in zip(keep, jax.tree.leaves(PARAMS_NP), strict=True)
+               if k)
 
 
 def as_jax(dtype):

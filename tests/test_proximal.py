@@ -133,7 +133,7 @@ def test_inject_hyperparams_vmap_and_dtype():
         return kernel + tx.update(STEP, tx.init(PARAMS), PARAMS)[0]["Dense_0"]["kernel"]
 
     got = jax.vmap(new_kernel)(strengths)
-    for s, row in zip(np.asarray(strengths), got):
+    for s, row in zip(np.asarray(strengths), got, strict=True):
         np.testing.assert_allclose(row, soft_threshold_reference(kernel, step_k, 0.5 * s, 1 + s),
                                    rtol=1e-6, atol=1e-7)
 

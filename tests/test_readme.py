@@ -8,7 +8,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def quick_start_commands() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Quick start", 1)[1]
-    block = re.search(r"```(?:bash|sh)?\n(.*?)```", section, re.S).group(1)
+    match = re.search(r"```(?:bash|sh)?\n(.*?)```", section, re.S)
+    assert match is not None, "no code block under '## Quick start' in README.md"
+    block = match.group(1)
     lines = (line.strip() for line in block.splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 

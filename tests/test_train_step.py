@@ -58,7 +58,9 @@ def test_mixed_precision_keeps_float32_state():
     step = jax.jit(functools.partial(train_step, model=model, tx=tx, compute_dtype=jnp.bfloat16))
     new, m = step(state, x, y)
     for tree in (new.params, new.batch_stats, new.opt_state):
-        assert {a.dtype for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)} == {np.dtype("float32")}
+        assert {
+            a.dtype for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)
+        } == {np.dtype("float32")}
     assert np.isfinite(float(m["loss"]))
     # the forward pass really ran in bf16: the loss differs from the float32 one
     _, m32 = jax.jit(functools.partial(train_step, model=model, tx=tx))(state, x, y)
@@ -72,13 +74,17 @@ def test_scan_epoch_equals_stream_epoch():
     tx = optax.adam(1e-2)
     step = functools.partial(train_step, model=model, tx=tx)
     key = jax.random.key(7)
-    scanned, m_scan = jax.jit(functools.partial(scan_epoch, step=step, batch_size=16), donate_argnums=0)(
-        create_train_state(model, tx, x[:1], seed=0), jnp.asarray(x), jnp.asarray(y), key)
+    scanned, m_scan = jax.jit(
+        functools.partial(scan_epoch, step=step, batch_size=16), donate_argnums=0
+    )(create_train_state(model, tx, x[:1], seed=0), jnp.asarray(x), jnp.asarray(y), key)
     calls = []
     streamed, m_stream = stream_epoch(create_train_state(model, tx, x[:1], seed=0), x, y, key,
                                       step=jax.jit(step, donate_argnums=0), batch_size=16,
                                       on_step=lambda: calls.append(1))
     assert len(calls) == 6 and m_scan["loss"].shape == (6,)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
-                 (scanned.params, scanned.batch_stats, m_scan), (streamed.params, streamed.batch_stats, m_stream))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+        (scanned.params, scanned.batch_stats, m_scan),
+        (streamed.params, streamed.batch_stats, m_stream),
+    )
     assert int(scanned.step) == int(streamed.step) == 6

@@ -9,9 +9,18 @@ from jaxreg import _validate as v
 
 
 def test_message_format():
-    assert v.message("patience", "an integer >= 0", -1) == "`patience` must be an integer >= 0; got patience=-1"
-    assert v.message("mode", "one of 'min', 'max'", "auto") == "`mode` must be one of 'min', 'max'; got mode='auto'"
-    assert v.message("batch_size", "> 0", jnp.asarray(-2)) == "`batch_size` must be > 0; got batch_size=-2"
+    assert (
+        v.message("patience", "an integer >= 0", -1)
+        == "`patience` must be an integer >= 0; got patience=-1"
+    )
+    assert (
+        v.message("mode", "one of 'min', 'max'", "auto")
+        == "`mode` must be one of 'min', 'max'; got mode='auto'"
+    )
+    assert (
+        v.message("batch_size", "> 0", jnp.asarray(-2))
+        == "`batch_size` must be > 0; got batch_size=-2"
+    )
 
 
 @pytest.mark.parametrize("check, good, bads", [

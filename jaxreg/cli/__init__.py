@@ -29,7 +29,14 @@ from jaxreg.cli import evaluate, sweep, train
 from jaxreg.data import DataError
 from jaxreg.data.sources import cache_root
 
-__all__ = ["COMMANDS", "ArgumentParser", "build_parser", "compile_cache", "compile_cache_dir", "main"]
+__all__ = [
+    "COMMANDS",
+    "ArgumentParser",
+    "build_parser",
+    "compile_cache",
+    "compile_cache_dir",
+    "main",
+]
 
 COMMANDS = [train, evaluate, sweep]
 """Command modules, each with ``add_parser(subparsers)``."""
@@ -75,10 +82,10 @@ def compile_cache(enabled: bool) -> Iterator[None]:
     of a command, every program cached whatever its compile time (jax's default skips those
     under 1 s, most of a small model's); the previous settings are restored afterwards, as
     ``main`` may be called from Python. A directory already configured for JAX wins."""
-    if not enabled or jax.config.jax_compilation_cache_dir is not None:
+    if not enabled or jax.config.values["jax_compilation_cache_dir"] is not None:
         yield
         return
-    min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+    min_seconds = jax.config.values["jax_persistent_cache_min_compile_time_secs"]
     jax.config.update("jax_compilation_cache_dir", str(compile_cache_dir()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     try:
@@ -97,8 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             with compile_cache(args.compile_cache):
                 return args.run(args)
         except (DataError, ValueError, OSError) as e:
-            args.parser.error("; ".join(line.strip() for line in str(e).splitlines() if line.strip())
-                              or type(e).__name__)
+            command_parser: argparse.ArgumentParser = args.parser  # the command's: its usage
+            command_parser.error(
+                "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+                or type(e).__name__
+            )
     except SystemExit as e:  # argparse's --help (0) and errors (2)
         return e.code if isinstance(e.code, int) else 1
     except KeyboardInterrupt:

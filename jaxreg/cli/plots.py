@@ -40,9 +40,11 @@ def plot_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike
     panels = [(name, [k for k in keys if history.get(k)]) for name, keys in PANELS]
     panels = [(name, keys) for name, keys in panels if keys]
     if not panels:
-        raise ValueError(f"nothing to plot: history has none of {[k for _, ks in PANELS for k in ks]}")
+        raise ValueError(
+            f"nothing to plot: history has none of {[k for _, ks in PANELS for k in ks]}"
+        )
     fig, axes = figure_row(len(panels), (4.2, 3.6))
-    for ax, (name, keys) in zip(axes, panels):
+    for ax, (name, keys) in zip(axes, panels, strict=True):
         for key in keys:
             values = list(history[key])
             ax.plot(range(1, len(values) + 1), values, marker=".",

@@ -112,6 +112,7 @@ def _load_idx(name: str, data_dir, download: bool) -> Dataset:
 
     def read(stem: str, ndim: int) -> tuple[Path, np.ndarray]:
         path = sources.find_file(directory, stem)
+        assert path is not None, f"{directory}/{stem}"  # sources.locate found all four files
         raw, content = read_bytes(path)
         array = parse_idx(content, path)  # first, as "not an IDX file" says more than a sum
         digests.append(f"{stem} {sources.verify(name, stem, path, raw, content)}\n")

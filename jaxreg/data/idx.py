@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 # IDX dtype codes (third byte of the magic number); multi-byte types are big-endian.
-_DTYPES = {
+_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),

@@ -52,7 +52,8 @@ def _pair(name: str, value: Any) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _splits(data: Any, validation_data: Any, test: bool) -> dict[str, tuple[np.ndarray, ...]]:
+def _splits(data: Any, validation_data: Any, test: bool
+            ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The named ``(x, y)`` arrays of a run: ``data`` (training), ``validation_data``,
     ``data`` test split (when ``test`` and ``data`` is a dataset)."""
     if isinstance(data, (tuple, list)):
@@ -88,9 +89,22 @@ def _outputs(model: Any, x: np.ndarray) -> jax.ShapeDtypeStruct:
             "`train: bool` to its __call__", type(model).__name__)) from e
 
 
-def check_fit_inputs(model: Any, optimizer: Any, data: Any, *, epochs: Any, batch_size: Any, seed: Any,
-                     validation_split: Any, validation_data: Any, test: bool, monitor: Any,
-                     accumulate: Any, unroll: Any, loss_fn: Any) -> None:
+def check_fit_inputs(
+    model: Any,
+    optimizer: Any,
+    data: Any,
+    *,
+    epochs: Any,
+    batch_size: Any,
+    seed: Any,
+    validation_split: Any,
+    validation_data: Any,
+    test: bool,
+    monitor: Any,
+    accumulate: Any,
+    unroll: Any,
+    loss_fn: Any,
+) -> None:
     """Raises TypeError/ValueError naming the first bad argument of :func:`jaxreg.train.fit`.
 
     Checked: ``epochs``, ``batch_size``, ``accumulate``, ``unroll`` integers >= 1; ``seed`` in

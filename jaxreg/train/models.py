@@ -205,7 +205,8 @@ class SmallCNN(nn.Module):
 
 
 class Linear(nn.Module):
-    """``Dense(num_classes)`` on the flattened input: with squared error and L2, ridge regression."""
+    """``Dense(num_classes)`` on the flattened input: with squared error and L2, ridge
+    regression."""
 
     num_classes: int = 1
 

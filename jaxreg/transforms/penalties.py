@@ -24,7 +24,7 @@ def _masked_sum(fn, params, mask) -> jax.Array:
     dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
     flags = jax.tree.leaves(masks.resolve(mask, params))
     total = jnp.zeros([], dtype)
-    for keep, w in zip(flags, jax.tree.leaves(params)):
+    for keep, w in zip(flags, jax.tree.leaves(params), strict=True):
         if keep:
             total = total + jnp.sum(fn(jnp.asarray(w).astype(dtype)))
     return total

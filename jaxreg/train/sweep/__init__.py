@@ -10,23 +10,23 @@ parameters, batch statistics, optimizer state and RNG key. The step and epoch fu
 those of :func:`jaxreg.train.fit`, so a setting's run is the ``fit`` run of that setting up to
 float rounding.
 
-What can be vmapped (the fields of :class:`Setting` marked ``vmapped``). The optimizer comes from :func:`jaxreg.train.make_optimizer`, which wraps
-its chain in :func:`optax.inject_hyperparams`: ``learning_rate``, ``l2`` and ``l1`` are arrays
-in the optimizer state, so one transformation serves all settings and each stacked state holds
-its own values. Batch-scaled L2 adds ``(l2 / b) w`` to the gradient at batch size ``b``; within
-a group ``b`` is fixed, so it is plain L2 with the *effective strength*
-(:func:`jaxreg.batch_scaled_strength`, ``l2 / b``; ``batch_scaled=False``: ``l2``), and on/off
-settings share the program. A zero penalty
-shares the chain of a non-zero one: ``g + 0 * w`` is ``g`` exactly (with ``proximal`` L1, a
-zero threshold gives ``(w + u) - w``, ``u`` up to rounding). Seeds are vmapped init keys:
-setting ``s`` starts from ``create_train_state(..., seed=s)``, as ``fit(seed=s)``.
+What can be vmapped (the fields of :class:`Setting` marked ``vmapped``). The optimizer comes from
+:func:`jaxreg.train.make_optimizer`, which wraps its chain in :func:`optax.inject_hyperparams`:
+``learning_rate``, ``l2`` and ``l1`` are arrays in the optimizer state, so one transformation serves
+all settings and each stacked state holds its own values. Batch-scaled L2 adds ``(l2 / b) w`` to the
+gradient at batch size ``b``; within a group ``b`` is fixed, so it is plain L2 with the *effective
+strength* (:func:`jaxreg.batch_scaled_strength`, ``l2 / b``; ``batch_scaled=False``: ``l2``), and
+on/off settings share the program. A zero penalty shares the chain of a non-zero one: ``g + 0 * w``
+is ``g`` exactly (with ``proximal`` L1, a zero threshold gives ``(w + u) - w``, ``u`` up to
+rounding). Seeds are vmapped init keys: setting ``s`` starts from ``create_train_state(...,
+seed=s)``, as ``fit(seed=s)``.
 
-What cannot (the ``static`` fields), and splits groups (run in turn, each compiled once): the batch size (array
-shapes), the optimizer and ``proximal`` (the chain's structure), the learning-rate schedule and
-its keyword arguments, and with a schedule other than ``fixed`` the learning rate too (a
-schedule is a Python closure over ``eta_0``, re-evaluated at every step), and ``bn_momentum``
-(a static attribute of the model: ``model.clone(bn_momentum=m)``, so the model needs a
-``bn_momentum`` field).
+What cannot (the ``static`` fields), and splits groups (run in turn, each compiled once): the batch
+size (array shapes), the optimizer and ``proximal`` (the chain's structure), the learning-rate
+schedule and its keyword arguments, and with a schedule other than ``fixed`` the learning rate too
+(a schedule is a Python closure over ``eta_0``, re-evaluated at every step), and ``bn_momentum`` (a
+static attribute of the model: ``model.clone(bn_momentum=m)``, so the model needs a ``bn_momentum``
+field).
 
 Data order. All settings, in all groups, see the same data stream: epoch ``e`` shuffles with
 ``fold_in(fold_in(key(data_seed), 1), e)``, the order of ``fit(seed=data_seed)``. Settings

@@ -18,7 +18,11 @@ MEMORY_FRACTION = 0.5
 
 
 def _nbytes(tree: Any) -> int:
-    return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, np.number))
+    return sum(
+        a.size * a.dtype.itemsize
+        for a in jax.tree.leaves(tree)
+        if jnp.issubdtype(a.dtype, np.number)
+    )
 
 
 def setting_bytes(model: Any, tx: optax.GradientTransformation, x: Any, batch_size: int) -> int:
@@ -33,8 +37,14 @@ def setting_bytes(model: Any, tx: optax.GradientTransformation, x: Any, batch_si
     xb = jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype)
 
     def intermediates(params, batch_stats, xb):
-        _, updates = model.apply({"params": params, "batch_stats": batch_stats}, xb, train=True,
-                                 mutable=True, capture_intermediates=True, rngs={"dropout": jax.random.key(0)})
+        _, updates = model.apply(
+            {"params": params, "batch_stats": batch_stats},
+            xb,
+            train=True,
+            mutable=True,
+            capture_intermediates=True,
+            rngs={"dropout": jax.random.key(0)},
+        )
         return updates.get("intermediates", {})
 
     activations = jax.eval_shape(intermediates, state.params, state.batch_stats, xb)
@@ -53,7 +63,9 @@ def device_free_bytes(device: jax.Device) -> int:
     return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
 
 
-def chunk_capacity(per_setting: int, data_bytes: int, device: jax.Device, num_devices: int = 1) -> int:
+def chunk_capacity(
+    per_setting: int, data_bytes: int, device: jax.Device, num_devices: int = 1
+) -> int:
     """How many settings a chunk may hold: per device
     ``(MEMORY_FRACTION * free - 2 * data) / per_setting`` (the data is on every device; twice,
     to leave room for a shuffled copy), at least 1, times ``num_devices``."""

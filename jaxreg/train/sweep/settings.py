@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 import numbers
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from jaxreg._validate import (
     SEED_LIMIT,
@@ -122,15 +122,23 @@ def expand(settings_or_grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str,
         if not settings_or_grid:
             raise ValueError("empty sweep grid: give at least one key with a list of values")
         for key, values in settings_or_grid.items():
-            if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Sequence) or not values:
-                raise ValueError(f"sweep grid key {key!r} needs a non-empty list of values; got {values!r}")
+            if (
+                isinstance(values, (str, bytes, Mapping))
+                or not isinstance(values, Sequence)
+                or not values
+            ):
+                raise ValueError(
+                    f"sweep grid key {key!r} needs a non-empty list of values; got {values!r}"
+                )
         keys = list(settings_or_grid)
-        settings = [dict(zip(keys, combo)) for combo in itertools.product(*settings_or_grid.values())]
+        combos = itertools.product(*settings_or_grid.values())
+        settings = [dict(zip(keys, combo, strict=True)) for combo in combos]
     else:
         settings = [dict(s) for s in settings_or_grid]
         if not settings:
             raise ValueError("empty list of sweep settings")
-    seed_list = list(range(seeds)) if isinstance(seeds, numbers.Integral) else list(seeds)
+    seed_list = (list(range(seeds)) if isinstance(seeds, numbers.Integral)
+                 else list(cast(Sequence[int], seeds)))
     if not seed_list:
         raise ValueError(f"sweep seeds must be a positive count or a non-empty list; got {seeds!r}")
     return [Setting.from_mapping({**defaults, **setting, "seed": seed})

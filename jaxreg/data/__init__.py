@@ -87,6 +87,14 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, download: bool
       ValueError: ``name`` is unknown.
       DataError: the IDX files are missing, corrupt (sha256), another dataset's, or
         inconsistent (shapes, counts, labels); see :func:`_load_idx`.
+
+    Examples:
+      scikit-learn's digits, bundled with it (no download): 8x8 float32 images:
+
+      >>> import jaxreg.data
+      >>> ds = jaxreg.data.load("digits")
+      >>> ds.x_train.shape, ds.x_test.shape, ds.x_train.dtype.name, ds.num_classes
+      ((1437, 8, 8, 1), (360, 8, 8, 1), 'float32', 10)
     """
     if name in sources.IDX_SOURCES:
         return _load_idx(name, data_dir, download)

@@ -1,5 +1,8 @@
 """Small flax (linen) models for the reference workloads, and a name registry.
 
+"Seed NNN" below is one of the project's numbered source documents: the documentation's page
+"The formulas and their sources" (``docs/formulas.md``) says what each asks for.
+
 Every model takes ``__call__(x, train: bool)`` and returns logits ``[batch, num_classes]``
 (``num_classes=1`` gives one output per example, for regression). Images ``[N, H, W, C]`` are
 flattened by the MLPs. In training, batch normalization uses the batch statistics and updates
@@ -87,9 +90,9 @@ def im2col_conv(lhs: jax.Array, rhs: jax.Array, window_strides, padding, *, lhs_
     and multiplied by ``rhs.reshape(kh kw C, O)`` (the same ``(i, j, c)`` order). Equal to
     ``lax.conv_general_dilated`` to float rounding, gradients included (autodiff of a pad, slices
     and a dot). The reason: XLA CPU runs a convolution inside a loop (``lax.scan``, as
-    :func:`jaxreg.train.scan_epoch` runs the steps) about 30x slower than the same convolution
-    outside one, while a dot in a loop keeps its speed. Pass it to ``flax.linen.Conv`` as
-    ``conv_general_dilated=im2col_conv`` (same parameters).
+    :func:`jaxreg.train.scan_epoch` runs the steps) much slower than the same convolution
+    outside one, while a dot in a loop keeps its speed (figures: ``benchmarks/RESULTS.md``).
+    Pass it to ``flax.linen.Conv`` as ``conv_general_dilated=im2col_conv`` (same parameters).
 
     Args:
       lhs: ``[N, H, W, C]``. rhs: ``[kh, kw, C, O]``.
@@ -139,9 +142,9 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     ``y[n, i, j, c] = max(x[n, 2i + a, 2j + b, c] for a, b in {0, 1}^2)``, a reshape and a
     reduction. The gradient is ``flax``'s exactly: each output's cotangent goes to the *first*
     maximum of its window in row-major order ``(0, 0), (0, 1), (1, 0), (1, 1)`` (XLA's
-    select-and-scatter with ``>=``), so ties (as after ``relu``) are treated the same. Written
-    out as four masked selects it is 10-50x faster on XLA CPU than the select-and-scatter that
-    ``max_pool``'s gradient lowers to (which took half of a SmallCNN training step).
+    select-and-scatter with ``>=``), so ties (as after ``relu``) are treated the same, written
+    out as four masked selects instead of the select-and-scatter that ``max_pool``'s gradient
+    lowers to, which is slow on XLA CPU (figures: ``benchmarks/RESULTS.md``).
 
     Args:
       x: ``[N, H, W, C]``.
@@ -183,9 +186,10 @@ class SmallCNN(nn.Module):
     followed by ``Dense(128) -> relu -> Dense(num_classes)``.
 
     On CPU the convolutions are :func:`im2col_conv` and the pooling :func:`max_pool_2x2`
-    (flax's ``Conv`` and ``max_pool`` to float rounding, same variables): XLA CPU's convolution
-    in a scanned epoch and ``max_pool``'s select-and-scatter gradient made a training step ~5 s
-    at batch 128. Other backends keep ``lax.conv_general_dilated`` (cuDNN on GPU).
+    (flax's ``Conv`` and ``max_pool`` to float rounding, same variables), because XLA CPU's
+    convolution in a scanned epoch and ``max_pool``'s select-and-scatter gradient are slow
+    there (see ``benchmarks/RESULTS.md``). Other backends keep ``lax.conv_general_dilated``
+    (cuDNN on GPU).
     """
 
     num_classes: int = 10

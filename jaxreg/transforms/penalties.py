@@ -1,7 +1,9 @@
 """Weight penalties as functions of the params: the ``R(w)`` that the transforms differentiate.
 
-Seed 003 writes the regularized objective as ``J(w) = L(w) + lambda/2 * R(w)`` with
-``R(w) = sum w^2``; these functions are the unit penalties, without strength:
+Seed 003 (one of the project's numbered source documents, see the documentation's page "The
+formulas and their sources", ``docs/formulas.md``) writes the regularized objective as
+``J(w) = L(w) + lambda/2 * R(w)`` with ``R(w) = sum w^2``; these functions are the unit
+penalties, without strength:
 
 * :func:`l2`: ``sum w^2`` over the masked leaves (so ``jax.grad`` of ``s/2 * l2`` is
   ``s * w``, what :func:`jaxreg.add_l2` ``(s)`` adds);
@@ -39,6 +41,12 @@ def l2(params, mask: masks.Mask = None) -> jax.Array:
 
     Returns:
       A scalar in the default float dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> params = {"kernel": jnp.array([1.0, -2.0]), "bias": jnp.array([3.0])}
+      >>> float(jaxreg.penalties.l2(params)), float(jaxreg.penalties.l2(params, mask="all"))
+      (5.0, 14.0)
     """
     return _masked_sum(jnp.square, params, mask)
 

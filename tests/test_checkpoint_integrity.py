@@ -1,0 +1,159 @@
+"""Checkpoint integrity: every step has an integrity record; a damaged newest step is reported by
+name and the newest intact one restored; a checkpoint of another run is refused."""
+import json
+import shutil
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxreg.train import checkpoint
+
+STATE = {"w": jnp.arange(50 * 64, dtype=jnp.float32).reshape(50, 64), "b": jnp.zeros(3)}
+RUN = {"model": "SeedMLP()", "batch_size": 64}
+
+
+def _state(k):
+    return jax.tree.map(lambda a: a + k, STATE)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["sync", "async"])
+def saved(request, tmp_path_factory):
+    """Three epochs saved (keep=3), the pristine copy to damage."""
+    directory = tmp_path_factory.mktemp("ckpt")
+    mngr = checkpoint.manager(directory, keep=3, asynchronous=request.param)
+    for k in (1, 2, 3):
+        checkpoint.save(mngr, k, _state(k), {"loss": [float(i) for i in range(k)]}, run=RUN)
+    mngr.close()
+    return directory
+
+
+def _largest_data_file(step_dir):
+    return max((p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in p.as_posix()),
+               key=lambda p: p.stat().st_size)
+
+
+def _flip(step_dir):  # 14.1: four bytes overwritten inside the step's orbax data file
+    path = _largest_data_file(step_dir)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 4] = bytes(255 - b for b in data[len(data) // 2: len(data) // 2 + 4])
+    path.write_bytes(bytes(data))
+    return path.relative_to(step_dir).as_posix()
+
+
+def _truncate(step_dir):
+    path = _largest_data_file(step_dir)
+    path.write_bytes(path.read_bytes()[:10])
+    return path.relative_to(step_dir).as_posix()
+
+
+def _delete_history(step_dir):
+    shutil.rmtree(step_dir / "history")
+    return "history/"
+
+
+def _empty(step_dir):
+    shutil.rmtree(step_dir)
+    step_dir.mkdir()
+    return "integrity.json"
+
+
+def _delete_manifest(step_dir):
+    (step_dir / "state" / "manifest.ocdbt").unlink()
+    return "state/manifest.ocdbt"
+
+
+def _delete_metadata(step_dir):
+    (step_dir / "state" / "_METADATA").unlink()
+    return "state/_METADATA"
+
+
+def _garbage_json(step_dir):
+    (step_dir / "history" / "metadata").write_text("{garbage")
+    return "history/metadata"
+
+
+def _garbage_step_metadata(step_dir):
+    (step_dir / "_CHECKPOINT_METADATA").write_text("{garbage")
+    return "_CHECKPOINT_METADATA"
+
+
+def _delete_record(step_dir):
+    (step_dir / checkpoint.RECORD).unlink()
+    return "integrity.json"
+
+
+DAMAGES = [_flip, _truncate, _delete_history, _empty, _delete_manifest, _delete_metadata,
+           _garbage_json, _garbage_step_metadata, _delete_record]
+
+
+def test_every_step_has_a_record_that_verifies(saved):
+    for k in (1, 2, 3):
+        assert checkpoint.verify(saved / str(k)) is None
+        record = json.loads((saved / str(k) / checkpoint.RECORD).read_text())
+        assert any(name.startswith("state/") for name in record["files"])
+    restored = checkpoint.restore_latest(checkpoint.manager(saved), STATE, run=RUN)
+    epoch, state, history = restored
+    assert epoch == 3 and history == {"loss": [0.0, 1.0, 2.0]}
+    np.testing.assert_array_equal(state["w"], _state(3)["w"])
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=lambda f: f.__name__.strip("_"))
+def test_damaged_latest_falls_back_to_the_previous_step(saved, tmp_path, damage):
+    directory = tmp_path / "ckpt"
+    shutil.copytree(saved, directory)
+    what = damage(directory / "3")
+    mngr = checkpoint.manager(directory)
+    with pytest.warns(checkpoint.CheckpointWarning) as record:
+        epoch, state, history = checkpoint.restore_latest(mngr, STATE, run=RUN)
+    assert epoch == 2 and history == {"loss": [0.0, 1.0]}
+    np.testing.assert_array_equal(state["w"], _state(2)["w"])
+    (message,) = [str(w.message) for w in record]
+    assert "\n" not in message
+    assert f"{directory / '3'} is damaged" in message and what.rstrip("/") in message, message
+    assert f"restored {directory / '2'} (epoch 2)" in message
+
+
+def test_set_aside_renames_the_damaged_step_so_training_can_save_it_again(saved, tmp_path):
+    directory = tmp_path / "ckpt"
+    shutil.copytree(saved, directory)
+    _flip(directory / "3")
+    mngr = checkpoint.manager(directory, keep=3)
+    with pytest.warns(checkpoint.CheckpointWarning, match="renamed"):
+        epoch, state, _ = checkpoint.restore_latest(mngr, STATE, set_aside=True)
+    assert epoch == 2 and (directory / "3.damaged").is_dir() and not (directory / "3").exists()
+    checkpoint.save(mngr, 3, _state(30), {"loss": []}, run=RUN)
+    mngr.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        epoch, state, _ = checkpoint.restore_latest(checkpoint.manager(directory), STATE)
+    assert epoch == 3
+    np.testing.assert_array_equal(state["w"], _state(30)["w"])
+
+
+def test_all_damaged_raises_naming_each_step(saved, tmp_path):
+    directory = tmp_path / "ckpt"
+    shutil.copytree(saved, directory)
+    for k in (1, 2, 3):
+        _flip(directory / str(k))
+    with pytest.raises(checkpoint.CheckpointError, match="no intact checkpoint") as error:
+        checkpoint.restore_latest(checkpoint.manager(directory), STATE)
+    for k in (1, 2, 3):
+        assert f"{directory / str(k)} is damaged" in str(error.value)
+
+
+def test_a_checkpoint_of_another_run_is_refused_naming_what_differs(saved):
+    other = {"model": "SeedMLP()", "batch_size": 32}
+    with pytest.raises(checkpoint.CheckpointError, match=r"batch_size: 64 -> 32"):
+        checkpoint.restore_latest(checkpoint.manager(saved), STATE, run=other)
+
+
+def test_empty_directory_restores_nothing(tmp_path):
+    assert checkpoint.restore_latest(checkpoint.manager(tmp_path), STATE) is None
+
+
+def test_differences():
+    assert checkpoint.differences({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 4}) == ["b: 2 -> 3", "c: (none) -> 4"]
+    assert checkpoint.differences(RUN, dict(RUN)) == []

@@ -157,3 +157,19 @@ def test_empty_directory_restores_nothing(tmp_path):
 def test_differences():
     assert checkpoint.differences({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 4}) == ["b: 2 -> 3", "c: (none) -> 4"]
     assert checkpoint.differences(RUN, dict(RUN)) == []
+
+
+def test_fingerprint_describes_settings_stably():
+    from jaxreg.train import models
+    x = np.zeros((100, 8, 8, 1), np.float32)
+    a = checkpoint.fingerprint(model=models.SeedMLP(num_classes=10), optimizer={"name": "adam", "l2": 0.1},
+                               batch_size=64, train_data=(x, np.zeros(100, np.int32)), fn=jnp.tanh)
+    assert a["train_data"] == "(float32[100, 8, 8, 1], int32[100])"
+    assert a["optimizer"] == "{l2: 0.1, name: 'adam'}" and a["batch_size"] == "64"
+    assert " at 0x" not in a["model"] and "\n" not in a["model"]
+    b = checkpoint.fingerprint(model=models.SeedMLP(num_classes=10), optimizer={"l2": 0.1, "name": "adam"},
+                               batch_size=64, train_data=(x, np.zeros(100, np.int32)), fn=jnp.tanh)
+    assert json.loads(json.dumps(a)) == b
+    c = checkpoint.fingerprint(model=models.SeedMLP(num_classes=3))
+    assert checkpoint.differences({"model": a["model"]}, c) == [
+        f"model: {a['model']} -> {c['model']}"] and a["model"] != c["model"]

@@ -46,7 +46,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "CheckpointWarning", "RECORD", "differences", "finish", "manager",
+__all__ = ["CheckpointError", "CheckpointWarning", "RECORD", "differences", "fingerprint", "finish", "manager",
            "restore_latest", "save", "step_dirs", "verify"]
 
 RECORD = "integrity.json"
@@ -192,9 +192,35 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state: Any, history: dict[str,
     mngr._recorder.start()
 
 
+def _describe(value: Any) -> str:
+    """A stable one-line description: arrays by dtype and shape, containers element-wise,
+    anything else by its ``repr`` without memory addresses."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"{value.dtype}{list(value.shape)}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in sorted(value.items(), key=str)) + "}"
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return "(" + ", ".join(_describe(v) for v in value) + ")"
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+    return " ".join(re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value)).split())
+
+
+def fingerprint(**settings: Any) -> dict[str, str]:
+    """A run's configuration as ``{name: description}`` (JSON; see :func:`differences`):
+    e.g. ``fingerprint(model=model, batch_size=128, train_data=(x, y))``; arrays are described
+    by dtype and shape, other values by their ``repr`` (without memory addresses), so two
+    fingerprints are equal when the settings are."""
+    return {name: _describe(value) for name, value in settings.items()}
+
+
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``"key: saved -> current"`` for each key of two run fingerprints that differs."""
-    return [f"{k}: {saved.get(k, '(none)')} -> {current.get(k, '(none)')}"
+    """``"key: saved -> current"`` for each key of two run fingerprints that differs (long
+    values shortened)."""
+    def short(value: Any) -> str:
+        text = str(value)
+        return text if len(text) <= 80 else f"{text[:38]}...{text[-38:]}"
+    return [f"{k}: {short(saved.get(k, '(none)'))} -> {short(current.get(k, '(none)'))}"
             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
 
 

@@ -14,26 +14,17 @@ Layers, lowest first, one folder each; a lower layer never imports a higher one:
 
 __version__ = "0.1.0"
 
-from jaxreg.transforms import (
-    ReduceOnPlateauState,
-    ScheduleState,
-    add_l1,
-    add_l2,
-    batch_scaled_l2,
-    data_scaled_l1,
-    data_scaled_l2,
-    masks,
-    penalties,
-    proximal_elastic_net,
-    proximal_l1,
-    reduce_on_plateau,
-    schedules,
-)
+from jaxreg import transforms
+from jaxreg.transforms import (ReduceOnPlateauState, ScheduleState, add_l1, add_l2,
+                               batch_scaled_l2, batch_scaled_strength, data_scaled_l1,
+                               data_scaled_l2, masks, penalties, proximal_elastic_net,
+                               proximal_l1, reduce_on_plateau, schedules)
 
-__all__ = [
-    "ReduceOnPlateauState", "ScheduleState", "add_l1", "add_l2", "batch_scaled_l2", "cli", "data",
-    "data_scaled_l1", "data_scaled_l2", "masks", "models", "nn", "penalties",
-    "proximal_elastic_net", "proximal_l1", "reduce_on_plateau", "schedules", "train",
+__all__ = [  # transforms.__all__ and the layers
+    "ReduceOnPlateauState", "ScheduleState", "add_l1", "add_l2", "batch_scaled_l2",
+    "batch_scaled_strength", "cli", "data", "data_scaled_l1", "data_scaled_l2", "masks", "models",
+    "nn", "penalties", "proximal_elastic_net", "proximal_l1", "reduce_on_plateau", "schedules",
+    "train", "transforms",
 ]
 
 # The higher layers are imported on first use (``jaxreg.nn``, ``jaxreg.train``, ...), so that

@@ -1,12 +1,31 @@
-"""Argument validation shared by every layer (the lowest module of the package).
+"""Argument validation for every layer: one module, one message format.
 
-``check_hyperparam`` validates a transform's strength (a number, a schedule or a traced value);
-``check_real`` and ``check_int`` validate plain Python arguments that are always concrete.
+Every error about a bad argument reads ::
+
+    `<name>` must be <condition>; got <name>=<value>
+
+(:func:`message`), e.g. "`patience` must be an integer >= 0; got patience=-1": the argument
+named as the caller wrote it, the condition it breaks, the value received (``repr`` for
+strings and containers, ``str`` for numbers and arrays). Errors are raised at construction
+time, before any state changes. ``ValueError`` for a bad value, ``TypeError`` for a bad type.
+
+The API, for any layer (this module imports nothing of jaxreg):
+
+* :func:`message` ``(name, condition, value) -> str``: the format itself;
+* :func:`require` ``(ok, name, condition, value, error=ValueError)``: raise unless ``ok``;
+* :func:`check_real` ``(name, value, *, positive=False) -> float``: finite, >= 0 (> 0);
+* :func:`check_int` ``(name, value, minimum) -> int``: an integer >= ``minimum`` (not a bool);
+* :func:`check_fraction` ``(name, value, *, closed=False) -> float``: in (0, 1) or [0, 1];
+* :func:`check_choice` ``(name, value, choices)``: one of ``choices``;
+* :func:`check_bool` ``(name, value) -> bool``: ``True`` or ``False``;
+* :func:`check_hyperparam` ``(name, value, *, schedule=True, positive=False, integer=False)``:
+  a transform's strength, which may also be an optax schedule or a traced value.
 """
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -14,29 +33,73 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def check_real(name: str, value: float, *, positive: bool = False) -> float:
-    """Returns ``float(value)``; ValueError naming ``name`` if NaN/inf or negative (or zero)."""
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        need = "positive" if positive else "non-negative"
-        raise ValueError(f"`{name}` must be a finite {need} number, got {value}.")
+def _show(value: Any) -> str:
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        return str(value)
+    return repr(value)
+
+
+def message(name: str, condition: str, value: Any) -> str:
+    """The package's one error format: "`name` must be condition; got name=value"."""
+    return f"`{name}` must be {condition}; got {name}={_show(value)}"
+
+
+def require(ok: bool, name: str, condition: str, value: Any, error: type[Exception] = ValueError
+            ) -> None:
+    """Raises ``error(message(name, condition, value))`` unless ``ok``."""
+    if not ok:
+        raise error(message(name, condition, value))
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_real(name: str, value: Any, *, positive: bool = False) -> float:
+    """Returns ``float(value)``; ValueError unless finite and >= 0 (> 0 if ``positive``)."""
+    number = float(value)
+    require(math.isfinite(number) and number >= 0 and not (positive and number == 0),
+            name, f"a finite {'positive' if positive else 'non-negative'} number", value)
+    return number
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """Returns ``int(value)``; ValueError unless an integer >= ``minimum``. A bool is refused
+    (``True`` would pass ``>= 0``); an integral float such as ``2.0`` is accepted."""
+    ok = not isinstance(value, bool) and float(value).is_integer() and value >= minimum
+    require(ok, name, f"an integer >= {minimum}", value)
+    return int(value)
+
+
+def check_fraction(name: str, value: Any, *, closed: bool = False) -> float:
+    """Returns ``float(value)``; ValueError unless in ``(0, 1)`` (``[0, 1]`` if ``closed``)."""
+    condition = "a number in [0, 1]" if closed else "a number in (0, 1)"
+    ok = _is_real(value) and (0 <= value <= 1 if closed else 0 < value < 1)
+    require(ok, name, condition, value)
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
+    """Returns ``value``; ValueError unless it is one of ``choices``."""
+    choices = list(choices)
+    require(value in choices, name, "one of " + ", ".join(map(repr, choices)), value)
     return value
 
 
-def check_int(name: str, value: int, minimum: int) -> int:
-    """Returns ``int(value)``; ValueError naming ``name`` unless an integer >= ``minimum``."""
-    if isinstance(value, bool) or not float(value).is_integer() or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value}.")
-    return int(value)
+def check_bool(name: str, value: Any) -> bool:
+    """Returns ``value``; ValueError unless it is ``True`` or ``False``."""
+    require(isinstance(value, bool), name, "True or False", value)
+    return value
 
 
 def check_hyperparam(name: str, value: Any, *, schedule: bool = True, positive: bool = False,
                      integer: bool = False) -> None:
-    """Validate a scalar hyperparameter at construction time.
+    """Validate a transform's scalar hyperparameter at construction time.
 
     Args:
       name: the argument name, used in the error message.
-      value: the value given by the user.
+      value: the value given by the user: a number, a 0-d array, a tracer (checked for type
+        and shape only) or, when ``schedule``, a callable (an optax schedule, not checked).
       schedule: whether a callable (optax schedule) is allowed.
       positive: require ``value > 0`` instead of ``value >= 0``.
       integer: require an integer (e.g. a number of examples).
@@ -45,20 +108,17 @@ def check_hyperparam(name: str, value: Any, *, schedule: bool = True, positive: 
       TypeError: not a real scalar (or schedule), or not an integer when ``integer``.
       ValueError: a concrete value that is negative (or zero when ``positive``), NaN or Inf.
     """
-    if callable(value):
-        if schedule:
-            return
-        raise TypeError(f"`{name}` must be a number, not a callable: got {value!r}")
     kind = "an integer" if integer else ("a number or a schedule" if schedule else "a number")
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray, np.generic,
-                                                         jax.Array)):
-        raise TypeError(f"`{name}` must be {kind}; got {type(value).__name__}: {value!r}")
+    if callable(value):
+        require(schedule, name, f"{kind}, not a callable", value, TypeError)
+        return
+    require(not isinstance(value, bool) and isinstance(
+        value, (numbers.Real, np.ndarray, np.generic, jax.Array)), name, kind, value, TypeError)
     dtype = np.dtype(value.dtype) if hasattr(value, "dtype") else np.result_type(value)
-    if jnp.ndim(value) != 0 or dtype.kind not in ("iu" if integer else "iuf"):
-        raise TypeError(f"`{name}` must be {kind} (a scalar); got {value!r}")
+    require(jnp.ndim(value) == 0 and dtype.kind in ("iu" if integer else "iuf"),
+            name, f"{kind} (a scalar)", value, TypeError)
     if isinstance(value, jax.core.Tracer):
         return
     number = float(value)
-    if not math.isfinite(number) or number < 0 or (positive and number == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"`{name}` must be finite and {bound}; got {name}={value}")
+    require(math.isfinite(number) and number >= 0 and not (positive and number == 0),
+            name, f"finite and {'> 0' if positive else '>= 0'}", value)

@@ -37,5 +37,18 @@ def test_linear_for_regression():
 
 
 def test_unknown_model():
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="`name` must be one of 'linear', 'seed-mlp'.*got name='resnet'"):
         models.get("resnet")
+
+
+@pytest.mark.parametrize("config, hidden", [(models.SeedMLP, (50,)), (models.KerasMLP, (128, 64))])
+def test_seed_and_keras_mlps_are_configurations_of_one_mlp(config, hidden):
+    x = jax.random.uniform(jax.random.key(0), (4, 6, 6, 1))
+    variables = config().init(jax.random.key(1), x, train=False)
+    same = models.MLP(hidden=hidden)
+    assert jax.tree.structure(same.init(jax.random.key(1), x, train=False)) == jax.tree.structure(variables)
+    for train in (False, True):
+        out = config().apply(variables, x, train=train, mutable=["batch_stats"] if train else False)
+        ref = same.apply(variables, x, train=train, mutable=["batch_stats"] if train else False)
+        assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), out, ref))
+    assert isinstance(config(), models.MLP) and models.SeedMLP(hidden=8).hidden == 8

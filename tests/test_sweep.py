@@ -17,7 +17,8 @@ from jaxreg.data import load
 from jaxreg.train.models import Linear, SeedMLP
 from jaxreg.nn import BatchNorm
 from jaxreg.train import fit
-from jaxreg.train.sweep import _chunks, chunk_capacity, expand, group_key, sweep
+from jaxreg.train.sweep import chunk_capacity, expand, group_key, sweep
+from jaxreg.train.sweep.memory import chunk_layout
 
 MODEL = SeedMLP(hidden=16)
 # seed 1 is the data seed: settings with seed 1 are exactly fit(seed=1); the seed-0 setting
@@ -151,14 +152,14 @@ def test_incompatible_settings_run_in_groups():
     ([], "empty list"),
     ({"l2": []}, "'l2' needs a non-empty list"),
     ({"l2": 0.1}, "'l2' needs a non-empty list"),
-    ({"l2": [0.0, -1e-3]}, "'l2' must be a non-negative number; got -0.001"),
-    ({"learning_rate": [0.0]}, "'learning_rate' must be a positive number; got 0.0"),
-    ({"lambda": [1.0]}, "unknown sweep key 'lambda'"),
-    ([{"l1": float("nan")}], "'l1' must be a non-negative number"),
-    ({"batch_scaled": ["on"]}, "'batch_scaled' must be true or false"),
-    ({"seed": [-1]}, "'seed' must be a non-negative integer"),
-    ({"optimizer": ["lbfgs"]}, "'optimizer' must be one of"),
-    ({"batch_size": [1000]}, "'batch_size' must not exceed the 96 training examples"),
+    ({"l2": [0.0, -1e-3]}, "`l2` must be a finite non-negative number; got l2=-0.001"),
+    ({"learning_rate": [0.0]}, "`learning_rate` must be a finite positive number; got learning_rate=0.0"),
+    ({"lambda": [1.0]}, r"`lambda` must be a sweep setting key \(one of learning_rate, l2, .*\); got lambda=1.0"),
+    ([{"l1": float("nan")}], "`l1` must be a finite non-negative number; got l1=nan"),
+    ({"batch_scaled": ["on"]}, "`batch_scaled` must be True or False; got batch_scaled='on'"),
+    ({"seed": [-1]}, "`seed` must be an integer >= 0; got seed=-1"),
+    ({"optimizer": ["lbfgs"]}, "`optimizer` must be one of 'adam', .*; got optimizer='lbfgs'"),
+    ({"batch_size": [1000]}, "`batch_size` must be at most the 96 training examples; got batch_size=1000"),
 ])
 def test_bad_specs_raise_value_error_naming_the_key(spec, match):
     xy = (np.zeros((96, 5), np.float32), np.zeros(96, np.int32))
@@ -172,7 +173,7 @@ def test_chunk_capacity_from_device_memory():
     assert chunk_capacity(per_setting=10**6, data_bytes=0, device=gpu, num_devices=8) == 8  # at least 1 each
     cpu = SimpleNamespace(memory_stats=lambda: None)
     assert chunk_capacity(per_setting=1 << 20, data_bytes=0, device=cpu) == 1024  # 2 GiB default, half
-    assert _chunks(9, 8, 1) == (2, 5) and _chunks(9, 100, 8) == (1, 16) and _chunks(4, 3, 1) == (2, 2)
+    assert chunk_layout(9, 8, 1) == (2, 5) and chunk_layout(9, 100, 8) == (1, 16) and chunk_layout(4, 3, 1) == (2, 2)
 
 
 def test_cli_sweep_writes_json_and_png(tmp_path, capsys):
@@ -192,3 +193,21 @@ def test_cli_sweep_writes_json_and_png(tmp_path, capsys):
     assert main(["sweep", "--dataset", "digits", "--l2", "0,-1", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "-1" in err
+
+
+def test_setting_schema_is_one_frozen_dataclass():
+    import dataclasses
+
+    from jaxreg.train import Setting
+
+    assert Setting.fields(vmapped=True) == ("learning_rate", "l2", "l1", "batch_scaled", "seed")
+    assert Setting.fields(vmapped=False) == ("batch_size", "optimizer", "schedule", "schedule_kwargs",
+                                             "proximal", "bn_momentum")
+    s = Setting(l2=0.1, schedule_kwargs={"power": 2.0})
+    assert s.schedule_kwargs == (("power", 2.0),) and s.as_dict()["schedule_kwargs"] == {"power": 2.0}
+    assert s["l2"] == 0.1 and {**s}["batch_size"] == 128 and hash(s) == hash(Setting(**s))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.l2 = 0.2
+    for bad in (dict(seed=True), dict(seed=2.0), dict(batch_size=0), dict(l2=True), dict(bn_momentum=1.5)):
+        with pytest.raises(ValueError, match=f"`{next(iter(bad))}` must be"):
+            Setting(**bad)

@@ -8,6 +8,7 @@ import optax
 import pytest
 from sklearn.datasets import load_digits
 
+import jaxreg
 from jaxreg import models
 from jaxreg.train import create_train_state, fit, learning_rate_schedule, make_optimizer, train_step
 
@@ -67,7 +68,15 @@ def test_schedules_by_name():
         np.testing.assert_allclose([sched(0), sched(100)], [0.1, 0.0], atol=1e-7)
     with pytest.raises(ValueError, match="total_steps"):
         learning_rate_schedule(0.1, "cosine")
-    with pytest.raises(ValueError, match="unknown schedule"):
+    with pytest.raises(ValueError, match="`schedule` must be one of 'fixed'.*got schedule='warmup'"):
         learning_rate_schedule(0.1, "warmup", total_steps=10)
-    with pytest.raises(ValueError, match="unknown optimizer"):
+    with pytest.raises(ValueError, match="`name` must be one of 'adam'.*got name='lion'"):
         make_optimizer("lion")
+
+
+def test_effective_l2_is_the_batch_scaled_strength_when_batch_scaled():
+    from jaxreg.train.optimizer import effective_l2
+
+    assert effective_l2(0.025, 128, batch_scaled=True) == jaxreg.batch_scaled_strength(0.025, 128)
+    assert effective_l2(0.025, 128, batch_scaled=True) == pytest.approx(0.025 / 128, rel=1e-15)
+    assert effective_l2(0.025, 128, batch_scaled=False) == 0.025

@@ -330,3 +330,14 @@ def test_params_are_required(name):
     tx = CONSTRUCTORS[name](0.1)
     with pytest.raises(ValueError, match=rf"jaxreg.{name}.*`params`"):
         tx.update(ZEROS, tx.init(PARAMS), batch_size=3)
+
+
+def test_batch_scaled_strength_is_the_strength_batch_scaled_l2_applies():
+    assert jaxreg.batch_scaled_strength(0.3, 12) == pytest.approx(0.3 / 12, rel=1e-15)
+    assert jaxreg.batch_scaled_strength(0.3, 12, "seed") == pytest.approx(0.6 / 12, rel=1e-15)
+    w = {"kernel": jnp.asarray([1.5, -2.0, 0.25])}
+    for convention in ("half", "seed"):
+        tx = jaxreg.batch_scaled_l2(0.3, convention=convention)
+        update, _ = tx.update(jax.tree.map(jnp.zeros_like, w), tx.init(w), w, batch_size=12)
+        expected = jaxreg.batch_scaled_strength(0.3, 12, convention) * np.asarray(w["kernel"])
+        np.testing.assert_allclose(update["kernel"], expected, rtol=1e-6)

@@ -21,16 +21,17 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import jax
 
-from jaxreg.cli import sweep, train
+from jaxreg.cli import evaluate, sweep, train
 from jaxreg.data import DataError
-from jaxreg.data.sources import cache_dir
+from jaxreg.data.sources import cache_root
 
-__all__ = ["COMMANDS", "ArgumentParser", "build_parser", "compile_cache", "main"]
+__all__ = ["COMMANDS", "ArgumentParser", "build_parser", "compile_cache", "compile_cache_dir", "main"]
 
-COMMANDS = [train, sweep]
+COMMANDS = [train, evaluate, sweep]
 """Command modules, each with ``add_parser(subparsers)``."""
 
 
@@ -51,9 +52,15 @@ def build_parser() -> ArgumentParser:
     for command_parser in subparsers.choices.values():
         command_parser.add_argument(
             "--no-compile-cache", dest="compile_cache", action="store_false",
-            help=f"do not keep compiled XLA programs in {cache_dir('xla')} (default: kept, so a "
+            help=f"do not keep compiled XLA programs in {compile_cache_dir()} (default: kept, so a "
                  f"repeated run skips most compilation)")
     return parser
+
+
+def compile_cache_dir() -> Path:
+    """Where the commands keep XLA's compiled programs: ``$XDG_CACHE_HOME/jaxreg/xla``, a
+    directory of its own next to (not one of) the datasets' download caches."""
+    return cache_root() / "xla"
 
 
 @contextlib.contextmanager
@@ -66,7 +73,7 @@ def compile_cache(enabled: bool) -> Iterator[None]:
         yield
         return
     min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir("xla")))
+    jax.config.update("jax_compilation_cache_dir", str(compile_cache_dir()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     try:
         yield

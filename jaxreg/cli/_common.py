@@ -1,11 +1,13 @@
-"""What the commands share: the defaults, the model names, argparse value types, the dataset
-loader."""
+"""What the commands share: the default L2 strength, argparse value types, the dataset loader,
+and a run directory's JSON files."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 from jaxreg.data import DataError, Dataset, load
 from jaxreg.train import distributed
@@ -17,10 +19,6 @@ hold-out: final validation accuracy, mean of seeds 0 and 1, for LAMBDA = 0.0128 
 0.1 was 0.8573 / 0.8594 / 0.8556 / 0.8458 (mean of the last 3 epochs: 0.8660 / 0.8668 / 0.8647
 / 0.8597). Without L2 it was 0.8662 (0.8694): in 10 epochs this small model hardly overfits, so
 the penalty costs a little accuracy (seeds differ by about 0.02) and 0.025 costs least."""
-
-MODELS = {"seed-mlp": "seed-mlp", "keras-mlp": "keras-mlp", "cnn": "small-cnn", "linear": "linear"}
-"""Command-line model names -> :data:`jaxreg.models.MODELS` names."""
-
 
 def _checked(convert, ok, expected: str):
     """An argparse ``type``: ``convert(text)``, rejected unless ``ok(value)``."""
@@ -60,3 +58,18 @@ def load_dataset(name: str | None, data_dir: Path | None) -> tuple[Dataset, str]
         reason = str(e).splitlines()[0]
         return load("digits"), (f"dataset: digits (default fallback: fashion-mnist is not usable "
                                 f"without a download: {reason}; --dataset fashion-mnist may download it)")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Writes ``obj`` to ``path`` atomically (a temporary file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """A run directory's ``config.json`` (ValueError when it is not a run directory)."""
+    try:
+        return json.loads((run_dir / "config.json").read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{run_dir}: not a jaxreg run directory (no config.json)") from None

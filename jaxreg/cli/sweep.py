@@ -41,7 +41,6 @@ import numpy as np
 
 from jaxreg.cli._common import (
     DEFAULT_L2,
-    MODELS,
     load_dataset,
     non_negative_int,
     positive_int,
@@ -94,7 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=DATASETS,
                    help="default: fashion-mnist if found locally, else digits")
     p.add_argument("--data-dir", type=readable_dir, metavar="DIR", help="directory holding the IDX files")
-    p.add_argument("--model", choices=MODELS, default="seed-mlp", help="(default: %(default)s)")
+    p.add_argument("--model", choices=models.MODELS, default="seed-mlp", help="(default: %(default)s)")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam", help="(default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=10, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=128, metavar="B", help="(default: %(default)s)")
@@ -191,7 +190,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / datetime.now(timezone.utc).strftime("sweep-%Y%m%d-%H%M%S")
     data, why = load_dataset(args.dataset, args.data_dir)
     print(why)
-    model = models.get(MODELS[args.model], data.num_classes)
+    model = models.get(args.model, data.num_classes)
     if args.study:
         if args.l2 and len(args.l2) != 1:
             raise ValueError(f"--study batch-scaling takes one --l2 value; got {args.l2}")

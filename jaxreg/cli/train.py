@@ -1,4 +1,4 @@
-"""``jaxreg train`` (train one model, write a run directory) and ``jaxreg eval`` (re-evaluate it).
+"""``jaxreg train``: train one model, write a run directory (``jaxreg eval`` re-evaluates it).
 
 A run directory (``--out``, default ``runs/<UTC timestamp>``) holds::
 
@@ -8,7 +8,7 @@ A run directory (``--out``, default ``runs/<UTC timestamp>``) holds::
     metrics.json   written when training finishes: config, data source, timings, final test
                    and training metrics, per-epoch history, jax version and backend
     curves.png     loss, accuracy and learning rate per epoch (:func:`jaxreg.cli.plots.plot_history`)
-    eval.json      written by ``jaxreg eval``
+    eval.json      written by ``jaxreg eval`` (:mod:`jaxreg.cli.evaluate`)
 
 With no flags, ``jaxreg train`` is seed 004's recipe (SeedMLP, Adam 1e-3, batch 128, 10 epochs)
 plus a batch-scaled L2 penalty of strength :data:`DEFAULT_L2` (``DEFAULT_L2 / 128`` per step).
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +27,6 @@ from jax.experimental import multihost_utils
 
 from jaxreg.cli._common import (
     DEFAULT_L2,
-    MODELS,
     fraction,
     load_dataset,
     mesh_spec,
@@ -37,11 +35,14 @@ from jaxreg.cli._common import (
     open_fraction,
     positive_float,
     positive_int,
+    read_config,
     readable_dir,
+    write_json,
 )
 from jaxreg.cli.plots import plot_history
 from jaxreg.data import DATASETS, Dataset, load
 from jaxreg.train import checkpoint, distributed, fit, models
+from jaxreg.train.fit import _split_data
 from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES
 
 PLATEAU_VALIDATION_SPLIT = 0.1
@@ -50,7 +51,7 @@ it the default is 0, training on the whole training split as seed 004 does."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Registers ``train`` and ``eval``."""
+    """Registers ``train``."""
     train = subparsers.add_parser(
         "train", help="train a model and write a run directory",
         description="Train a model and write config.json, checkpoints/, metrics.json and "
@@ -58,18 +59,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "Adam 1e-3, batch 128, 10 epochs) with a batch-scaled L2 penalty.")
     add_train_arguments(train)
     train.set_defaults(run=run_train, parser=train)
-
-    evaluate = subparsers.add_parser(
-        "eval", help="evaluate a run's latest checkpoint on the test split",
-        description="Rebuild the model of a run from DIR/config.json, restore its latest "
-                    "checkpoint, evaluate it on the test split, print and write DIR/eval.json.")
-    evaluate.add_argument("--run", dest="run_dir", type=readable_dir, required=True, metavar="DIR",
-                          help="the run directory (jaxreg train's --out)")
-    evaluate.add_argument("--dataset", choices=DATASETS,
-                          help="evaluate on this dataset instead of the run's (same input shape)")
-    evaluate.add_argument("--data-dir", type=readable_dir, metavar="DIR",
-                          help="directory holding the dataset's IDX files (default: the run's)")
-    evaluate.set_defaults(run=run_eval, parser=evaluate)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,9 +74,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                            f"metrics (default: {PLATEAU_VALIDATION_SPLIT} with --plateau, else 0)")
 
     training = parser.add_argument_group("model and training")
-    training.add_argument("--model", choices=MODELS, default="seed-mlp",
+    training.add_argument("--model", choices=models.MODELS, default="seed-mlp",
                           help="seed-mlp: Dense(50)+BN+Dense; keras-mlp: Dense(128)+BN, "
-                               "Dense(64)+BN; cnn: 2 conv blocks + Dense(128); linear "
+                               "Dense(64)+BN; small-cnn: 2 conv blocks + Dense(128); linear "
                                "(default: %(default)s)")
     training.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default: %(default)s)")
     training.add_argument("--batch-size", type=positive_int, default=128, metavar="B",
@@ -156,7 +145,8 @@ def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
     validation_split = args.validation_split
     if validation_split is None:
         validation_split = PLATEAU_VALIDATION_SPLIT if args.plateau else 0.0
-    if len(data.x_train) - round(len(data.x_train) * validation_split) < args.batch_size:
+    (x_fit, _), _, _ = _split_data(data, validation_split, None)
+    if len(x_fit) < args.batch_size:
         raise ValueError(f"--batch-size {args.batch_size} exceeds the {data.name} examples left "
                          f"for training (validation split {validation_split})")
     l2 = args.l2 if args.l2 is not None else (DEFAULT_L2 if args.batch_scaled else 0.0)
@@ -171,24 +161,10 @@ def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
     )
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """Writes ``obj`` to ``path`` atomically (a temporary file renamed into place)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "config.json").read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{run_dir}: not a jaxreg run directory (no config.json)") from None
-
-
 def _fit(config: dict[str, Any], data: Dataset, run_dir: Path, *, epochs: int, resume: bool,
          progress: bool, mesh: Any = None):
     """``fit`` with the run's settings, checkpointing to (and resuming from) ``run_dir``."""
-    model = models.get(MODELS[config["model"]], data.num_classes)
+    model = models.get(config["model"], data.num_classes)
     return fit(model, config["optimizer"], data, epochs=epochs, batch_size=config["batch_size"],
                seed=config["seed"], validation_split=config["validation_split"],
                checkpoint_dir=str(run_dir / "checkpoints"), resume=resume, progress=progress, mesh=mesh)
@@ -224,9 +200,8 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
     t0 = time.perf_counter()
     result = _fit(config, data, run_dir, epochs=config["epochs"], resume=resume, progress=progress, mesh=mesh)
     train_seconds = time.perf_counter() - t0
-    # the examples trained on: fit holds out the last validation_split of the training split
-    n_fit = len(data.x_train) - int(round(len(data.x_train) * config["validation_split"]))
-    train = result.evaluate(result.state, data.x_train[:n_fit], data.y_train[:n_fit])
+    (x_fit, y_fit), _, _ = _split_data(data, config["validation_split"], None)  # fit's training part
+    train = result.evaluate(result.state, x_fit, y_fit)
     metrics = dict(
         config, data_source=data.source, epochs_completed=len(result.history.get("loss", [])),
         resumed_from_epoch=start, train_seconds=train_seconds,
@@ -237,7 +212,7 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
     )
     if distributed.is_primary():
         plot_history(result.history, run_dir / "curves.png", title=f"{config['model']} on {config['dataset']}")
-        _write_json(run_dir / "metrics.json", metrics)
+        write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
@@ -257,7 +232,7 @@ def run_train(args: argparse.Namespace) -> int:
         if args.out is None:
             raise ValueError("--resume needs --out DIR, the run to continue")
         run_dir = args.out
-        config = _read_config(run_dir)
+        config = read_config(run_dir)
         if (run_dir / "metrics.json").exists():
             print(f"{run_dir} is finished; its metrics:")
             print(summary(json.loads((run_dir / "metrics.json").read_text()), run_dir))
@@ -276,39 +251,7 @@ def run_train(args: argparse.Namespace) -> int:
         if jax.process_count() > 1:  # every process has checked for a run before process 0 writes
             multihost_utils.sync_global_devices("jaxreg train: run directory checked")
         if distributed.is_primary():
-            _write_json(run_dir / "config.json", config)
+            write_json(run_dir / "config.json", config)
     metrics = train_run(config, data, run_dir, resume=args.resume, progress=not args.no_progress, mesh=mesh)
     print(summary(metrics, run_dir))
-    return 0
-
-
-def evaluate_run(run_dir: Path, dataset: str | None = None, data_dir: Path | None = None) -> dict[str, Any]:
-    """Test metrics of the latest checkpoint in ``run_dir`` (on ``dataset`` if given, else
-    the run's), also written to ``run_dir/eval.json``.
-
-    The model and optimizer are rebuilt from ``config.json`` by ``fit`` itself, which resumes
-    at the latest checkpoint, has no epoch left to run, and evaluates the test split.
-    """
-    config = _read_config(run_dir)
-    if not (run_dir / "checkpoints").is_dir():
-        raise ValueError(f"{run_dir}: no checkpoints directory")
-    mngr = checkpoint.manager(run_dir / "checkpoints")
-    epoch = mngr.latest_step()
-    mngr.close()
-    if epoch is None:
-        raise ValueError(f"{run_dir}: no checkpoint to evaluate")
-    data = load(dataset or config["dataset"], data_dir=data_dir or config["data_dir"])
-    result = _fit(config, data, run_dir, epochs=epoch, resume=True, progress=False)
-    metrics = dict(run=str(run_dir), dataset=data.name, data_source=data.source, epoch=epoch,
-                   test_loss=result.test["loss"], test_accuracy=result.test.get("accuracy"))
-    _write_json(run_dir / "eval.json", metrics)
-    return metrics
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    """``jaxreg eval``: prints the test metrics of ``--run``'s latest checkpoint."""
-    m = evaluate_run(args.run_dir, args.dataset, args.data_dir)
-    accuracy = "" if m["test_accuracy"] is None else f"test acc {m['test_accuracy']:.4f}, "
-    print(f"{m['dataset']}: {accuracy}test loss {m['test_loss']:.4g} "
-          f"(epoch {m['epoch']} of {m['run']})")
     return 0

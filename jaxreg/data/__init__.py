@@ -25,7 +25,7 @@ from jaxreg.data.idx import DataError, read_idx
 
 DATASETS = ("fashion-mnist", "mnist", "digits", "synthetic-ridge")
 
-__all__ = ["DATASETS", "DataError", "Dataset", "available", "load", "make_ridge", "read_idx"]
+__all__ = ["DATASETS", "DataError", "Dataset", "load", "make_ridge", "read_idx"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -49,11 +49,6 @@ class Dataset:
     num_classes: int | None
     source: str
     task: str
-
-
-def available() -> tuple[str, ...]:
-    """The names :func:`load` accepts (for command-line choices and messages)."""
-    return DATASETS
 
 
 def load(name: str, *, data_dir: str | os.PathLike | None = None, download: bool = True,

@@ -79,10 +79,14 @@ IDX_SOURCES = {
 }
 
 
+def cache_root() -> Path:
+    """jaxreg's cache directory, ``$XDG_CACHE_HOME/jaxreg`` (``~/.cache/jaxreg``; XDG spec)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaxreg"
+
+
 def cache_dir(name: str) -> Path:
-    """The download cache of dataset ``name``: ``$XDG_CACHE_HOME/jaxreg/<name>`` (XDG spec)."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "jaxreg" / name
+    """The download cache of dataset ``name``: ``cache_root() / name``."""
+    return cache_root() / name
 
 
 def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:

@@ -2,7 +2,9 @@
 
 Modules, lowest first: ``state`` (the pytree) -> ``step`` (one pure step, evaluation) ->
 ``epoch`` (scan / streamed epoch) -> ``optimizer`` (the optax chain) -> ``checkpoint``
-(orbax) -> ``fit`` (the loop) -> ``sweep`` (many settings at once, vmapped).
+(orbax) -> ``fit`` (the loop) -> ``sweep`` (many settings at once, vmapped: a subpackage,
+settings / memory / run). ``models`` holds the models the CLI and benchmarks train
+(:data:`jaxreg.train.models.MODELS`); ``distributed`` the meshes and multi-process start.
 """
 from jaxreg.train.epoch import prefetch, scan_epoch, stream_epoch
 from jaxreg.train.fit import FitResult, fit
@@ -14,11 +16,12 @@ from jaxreg.train.optimizer import (
 )
 from jaxreg.train.state import TrainState, create_train_state
 from jaxreg.train.step import cross_entropy, evaluate, squared_error, train_step
-from jaxreg.train.sweep import SweepResult, sweep
+from jaxreg.train.sweep import Setting, SweepResult, sweep
 
 __all__ = [
     "FitResult",
     "Optimizer",
+    "Setting",
     "SweepResult",
     "TrainState",
     "create_train_state",

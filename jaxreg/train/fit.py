@@ -31,11 +31,13 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from jaxreg._validate import require
 from jaxreg.train import checkpoint, distributed
 from jaxreg.train.epoch import scan_epoch, stream_epoch
 from jaxreg.train.optimizer import (
     Optimizer,
     _plateau_scale,
+    effective_l2,
     make_optimizer,
     update_plateau,
 )
@@ -98,9 +100,48 @@ def _hyperparams(opt: Optimizer, opt_state: Any, batch_size: int) -> dict[str, f
     lr, l2, l1 = (float(hyperparams.get(k, math.nan)) for k in ("learning_rate", "l2", "l1"))
     return {
         "learning_rate": lr * float(_plateau_scale(opt_state)),
-        "l2_strength": l2 / batch_size if opt.batch_scaled else l2,
+        "l2_strength": effective_l2(l2, batch_size, opt.batch_scaled),
         "l1_strength": l1,
     }
+
+
+class _Placement(NamedTuple):
+    """Where a run's arrays live: the initial ``state`` (sharded over a mesh or on the default
+    device), its ``state_sharding`` (``None`` without a mesh), the jit ``out_shardings`` keyword
+    arguments of a step or epoch, and how to place a batch (``put_batch``: split over the
+    devices) and whole arrays (``put_data``: replicated)."""
+
+    state: TrainState
+    state_sharding: Any
+    sharded: dict[str, Any]
+    put_batch: Callable[[Any], Any]
+    put_data: Callable[[Any], Any]
+    batch_sharding: Any
+
+
+def _placement(init: Callable[[], TrainState], mesh: jax.sharding.Mesh | None) -> _Placement:
+    """The state made by ``init`` and the placement functions, for ``mesh`` or one device."""
+    if mesh is None:
+        return _Placement(init(), None, {}, jax.device_put, jax.device_put, None)
+    state, state_sharding = distributed.create_sharded(init, mesh)
+    return _Placement(
+        state, state_sharding, dict(out_shardings=(state_sharding, distributed.replicated(mesh))),
+        functools.partial(distributed.put, sharding=distributed.batch_sharding(mesh)),
+        functools.partial(distributed.put, sharding=distributed.replicated(mesh)),
+        distributed.batch_sharding(mesh))
+
+
+def _epoch_runner(step: Callable, place: _Placement, *, on_device: bool, batch_size: int,
+                  unroll: int) -> Callable:
+    """``run_epoch(state, x, y, key, ...) -> (state, metrics)``: one jitted ``lax.scan`` over
+    device-resident data (:func:`scan_epoch`), or a jitted step fed batches from the host
+    (:func:`stream_epoch`, which takes ``on_step=``); the state's buffers are donated."""
+    if on_device:
+        return jax.jit(functools.partial(scan_epoch, step=step, batch_size=batch_size, unroll=unroll,
+                                         batch_sharding=place.batch_sharding),
+                       donate_argnums=0, **place.sharded)
+    return functools.partial(stream_epoch, step=jax.jit(step, donate_argnums=0, **place.sharded),
+                             batch_size=batch_size, put=place.put_batch)
 
 
 def fit(
@@ -181,50 +222,39 @@ def fit(
     """
     (x, y), validation, test_data = _split_data(data, validation_split, validation_data)
     steps = len(x) // batch_size
-    if steps == 0:
-        raise ValueError(f"batch_size {batch_size} exceeds the {len(x)} training examples")
+    require(steps > 0, "batch_size", f"at most the {len(x)} training examples", batch_size)
     opt = _resolve_optimizer(optimizer, total_steps=epochs * steps)
     if loss_fn is None:
         loss_fn = default_loss(y)
-    if opt.plateau is not None and monitor.startswith("val_") and validation is None:
-        raise ValueError(f"the plateau monitors {monitor!r}: pass validation_split or validation_data")
+    require(opt.plateau is None or not monitor.startswith("val_") or validation is not None,
+            "validation_split", f"> 0, or validation_data given: the plateau monitors {monitor!r}",
+            validation_split)
 
     mesh = distributed.default_mesh() if mesh is None else mesh
-    if accumulate < 1 or batch_size % (accumulate * (1 if mesh is None else mesh.size)):
-        raise ValueError(f"batch_size {batch_size} must be a multiple of accumulate={accumulate} (>= 1) times "
-                         f"the {1 if mesh is None else mesh.size} devices")
+    devices = 1 if mesh is None else mesh.size
+    require(accumulate >= 1 and batch_size % (accumulate * devices) == 0, "batch_size",
+            f"a multiple of accumulate={accumulate} (>= 1) times the {devices} devices", batch_size)
 
     step = functools.partial(train_step, model=model, tx=opt.tx, loss_fn=loss_fn, compute_dtype=compute_dtype,
                              accumulate=accumulate, skip_nonfinite=skip_nonfinite)
-    init = functools.partial(create_train_state, model, opt.tx, x[:1], seed)
-    if mesh is None:
-        state, sharded, put_batch, put_data = init(), {}, jax.device_put, jax.device_put
-    else:
-        state, state_sharding = distributed.create_sharded(init, mesh)
-        sharded = dict(out_shardings=(state_sharding, distributed.replicated(mesh)))
-        put_batch = functools.partial(distributed.put, sharding=distributed.batch_sharding(mesh))
-        put_data = functools.partial(distributed.put, sharding=distributed.replicated(mesh))
+    place = _placement(functools.partial(create_train_state, model, opt.tx, x[:1], seed), mesh)
+    state = place.state
     if on_device is None:
         on_device = x.nbytes + y.nbytes <= DEVICE_DATA_BYTES
     if on_device:
-        x, y = put_data(x), put_data(y)
-        batches = None if mesh is None else distributed.batch_sharding(mesh)
-        run_epoch = jax.jit(functools.partial(scan_epoch, step=step, batch_size=batch_size, unroll=unroll,
-                                              batch_sharding=batches), donate_argnums=0, **sharded)
-    else:
-        run_epoch = functools.partial(stream_epoch, step=jax.jit(step, donate_argnums=0, **sharded),
-                                      batch_size=batch_size, put=put_batch)
+        x, y = place.put_data(x), place.put_data(y)
+    run_epoch = _epoch_runner(step, place, on_device=on_device, batch_size=batch_size, unroll=unroll)
     evaluate_run = functools.partial(evaluate, model, loss_fn=loss_fn, compute_dtype=compute_dtype)
 
     def eval_fn(state, x, y):
-        x, y = (a if isinstance(a, jax.Array) else put_data(np.asarray(a)) for a in (x, y))
+        x, y = (a if isinstance(a, jax.Array) else place.put_data(np.asarray(a)) for a in (x, y))
         return evaluate_run(state, x, y)
 
     if validation is not None:  # placed once, not at every epoch's evaluation
-        validation = tuple(put_data(np.asarray(a)) for a in validation)
+        validation = tuple(place.put_data(np.asarray(a)) for a in validation)
 
     feed_plateau = jax.jit(functools.partial(update_plateau, plateau=opt.plateau),
-                           **({} if mesh is None else dict(out_shardings=state_sharding.opt_state)))
+                           **({} if mesh is None else dict(out_shardings=place.state_sharding.opt_state)))
     history: dict[str, list] = {}
     start = 0
     mngr = None if checkpoint_dir is None else checkpoint.manager(checkpoint_dir)

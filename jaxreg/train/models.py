@@ -23,6 +23,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxreg._validate import check_choice
 from jaxreg.nn import BatchNorm
 
 BN_MOMENTUM = 0.99
@@ -35,43 +36,40 @@ def _batch_norm(model: nn.Module, train: bool) -> BatchNorm:
     return BatchNorm(use_running_average=not train, momentum=model.bn_momentum, epsilon=BN_EPSILON)
 
 
-class SeedMLP(nn.Module):
-    """Seed 004's model: ``Dense(50) -> BatchNorm -> relu -> Dense(num_classes)``.
-
-    The seed trains it with Adam, batch size 128, for 10 epochs on flattened 28x28 images.
-    """
+class MLP(nn.Module):
+    """``[Dense(h) -> BatchNorm -> relu] for h in hidden -> Dense(num_classes)``, on the
+    flattened input. ``hidden`` is a tuple of widths, or one int for one hidden layer."""
 
     num_classes: int = 10
-    hidden: int = 50
+    hidden: int | tuple[int, ...] = (50,)
     bn_momentum: float = BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         x = x.reshape(x.shape[0], -1)
-        x = nn.Dense(self.hidden)(x)
-        x = _batch_norm(self, train)(x)
-        return nn.Dense(self.num_classes)(nn.relu(x))
-
-
-class KerasMLP(nn.Module):
-    """Seed 001's Keras model, as a two-hidden-layer MLP with batch normalization.
-
-    ``Dense(128) -> BN -> relu -> Dense(64) -> BN -> relu -> Dense(num_classes)``. Seed 001
-    does not pin the widths down; these are the usual Keras tutorial sizes.
-    """
-
-    num_classes: int = 10
-    hidden: tuple[int, ...] = (128, 64)
-    bn_momentum: float = BN_MOMENTUM
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        x = x.reshape(x.shape[0], -1)
-        for width in self.hidden:
+        for width in (self.hidden,) if isinstance(self.hidden, int) else self.hidden:
             x = nn.Dense(width)(x)
             x = _batch_norm(self, train)(x)
             x = nn.relu(x)
         return nn.Dense(self.num_classes)(x)
+
+
+class SeedMLP(MLP):
+    """Seed 004's model, the :class:`MLP` ``Dense(50) -> BatchNorm -> relu -> Dense(num_classes)``.
+
+    The seed trains it with Adam, batch size 128, for 10 epochs on flattened 28x28 images.
+    """
+
+    hidden: int | tuple[int, ...] = 50
+
+
+class KerasMLP(MLP):
+    """Seed 001's Keras model, the :class:`MLP` with two hidden layers:
+    ``Dense(128) -> BN -> relu -> Dense(64) -> BN -> relu -> Dense(num_classes)``. Seed 001
+    does not pin the widths down; these are the usual Keras tutorial sizes.
+    """
+
+    hidden: int | tuple[int, ...] = (128, 64)
 
 
 class SmallCNN(nn.Module):
@@ -118,7 +116,4 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 def get(name: str, num_classes: int | None = 10) -> nn.Module:
     """The registered model ``name`` (one of :data:`MODELS`) with ``num_classes`` outputs
     (``None``, a regression dataset's ``num_classes``: one output)."""
-    try:
-        return MODELS[name](num_classes=num_classes or 1)
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}") from None
+    return MODELS[check_choice("name", name, MODELS)](num_classes=num_classes or 1)

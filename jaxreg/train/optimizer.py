@@ -25,11 +25,13 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
+from jaxreg._validate import check_choice, message
 from jaxreg.transforms import (
     ReduceOnPlateauState,
     add_l1,
     add_l2,
     batch_scaled_l2,
+    batch_scaled_strength,
     proximal_l1,
     reduce_on_plateau,
     schedules,
@@ -70,14 +72,14 @@ def learning_rate_schedule(learning_rate: float, schedule: str = "fixed", total_
     if schedule == "fixed":
         return learning_rate
     if total_steps is None:
-        raise ValueError(f"schedule {schedule!r} needs total_steps")
+        raise ValueError(message("total_steps", f"given for schedule={schedule!r}", total_steps))
     if schedule == "poly":
         return schedules.poly_to_zero(learning_rate, total_steps, **{"power": 1.0, **kwargs})
     if schedule == "step":
         return schedules.linear_step(learning_rate, **{"step_size": total_steps, **kwargs})
     if schedule == "cosine":
         return optax.cosine_decay_schedule(learning_rate, total_steps, **kwargs)
-    raise ValueError(f"unknown schedule {schedule!r}; choose from {SCHEDULES}")
+    raise ValueError(message("schedule", "one of " + ", ".join(map(repr, SCHEDULES)), schedule))
 
 
 def make_optimizer(
@@ -112,8 +114,7 @@ def make_optimizer(
             kernels only.
         plateau: keyword arguments of :func:`jaxreg.reduce_on_plateau`, or ``None``.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(OPTIMIZERS)}")
+    check_choice("name", name, OPTIMIZERS)
     lr = learning_rate_schedule(learning_rate, schedule, total_steps, **(schedule_kwargs or {}))
     plateau_tx = None if plateau is None else reduce_on_plateau(**plateau)
     l2_on, l1_on = l2 != 0, l1 != 0  # the chain's structure is fixed here; the values stay injectable
@@ -133,6 +134,12 @@ def make_optimizer(
 
     tx = optax.inject_hyperparams(chain)(learning_rate=lr, l2=l2, l1=l1)
     return Optimizer(tx=tx, plateau=plateau_tx, batch_scaled=batch_scaled)
+
+
+def effective_l2(l2: float, batch_size: int, batch_scaled: bool) -> float:
+    """The L2 strength the chain applies at batch size ``batch_size``:
+    :func:`jaxreg.batch_scaled_strength` when ``batch_scaled``, else ``l2`` itself."""
+    return batch_scaled_strength(l2, batch_size) if batch_scaled else l2
 
 
 def _is_plateau_state(s: Any) -> bool:

@@ -12,15 +12,16 @@ from jaxreg.transforms._leafwise import ScheduleState
 from jaxreg.transforms.plateau import ReduceOnPlateauState, reduce_on_plateau
 from jaxreg.transforms.proximal import proximal_elastic_net, proximal_l1
 from jaxreg.transforms.regularizers import (
-                                            add_l1,
-                                            add_l2,
-                                            batch_scaled_l2,
-                                            data_scaled_l1,
-                                            data_scaled_l2,
+    add_l1,
+    add_l2,
+    batch_scaled_l2,
+    batch_scaled_strength,
+    data_scaled_l1,
+    data_scaled_l2,
 )
 
 __all__ = [
     "ReduceOnPlateauState", "ScheduleState", "add_l1", "add_l2", "batch_scaled_l2",
-    "data_scaled_l1", "data_scaled_l2", "masks", "penalties", "proximal_elastic_net",
-    "proximal_l1", "reduce_on_plateau", "schedules",
+    "batch_scaled_strength", "data_scaled_l1", "data_scaled_l2", "masks", "penalties",
+    "proximal_elastic_net", "proximal_l1", "reduce_on_plateau", "schedules",
 ]

@@ -44,15 +44,7 @@ def l2(params, mask: masks.Mask = None) -> jax.Array:
 
 
 def l1(params, mask: masks.Mask = None) -> jax.Array:
-    """``sum |w|`` over the masked leaves.
-
-    Args:
-      params: a pytree of arrays.
-      mask: which leaves count (:mod:`jaxreg.masks`; default kernels only).
-
-    Returns:
-      A scalar in the default float dtype.
-    """
+    """``sum |w|`` over the masked leaves; arguments and result as for :func:`l2`."""
     return _masked_sum(jnp.abs, params, mask)
 
 

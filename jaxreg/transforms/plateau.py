@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg._validate import check_int
+from jaxreg._validate import check_choice, check_int, check_real, require
 
 
 class ReduceOnPlateauState(NamedTuple):
@@ -104,19 +104,14 @@ def reduce_on_plateau(
         with the updates' dtypes kept. ``value=None`` (static) leaves the statistics alone and
         only scales; ``updates=None`` returns ``(None, new_state)``.
     """
-    if not 0.0 < factor < 1.0:  # also rejects NaN
-        raise ValueError(f"`factor` must be in (0, 1), got {factor}.")
+    require(0.0 < factor < 1.0, "factor", "in (0, 1)", factor)  # also rejects NaN
     patience = check_int("patience", patience, 0)
     cooldown = check_int("cooldown", cooldown, 0)
     accumulation_size = check_int("accumulation_size", accumulation_size, 1)
-    if not min_scale >= 0.0 or min_scale == float("inf"):
-        raise ValueError(f"`min_scale` must be a finite number >= 0, got {min_scale}.")
-    if not threshold >= 0.0 or threshold == float("inf"):
-        raise ValueError(f"`threshold` must be a finite number >= 0, got {threshold}.")
-    if threshold_mode not in ("rel", "abs"):
-        raise ValueError(f"`threshold_mode` must be 'rel' or 'abs', got {threshold_mode!r}.")
-    if mode not in ("min", "max"):
-        raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}.")
+    check_real("min_scale", min_scale)
+    check_real("threshold", threshold)
+    check_choice("threshold_mode", threshold_mode, ("rel", "abs"))
+    check_choice("mode", mode, ("min", "max"))
     sign = 1.0 if mode == "min" else -1.0  # compare sign * value: 'max' becomes 'min'
 
     def init_fn(params) -> ReduceOnPlateauState:

@@ -39,20 +39,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg._validate import check_hyperparam
+from jaxreg._validate import check_choice, check_hyperparam, require
 from jaxreg.transforms import masks
 from jaxreg.transforms._leafwise import ScalarOrSchedule, leafwise
 
 
 def _add_penalty_gradient(name: str, direction: Callable[[jax.Array], jax.Array],
-                          strength: ScalarOrSchedule, mask: masks.Mask, factor: Any = 1.0,
-                          step_factor: Callable[..., Any] | None = None):
-    """``updates + strength * factor * step_factor(**extra_args) * direction(params)``."""
-    def leaf(g, p, strength, step=1.0):
-        return g + (strength * factor * step) * direction(p)
+                          strength: ScalarOrSchedule, mask: masks.Mask, factor: Any = 1.0):
+    """``updates + strength * factor * direction(params)``."""
+    def leaf(g, p, strength):
+        return g + (strength * factor) * direction(p)
 
-    step_values = None if step_factor is None else (lambda **kw: {"step": step_factor(**kw)})
-    return leafwise(name, leaf, {"strength": strength}, mask, step_values)
+    return leafwise(name, leaf, {"strength": strength}, mask)
 
 
 def add_l2(strength: ScalarOrSchedule, mask: masks.Mask = None
@@ -80,14 +78,8 @@ def add_l1(strength: ScalarOrSchedule, mask: masks.Mask = None
     """Add ``strength * sign(w)``: a subgradient of the L1 penalty ``strength * sum |w|``.
 
     ``sign(0) = 0``, so weights at exactly zero get no push. Subgradient steps hover around
-    zero rather than reach it; for exact zeros use :func:`jaxreg.proximal_l1`.
-
-    Args:
-      strength: ``lambda >= 0``, a float or a schedule ``count -> value``.
-      mask: which leaves to regularize (:mod:`jaxreg.masks`; default kernels only).
-
-    Returns:
-      An :class:`optax.GradientTransformationExtraArgs`.
+    zero rather than reach it; for exact zeros use :func:`jaxreg.proximal_l1`. Arguments and
+    result as for :func:`add_l2`.
     """
     check_hyperparam("strength", strength)
     return _add_penalty_gradient("add_l1", jnp.sign, strength, mask)
@@ -121,15 +113,8 @@ def data_scaled_l2(strength: ScalarOrSchedule, num_examples: int, mask: masks.Ma
 
 def data_scaled_l1(strength: ScalarOrSchedule, num_examples: int, mask: masks.Mask = None
                    ) -> optax.GradientTransformationExtraArgs:
-    """Seed 002's L1 term ``lambda/m * sum |w|``: adds ``lambda/m * sign(w)``.
-
-    Args:
-      strength: ``lambda >= 0``, a float or a schedule ``count -> value``.
-      num_examples: ``m > 0``, the training set size.
-      mask: which leaves to regularize (:mod:`jaxreg.masks`; default kernels only).
-
-    Returns:
-      An :class:`optax.GradientTransformationExtraArgs`.
+    """Seed 002's L1 term ``lambda/m * sum |w|``: adds ``lambda/m * sign(w)``. Arguments and
+    result as for :func:`data_scaled_l2`.
     """
     return _data_scaled("data_scaled_l1", jnp.sign, strength, num_examples, mask)
 
@@ -137,17 +122,31 @@ def data_scaled_l1(strength: ScalarOrSchedule, num_examples: int, mask: masks.Ma
 _CONVENTION_FACTOR = {"half": 1.0, "seed": 2.0}
 
 
-def _batch_factor(batch_size=None, **extra_args):
+def batch_scaled_strength(strength: Any, batch_size: Any, convention: str = "half") -> Any:
+    """The L2 strength :func:`batch_scaled_l2` applies at batch size ``b``: the gradient it adds
+    is ``batch_scaled_strength(lambda, b) * w``, ``lambda / b`` (``"half"``) or ``2 lambda / b``
+    (``"seed"``). The one place this formula lives; the training engine's histories and sweeps
+    call it too.
+
+    Args:
+      strength: ``lambda``, a number or an array.
+      batch_size: ``b``, a number or an array.
+      convention: ``"half"`` or ``"seed"`` (see :func:`batch_scaled_l2`).
+    """
+    return _CONVENTION_FACTOR[convention] * strength / batch_size
+
+
+def _step_batch_size(batch_size=None, **extra_args):
+    """The ``batch_size`` keyword of ``update``, validated (a scalar, > 0 when concrete)."""
     del extra_args
     if batch_size is None:
         raise TypeError("batch_scaled_l2 needs the batch size at every step: call "
                         "`tx.update(updates, state, params, batch_size=b)` (optax.chain "
                         "forwards it).")
-    if jnp.ndim(batch_size) != 0:
-        raise TypeError(f"`batch_size` must be a scalar; got shape {jnp.shape(batch_size)}")
-    if not isinstance(batch_size, jax.core.Tracer) and not batch_size > 0:
-        raise ValueError(f"`batch_size` must be > 0; got batch_size={batch_size}")
-    return 1.0 / batch_size
+    require(jnp.ndim(batch_size) == 0, "batch_size", "a scalar", batch_size, TypeError)
+    require(isinstance(batch_size, jax.core.Tracer) or batch_size > 0, "batch_size", "> 0",
+            batch_size)
+    return batch_size
 
 
 def batch_scaled_l2(strength: ScalarOrSchedule, mask: masks.Mask = None, *,
@@ -180,7 +179,10 @@ def batch_scaled_l2(strength: ScalarOrSchedule, mask: masks.Mask = None, *,
       ``batch_size`` (``TypeError`` if missing, ``ValueError`` if a concrete value ``<= 0``).
     """
     check_hyperparam("strength", strength)
-    if convention not in _CONVENTION_FACTOR:
-        raise ValueError(f'`convention` must be "half" or "seed"; got convention={convention!r}')
-    return _add_penalty_gradient("batch_scaled_l2", lambda w: w, strength, mask,
-                                 factor=_CONVENTION_FACTOR[convention], step_factor=_batch_factor)
+    check_choice("convention", convention, _CONVENTION_FACTOR)
+
+    def leaf(g, w, strength, batch_size):
+        return g + batch_scaled_strength(strength, batch_size, convention) * w
+
+    return leafwise("batch_scaled_l2", leaf, {"strength": strength}, mask,
+                    lambda **extra_args: {"batch_size": _step_batch_size(**extra_args)})

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import optax
 
-from jaxreg._validate import check_int, check_real
+from jaxreg._validate import check_int, check_real, require
 
 
 def fixed(learning_rate: float) -> optax.Schedule:
@@ -87,8 +87,7 @@ def linear_step(init_value: float, step_size: float, floor: float = 0.0) -> opta
     init_value = check_real("init_value", init_value)
     step_size = check_real("step_size", step_size, positive=True)
     floor = check_real("floor", floor)
-    if floor > init_value:
-        raise ValueError(f"`floor` ({floor}) must not exceed `init_value` ({init_value}).")
+    require(floor <= init_value, "floor", f"at most init_value={init_value}", floor)
 
     def schedule(count):
         return jnp.maximum(init_value * (1 - count / step_size), floor)
@@ -154,11 +153,7 @@ def batch_size_schedule(
         max_batch_size = check_int("max_batch_size", max_batch_size, init_batch_size)
     init_value = check_real("init_value", init_value)
     for boundary, scale in boundaries_and_scales.items():
-        if not 0 < scale <= 1:  # also rejects NaN
-            raise ValueError(
-                f"`boundaries_and_scales` factors must be in (0, 1], "
-                f"got {scale} at step {boundary}."
-            )
+        require(0 < scale <= 1, f"boundaries_and_scales[{boundary}]", "in (0, 1]", scale)
 
     boundaries = sorted(boundaries_and_scales)
     sizes = [init_batch_size]  # sizes[k]: batch size once the first k boundaries passed

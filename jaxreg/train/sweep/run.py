@@ -1,0 +1,300 @@
+"""Running a sweep: plan each group (its model, chain, chunks), then train its chunks, each one
+vmapped init and one jitted vmapped epoch per epoch (see :mod:`jaxreg.train.sweep`)."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from jaxreg._validate import require
+from jaxreg.train.epoch import scan_epoch
+from jaxreg.train.fit import _epoch_logs, _split_data
+from jaxreg.train.optimizer import effective_l2, make_optimizer
+from jaxreg.train.state import create_train_state
+from jaxreg.train.step import EVAL_BATCH, _evaluation_sums, default_loss, train_step
+from jaxreg.train.sweep.memory import chunk_capacity, chunk_layout, setting_bytes
+from jaxreg.train.sweep.settings import Setting, expand, group
+
+log = logging.getLogger(__name__)
+
+
+class SettingResult(NamedTuple):
+    """One trained setting.
+
+    Attributes:
+        setting: the :class:`Setting` (the given values and the sweep's defaults).
+        history: per-epoch lists as in :func:`jaxreg.train.fit`: ``loss``, ``accuracy``
+            (integer targets; means over the epoch's steps), ``skipped_steps``,
+            ``epoch_seconds`` (of its chunk), ``learning_rate``, ``l2_strength`` (effective:
+            divided by the batch size when batch-scaled), ``l1_strength``.
+        final: ``train_loss``, ``train_accuracy`` (the last epoch's means) and ``test_loss``,
+            ``test_accuracy`` (inference mode on the test split, when there is one).
+        seconds: wall time of the chunk that trained it, compilation included (shared by the
+            chunk's settings).
+        params, batch_stats: the final values, as numpy arrays.
+    """
+
+    setting: Setting
+    history: dict[str, list]
+    final: dict[str, float]
+    seconds: float
+    params: Any
+    batch_stats: Any
+
+
+class SweepResult(NamedTuple):
+    """``results``: one :class:`SettingResult` per setting, in the order of the expanded
+    settings (:func:`expand`). ``groups``: per group, its static ``key`` values, number of
+    ``settings``, ``chunks``, ``chunk_size`` and ``seconds``. ``seconds``: the whole sweep."""
+
+    results: list[SettingResult]
+    groups: list[dict[str, Any]]
+    seconds: float
+
+
+class GroupPlan(NamedTuple):
+    """What one group of settings shares: its static ``key``, the indices of its ``members``
+    among the sweep's settings, the ``model`` (with the group's ``bn_momentum``), the optax
+    chain ``tx`` (L2/L1 included when any member's is non-zero), the ``batch_size``, the
+    ``steps`` per epoch, the ``schedule`` name, and how the members are cut: ``chunks`` calls
+    of ``chunk_size`` settings each."""
+
+    key: tuple[tuple[str, Any], ...]
+    members: list[int]
+    model: Any
+    tx: optax.GradientTransformation
+    batch_size: int
+    steps: int
+    schedule: str
+    chunks: int
+    chunk_size: int
+
+
+class _Run(NamedTuple):
+    """What every group's run shares: the placed training data, the test data (``None``: not
+    evaluated), the data-order key, the loss, dtype and NaN-skipping of the steps, and the
+    mesh's shardings (``None`` on one device)."""
+
+    x: jax.Array
+    y: jax.Array
+    test_data: tuple[jax.Array, jax.Array] | None
+    data_key: jax.Array
+    loss_fn: Callable
+    compute_dtype: Any
+    skip_nonfinite: bool
+    stacked: NamedSharding | None
+
+
+def sweep(
+    model: Any,
+    data: Any,
+    settings_or_grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
+    *,
+    epochs: int,
+    seeds: int | Sequence[int] = 1,
+    mask: Any = None,
+    data_seed: int = 0,
+    loss_fn: Any = None,
+    skip_nonfinite: bool = True,
+    compute_dtype: Any = None,
+    test: bool = True,
+    chunk_size: int | None = None,
+    progress: bool = True,
+    mesh: Mesh | None = None,
+    **defaults: Any,
+) -> SweepResult:
+    """Trains every setting of ``settings_or_grid`` (see :mod:`jaxreg.train.sweep` for how).
+
+    Args:
+        model: a linen module, as for :func:`jaxreg.train.fit`.
+        data: a :class:`jaxreg.data.Dataset` (test split evaluated at the end when ``test``)
+            or ``(x, y)`` training arrays; they must fit on the device (an epoch is a
+            ``lax.scan`` over device-resident data, :func:`jaxreg.train.scan_epoch`).
+        settings_or_grid: a dict of lists (the cartesian product) or a list of dicts over the
+            fields of :class:`Setting`: ``learning_rate``, ``l2``, ``l1``, ``batch_scaled``,
+            ``seed``, ``batch_size``, ``optimizer``, ``schedule``, ``schedule_kwargs``,
+            ``proximal``, ``bn_momentum``.
+        epochs: training epochs of every setting.
+        seeds: crosses settings without a ``seed`` (:func:`expand`).
+        mask: which parameters the penalties apply to (default kernels only).
+        data_seed: the data order of every setting is that of ``fit(seed=data_seed)``.
+        loss_fn, skip_nonfinite, compute_dtype: as for :func:`jaxreg.train.fit`.
+        chunk_size: at most this many settings per compiled call (default: as many as fit in
+            device memory, :func:`chunk_capacity`); rounded up to a multiple of the devices.
+        progress: a tqdm bar over steps, and a line per group.
+        mesh: a :class:`jax.sharding.Mesh` with an axis ``"sweep"`` to shard settings over;
+            default all local devices when there are several.
+        **defaults: values of :class:`Setting` fields for settings that leave them out (e.g.
+            ``batch_size=128, optimizer="sgd"``); unset ones take :class:`Setting`'s defaults.
+
+    Returns:
+        A :class:`SweepResult`.
+
+    Raises:
+        ValueError: a bad setting (:func:`expand`), a batch size above the number of
+            training examples, ``bn_momentum`` for a model without that field.
+    """
+    start = time.perf_counter()
+    settings = expand(settings_or_grid, seeds, **defaults)
+    (x, y), _, test_data = _split_data(data, 0.0, None)
+    _check_fits_model_and_data(settings, model, len(x))
+    mesh = _sweep_mesh(mesh)
+    replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+    x, y = jax.device_put((x, y), replicated)
+    if test and test_data is not None:
+        test_data = jax.device_put(tuple(np.asarray(a) for a in test_data), replicated)
+    run = _Run(x, y, test_data if test else None, jax.random.fold_in(jax.random.key(data_seed), 1),
+               default_loss(y) if loss_fn is None else loss_fn, compute_dtype, skip_nonfinite,
+               None if mesh is None else NamedSharding(mesh, PartitionSpec("sweep")))
+    plans = [_plan_group(model, key, members, settings, epochs, mask, run, mesh, chunk_size)
+             for key, members in group(settings).items()]
+
+    bar = tqdm(total=sum(p.chunks * epochs * p.steps for p in plans), unit="step", disable=not progress)
+    say = tqdm.write if progress else log.info
+    results: list[SettingResult | None] = [None] * len(settings)
+    group_info = []
+    for g, plan in enumerate(plans):
+        t_group = time.perf_counter()
+        say(f"sweep group {g + 1}/{len(plans)} ({', '.join(f'{k}={v}' for k, v in plan.key)}): "
+            f"{len(plan.members)} settings in {plan.chunks} chunk(s) of {plan.chunk_size}")
+        for i, result in _run_group(plan, settings, epochs, run, mesh, bar):
+            results[i] = result
+        group_info.append({"key": dict(plan.key), "settings": len(plan.members), "chunks": plan.chunks,
+                           "chunk_size": plan.chunk_size, "seconds": time.perf_counter() - t_group})
+    bar.close()
+    return SweepResult(results=results, groups=group_info, seconds=time.perf_counter() - start)
+
+
+def _check_fits_model_and_data(settings: list[Setting], model: Any, n_train: int) -> None:
+    """The checks a :class:`Setting` cannot make alone: batch sizes against the data, a
+    ``bn_momentum`` against the model's fields."""
+    for b in {s.batch_size for s in settings}:
+        require(b <= n_train, "batch_size", f"at most the {n_train} training examples", b)
+    if any(s.bn_momentum is not None for s in settings) and "bn_momentum" not in getattr(
+            model, "__dataclass_fields__", {}):
+        raise ValueError(f"sweep key 'bn_momentum' needs a model with a bn_momentum field; "
+                         f"{type(model).__name__} has none")
+
+
+def _sweep_mesh(mesh: Mesh | None) -> Mesh | None:
+    if mesh is None:
+        if jax.local_device_count() == 1:
+            return None
+        return jax.make_mesh((jax.local_device_count(),), ("sweep",), axis_types=(AxisType.Auto,))
+    require("sweep" in mesh.axis_names, "mesh", "a mesh with an axis named 'sweep'", mesh.axis_names)
+    return mesh
+
+
+def _plan_group(model: Any, key: tuple, members: list[int], settings: list[Setting], epochs: int,
+                mask: Any, run: _Run, mesh: Mesh | None, chunk_size: int | None) -> GroupPlan:
+    """The group's model, shared transformation and chunks.
+
+    The chain includes L2 (L1) when any member's is non-zero; members with zero get strength 0
+    in their state. ``batch_scaled`` is not passed: the effective strength
+    (:func:`jaxreg.train.optimizer.effective_l2`) is put in the state instead.
+    """
+    first = settings[members[0]]
+    b, steps = first.batch_size, len(run.x) // first.batch_size
+    if first.bn_momentum is not None:
+        model = model.clone(bn_momentum=first.bn_momentum)
+    opt = make_optimizer(
+        first.optimizer, first.learning_rate, schedule=first.schedule, total_steps=epochs * steps,
+        l2=float(any(settings[i].l2 for i in members)), l1=float(any(settings[i].l1 for i in members)),
+        proximal=first.proximal, mask=mask, schedule_kwargs=dict(first.schedule_kwargs))
+    num_devices = 1 if mesh is None else mesh.shape["sweep"]
+    device = jax.devices()[0] if mesh is None else mesh.devices.flat[0]
+    capacity = chunk_capacity(setting_bytes(model, opt.tx, run.x, b), run.x.nbytes + run.y.nbytes,
+                              device, num_devices)
+    chunks, size = chunk_layout(len(members), min(capacity, chunk_size or capacity), num_devices)
+    return GroupPlan(key, members, model, opt.tx, b, steps, first.schedule, chunks, size)
+
+
+def _run_group(plan: GroupPlan, settings: list[Setting], epochs: int, run: _Run, mesh: Mesh | None,
+               bar: Any):
+    """Yields ``(index, SettingResult)`` for every member of the group, chunk after chunk."""
+    run_chunk = _chunk_runner(plan, run)
+    size = plan.chunk_size
+    for c in range(plan.chunks):
+        chunk = plan.members[c * size:(c + 1) * size]
+        padded = [settings[i] for i in chunk] + [settings[chunk[-1]]] * (size - len(chunk))
+        t0 = time.perf_counter()
+        # An Explicit-axes mesh must be the context mesh of the jitted vmapped programs
+        # (jax.set_mesh); harmless for Auto axes.
+        with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+            history, states = run_chunk(padded, epochs, bar)
+            final = _final_metrics(history, plan, states, run)
+        host = jax.device_get((states.params, states.batch_stats))
+        seconds = time.perf_counter() - t0
+        for j, i in enumerate(chunk):
+            yield i, SettingResult(
+                setting=settings[i], history={k: [e[j] for e in v] for k, v in history.items()},
+                final={k: v[j] for k, v in final.items()}, seconds=seconds,
+                params=jax.tree.map(lambda a: a[j], host[0]), batch_stats=jax.tree.map(lambda a: a[j], host[1]))
+
+
+def _chunk_runner(plan: GroupPlan, run: _Run):
+    """``run_chunk(settings, epochs, bar) -> (history, states)`` for one group: a vmapped init
+    and one jitted vmapped epoch, compiled on the first chunk and reused."""
+    model, tx, b = plan.model, plan.tx, plan.batch_size
+
+    def init(seeds, hyperparams, sample_x):
+        """Op by op, not jitted: compiling the vmapped initializers takes seconds, while their
+        eager kernels are compiled once per shape and reused by every later sweep."""
+        states = jax.vmap(lambda seed: create_train_state(model, tx, sample_x, seed))(seeds)
+        states = states.replace(opt_state=optax.tree_utils.tree_set(states.opt_state, **hyperparams))
+        return states if run.stacked is None else jax.device_put(states, run.stacked)
+
+    step = jax.vmap(functools.partial(train_step, model=model, tx=tx, loss_fn=run.loss_fn,
+                                      compute_dtype=run.compute_dtype, skip_nonfinite=run.skip_nonfinite),
+                    in_axes=(0, None, None))
+    run_epoch = jax.jit(functools.partial(scan_epoch, step=step, batch_size=b), donate_argnums=0)
+
+    def run_chunk(settings, epochs, bar):
+        hyperparams = {"l2": [effective_l2(s.l2, b, s.batch_scaled) for s in settings],
+                       "l1": [s.l1 for s in settings]}
+        if plan.schedule == "fixed":  # a schedule's learning rate is in its closure
+            hyperparams["learning_rate"] = [s.learning_rate for s in settings]
+        hyperparams = {k: jnp.asarray(v, jnp.float32) for k, v in hyperparams.items()}
+        states = init(jnp.asarray([s.seed for s in settings], jnp.int32), hyperparams, run.x[:1])
+        history: dict[str, list] = {}
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            states, metrics = run_epoch(states, run.x, run.y, jax.random.fold_in(run.data_key, epoch))
+            metrics = jax.device_get(metrics)
+            logs = [_epoch_logs({k: v[:, j] for k, v in metrics.items()}) for j in range(len(settings))]
+            seconds = time.perf_counter() - t0
+            hp = jax.device_get(optax.tree_utils.tree_get(states.opt_state, "hyperparams"))
+            for k in logs[0]:
+                history.setdefault(k, []).append([log_[k] for log_ in logs])
+            history.setdefault("epoch_seconds", []).append([seconds] * len(settings))
+            for name, k in (("learning_rate", "learning_rate"), ("l2_strength", "l2"), ("l1_strength", "l1")):
+                history.setdefault(name, []).append([float(v) for v in hp[k]])
+            bar.update(plan.steps)
+            bar.set_postfix(loss=f"{np.mean(history['loss'][-1]):.4g}")
+        return history, states
+
+    return run_chunk
+
+
+def _final_metrics(history: dict, plan: GroupPlan, states: Any, run: _Run) -> dict[str, list[float]]:
+    """Per chunk member: the last epoch's training means and, with test data, the test
+    metrics from the same jitted evaluation as :func:`jaxreg.train.evaluate`, vmapped."""
+    final = {f"train_{k}": history[k][-1] for k in ("loss", "accuracy") if k in history}
+    if run.test_data is not None:
+        xt, yt = run.test_data
+        evaluate = functools.partial(_evaluation_sums, plan.model, loss_fn=run.loss_fn,
+                                     batch_size=min(EVAL_BATCH, len(xt)), compute_dtype=run.compute_dtype)
+        metrics = jax.device_get(jax.vmap(evaluate, in_axes=(0, 0, None, None))(
+            states.params, states.batch_stats, xt, yt))
+        final.update({f"test_{k}": [float(v) for v in vs] for k, vs in metrics.items()})
+    return final

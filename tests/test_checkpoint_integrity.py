@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxreg.train import checkpoint
+from jaxreg.train import checkpoint, rundir
 
 STATE = {"w": jnp.arange(50 * 64, dtype=jnp.float32).reshape(50, 64), "b": jnp.zeros(3)}
 RUN = {"model": "SeedMLP()", "batch_size": 64}
@@ -173,3 +173,47 @@ def test_fingerprint_describes_settings_stably():
     c = checkpoint.fingerprint(model=models.SeedMLP(num_classes=3))
     assert checkpoint.differences({"model": a["model"]}, c) == [
         f"model: {a['model']} -> {c['model']}"] and a["model"] != c["model"]
+
+
+# fit's checkpoints: a directory of another run is refused, a resumed run must be the same run,
+# and every saved epoch is complete on disk when fit returns or raises.
+
+def _fit(directory, **kwargs):
+    from jaxreg.train import fit, models
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype(np.float32)
+    settings = dict(epochs=2, batch_size=64, progress=False, test=False, checkpoint_dir=str(directory))
+    return fit(models.Linear(num_classes=2), dict(name="sgd", learning_rate=0.1), (x, (x[:, 0] > 0).astype(np.int32)),
+               **{**settings, **kwargs})
+
+
+def test_fit_refuses_a_directory_holding_another_run(tmp_path):
+    _fit(tmp_path, epochs=1)
+    with pytest.raises(rundir.RunDirError, match=r"checkpoint_dir .* already holds a run \(1\)"):
+        _fit(tmp_path, epochs=2, seed=1)
+    assert sorted(p.name for p in rundir.step_dirs(tmp_path)) == ["1"]
+
+
+def test_fit_resume_refuses_another_runs_checkpoint_naming_what_differs(tmp_path):
+    _fit(tmp_path, epochs=1)
+    with pytest.raises(checkpoint.CheckpointError, match=r"batch_size: 64 -> 32"):
+        _fit(tmp_path, resume=True, batch_size=32)
+    resumed = _fit(tmp_path, resume=True, epochs=2)  # the same run continues
+    assert len(resumed.history["loss"]) == 2
+
+
+def test_fit_checkpoint_every_and_everything_complete_on_return(tmp_path):
+    _fit(tmp_path, epochs=5, checkpoint_every=2)
+    assert sorted(int(p.name) for p in rundir.step_dirs(tmp_path)) == [4, 5]  # 2, 4, the last; keep 2
+    assert all(checkpoint.verify(p) is None for p in rundir.step_dirs(tmp_path))
+
+
+def test_fit_error_leaves_the_last_checkpoint_complete(tmp_path):
+    def fail(epoch, state, logs):
+        if epoch == 2:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        _fit(tmp_path, epochs=5, callbacks=[fail])
+    assert sorted(int(p.name) for p in rundir.step_dirs(tmp_path)) == [2, 3]
+    assert all(checkpoint.verify(p) is None for p in rundir.step_dirs(tmp_path))

@@ -46,14 +46,12 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "CheckpointWarning", "RECORD", "differences", "fingerprint", "finish", "manager",
-           "restore_latest", "save", "step_dirs", "verify"]
+__all__ = ["RECORD", "CheckpointError", "CheckpointWarning", "differences", "fingerprint", "finish",
+           "manager", "restore_latest", "save", "verify"]
 
 RECORD = "integrity.json"
 """Name of a step's integrity record: ``{"files": {relative path: [size, sha256]}}``."""
 
-_STEP = re.compile(r"\d+")
-_TMP = re.compile(r"\d+\.orbax-checkpoint-tmp.*")
 
 
 class CheckpointError(ValueError):
@@ -105,14 +103,6 @@ def manager(directory: str | Path, keep: int = 2, *, asynchronous: bool = False)
                 preservation_policy=ocp.checkpoint_managers.LatestN(keep),
             ),
         )
-
-
-def step_dirs(directory: str | Path) -> list[Path]:
-    """The step directories under ``directory`` (complete or not: orbax's temporary ones too)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir() if p.is_dir() and (_STEP.fullmatch(p.name) or _TMP.fullmatch(p.name)))
 
 
 def _digest(path: Path) -> list:
@@ -184,7 +174,7 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state: Any, history: dict[str,
     def record_in_background() -> None:
         try:
             record()
-        except BaseException as e:  # raised by the next finish()
+        except BaseException as e:  # noqa: BLE001 (raised by the next finish())
             mngr._record_error = e
 
     mngr._recorder = threading.Thread(target=record_in_background, name=f"jaxreg-record-{epoch}",
@@ -283,7 +273,7 @@ def _restore_latest(mngr, template, run, set_aside):
                 break
             except CheckpointError:
                 raise
-            except Exception as e:  # orbax's errors for unreadable data have no common type
+            except Exception as e:  # noqa: BLE001 (orbax's errors for unreadable data have no common type)
                 problem = f"orbax cannot read it ({_first_line(e)})"
         damaged.append((step_dir, problem))
     if damaged:

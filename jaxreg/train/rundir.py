@@ -17,13 +17,12 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from jaxreg.train.checkpoint import step_dirs
-
-__all__ = ["LOCK", "RECORDS", "RunDirError", "describe_run", "lock", "prepare"]
+__all__ = ["LOCK", "RECORDS", "RunDirError", "describe_run", "lock", "prepare", "step_dirs"]
 
 RECORDS = ("config.json", "metrics.json", "sweep.json", "study.json")
 """Files that make a directory a run by themselves."""
@@ -31,8 +30,22 @@ LOCK = ".lock"
 """The lock file, ``DIR/.lock``: it holds the pid of the process holding the lock."""
 
 
+_STEP = re.compile(r"\d+(\.orbax-checkpoint-tmp.*)?")
+"""An orbax step directory ``<k>``, or one being written (``<k>.orbax-checkpoint-tmp...``)."""
+
+
 class RunDirError(ValueError):
     """A directory cannot take this run: it holds another, or another process holds it."""
+
+
+def step_dirs(directory: str | Path) -> list[Path]:
+    """The checkpoint step directories in ``directory``, complete or being written, by name
+    (not ``<k>.damaged``, set aside by :func:`jaxreg.train.checkpoint.restore_latest`)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted((p for p in directory.iterdir() if p.is_dir() and _STEP.fullmatch(p.name)),
+                  key=lambda p: int(p.name.partition(".")[0]))
 
 
 def describe_run(directory: str | Path) -> str | None:

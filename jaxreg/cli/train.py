@@ -4,7 +4,9 @@ A run directory (``--out``, default ``runs/<UTC timestamp>``) holds::
 
     config.json    the resolved settings, written before training; ``--resume`` and ``eval``
                    rebuild the run from it, so a resumed run keeps its original settings
-    checkpoints/   orbax checkpoints after each epoch (:mod:`jaxreg.train.checkpoint`)
+    checkpoints/   orbax checkpoints every ``--checkpoint-every`` epochs and after the last,
+                   each with an integrity record (:mod:`jaxreg.train.checkpoint`)
+    .lock          held while a run trains: a second run on the same directory is refused
     metrics.json   written when training finishes: config, data source, timings, final test
                    and training metrics, per-epoch history, jax version and backend
     curves.png     loss, accuracy and learning rate per epoch (:func:`jaxreg.cli.plots.plot_history`)
@@ -16,6 +18,7 @@ plus a batch-scaled L2 penalty of strength :data:`DEFAULT_L2` (``DEFAULT_L2 / 12
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from datetime import datetime, timezone
@@ -39,9 +42,8 @@ from jaxreg.cli._common import (
     readable_dir,
     write_json,
 )
-from jaxreg.cli.plots import plot_history
 from jaxreg.data import DATASETS, Dataset, load
-from jaxreg.train import checkpoint, distributed, fit, models
+from jaxreg.train import distributed, fit, models, rundir
 from jaxreg.train.fit import _split_data
 from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES
 
@@ -117,6 +119,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its latest checkpoint, with the "
                           "settings of its config.json (a finished run is only re-reported)")
+    run.add_argument("--checkpoint-every", type=positive_int, default=1, metavar="N",
+                     help="checkpoint every N epochs (and after the last; default: %(default)s)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (default: a tqdm bar on stderr)")
 
     scale = parser.add_argument_group(
@@ -154,7 +158,7 @@ def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
     return dict(
         dataset=data.name, data_dir=None if args.data_dir is None else str(args.data_dir.absolute()),
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-        validation_split=validation_split,
+        validation_split=validation_split, checkpoint_every=args.checkpoint_every,
         optimizer=dict(name=args.optimizer, learning_rate=args.lr, schedule=args.schedule, l2=l2,
                        l1=args.l1, batch_scaled=args.batch_scaled, proximal=args.proximal,
                        plateau=plateau),
@@ -162,12 +166,14 @@ def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
 
 
 def _fit(config: dict[str, Any], data: Dataset, run_dir: Path, *, epochs: int, resume: bool,
-         progress: bool, mesh: Any = None):
+         progress: bool, mesh: Any = None, callbacks=()):
     """``fit`` with the run's settings, checkpointing to (and resuming from) ``run_dir``."""
     model = models.get(config["model"], data.num_classes)
     return fit(model, config["optimizer"], data, epochs=epochs, batch_size=config["batch_size"],
                seed=config["seed"], validation_split=config["validation_split"],
-               checkpoint_dir=str(run_dir / "checkpoints"), resume=resume, progress=progress, mesh=mesh)
+               checkpoint_dir=str(run_dir / "checkpoints"), resume=resume,
+               checkpoint_every=config.get("checkpoint_every", 1), progress=progress, mesh=mesh,
+               callbacks=callbacks)
 
 
 def _join_and_mesh(args: argparse.Namespace) -> Any:
@@ -192,14 +198,12 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
     ``curves.png`` (process 0 only), and returns the metrics. ``train_seconds`` is the wall time of this call's ``fit`` (compilation,
     epochs, validation, checkpoints, test evaluation); a resumed run counts only its own part,
     from ``resumed_from_epoch`` on."""
-    start = 0
-    if resume:
-        mngr = checkpoint.manager(run_dir / "checkpoints")
-        start = mngr.latest_step() or 0
-        mngr.close()
+    ran: list[int] = []
     t0 = time.perf_counter()
-    result = _fit(config, data, run_dir, epochs=config["epochs"], resume=resume, progress=progress, mesh=mesh)
+    result = _fit(config, data, run_dir, epochs=config["epochs"], resume=resume, progress=progress, mesh=mesh,
+                  callbacks=[lambda epoch, state, logs: ran.append(epoch)])
     train_seconds = time.perf_counter() - t0
+    start = len(result.history.get("loss", [])) - len(ran)  # the epochs restored
     (x_fit, y_fit), _, _ = _split_data(data, config["validation_split"], None)  # fit's training part
     train = result.evaluate(result.state, x_fit, y_fit)
     metrics = dict(
@@ -211,6 +215,8 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
         devices=[str(d) for d in jax.devices()],
     )
     if distributed.is_primary():
+        from jaxreg.cli.plots import plot_history  # matplotlib, only now
+
         plot_history(result.history, run_dir / "curves.png", title=f"{config['model']} on {config['dataset']}")
         write_json(run_dir / "metrics.json", metrics)
     return metrics
@@ -226,32 +232,33 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """``jaxreg train``: a new run in ``--out``, or with ``--resume`` the run already there."""
+    """``jaxreg train``: a new run in ``--out``, or with ``--resume`` the run already there.
+
+    Before any work, ``--out`` is created and checked (:func:`jaxreg.train.rundir.prepare`: a
+    writable directory holding no run, unless resumed) and locked for the run's life."""
     mesh = _join_and_mesh(args)
-    if args.resume:
-        if args.out is None:
-            raise ValueError("--resume needs --out DIR, the run to continue")
-        run_dir = args.out
-        config = read_config(run_dir)
-        if (run_dir / "metrics.json").exists():
-            print(f"{run_dir} is finished; its metrics:")
-            print(summary(json.loads((run_dir / "metrics.json").read_text()), run_dir))
-            return 0
-        data = load(config["dataset"], data_dir=args.data_dir or config["data_dir"])
-        print(f"resuming {run_dir} with its config.json; dataset: {data.name}, from {data.source}")
-    else:
-        run_dir = args.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        if (run_dir / "config.json").exists():
-            raise ValueError(f"{run_dir} already holds a run: pass --resume to continue it, "
-                             f"or choose another --out")
-        data, why = load_dataset(args.dataset, args.data_dir)
-        print(why)
-        config = make_config(args, data)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if jax.process_count() > 1:  # every process has checked for a run before process 0 writes
-            multihost_utils.sync_global_devices("jaxreg train: run directory checked")
-        if distributed.is_primary():
-            write_json(run_dir / "config.json", config)
-    metrics = train_run(config, data, run_dir, resume=args.resume, progress=not args.no_progress, mesh=mesh)
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out DIR, the run to continue")
+    run_dir = args.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    config = read_config(run_dir) if args.resume else None  # a missing run is not created
+    rundir.prepare(run_dir, resume=args.resume)
+    if jax.process_count() > 1:  # every process has checked for a run before process 0 writes
+        multihost_utils.sync_global_devices("jaxreg train: run directory checked")
+    with rundir.lock(run_dir) if distributed.is_primary() else contextlib.nullcontext():
+        if args.resume:
+            if (run_dir / "metrics.json").exists():
+                print(f"{run_dir} is finished; its metrics:")
+                print(summary(json.loads((run_dir / "metrics.json").read_text()), run_dir))
+                return 0
+            data = load(config["dataset"], data_dir=args.data_dir or config["data_dir"])
+            print(f"resuming {run_dir} with its config.json; dataset: {data.name}, from {data.source}")
+        else:
+            data, why = load_dataset(args.dataset, args.data_dir)
+            print(why)
+            config = make_config(args, data)
+            if distributed.is_primary():
+                write_json(run_dir / "config.json", config)
+        metrics = train_run(config, data, run_dir, resume=args.resume, progress=not args.no_progress,
+                            mesh=mesh)
     print(summary(metrics, run_dir))
     return 0

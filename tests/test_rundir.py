@@ -64,3 +64,18 @@ def test_a_second_process_is_refused_naming_the_holder(tmp_path):
         holder.wait()
     with rundir.lock(tmp_path):  # released by the kernel when the holder died
         assert (tmp_path / rundir.LOCK).read_text() == f"{os.getpid()}\n"
+
+
+def test_claim_removes_a_directory_it_created_when_the_block_fails_before_writing(tmp_path):
+    with pytest.raises(RuntimeError), rundir.claim(tmp_path / "new"):
+        assert (tmp_path / "new" / rundir.LOCK).exists()
+        raise RuntimeError
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(RuntimeError), rundir.claim(tmp_path / "kept") as out:
+        (out / "config.json").write_text("{}")
+        raise RuntimeError
+    assert (tmp_path / "kept" / "config.json").exists()
+    (tmp_path / "old").mkdir()
+    with pytest.raises(RuntimeError), rundir.claim(tmp_path / "old"):
+        raise RuntimeError
+    assert (tmp_path / "old").is_dir()  # not created by the claim: left alone

@@ -193,10 +193,10 @@ def plot_study(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """``jaxreg sweep``: the grid (or the study), its JSON and plot, the best setting. ``--out``
-    is created and checked before any work (:func:`jaxreg.train.rundir.prepare`: a writable
+    is created and checked before any work (:func:`jaxreg.train.rundir.claim`: a writable
     directory holding no run) and locked while the sweep runs."""
     out = args.out or Path("runs") / datetime.now(timezone.utc).strftime("sweep-%Y%m%d-%H%M%S")
-    with rundir.lock(rundir.prepare(out)):
+    with rundir.claim(out):
         return _run_sweep(args, out)
 
 

@@ -18,7 +18,6 @@ plus a batch-scaled L2 penalty of strength :data:`DEFAULT_L2` (``DEFAULT_L2 / 12
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 from datetime import datetime, timezone
@@ -234,17 +233,16 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
 def run_train(args: argparse.Namespace) -> int:
     """``jaxreg train``: a new run in ``--out``, or with ``--resume`` the run already there.
 
-    Before any work, ``--out`` is created and checked (:func:`jaxreg.train.rundir.prepare`: a
+    Before any work, ``--out`` is created and checked (:func:`jaxreg.train.rundir.claim`: a
     writable directory holding no run, unless resumed) and locked for the run's life."""
     mesh = _join_and_mesh(args)
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out DIR, the run to continue")
     run_dir = args.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     config = read_config(run_dir) if args.resume else None  # a missing run is not created
-    rundir.prepare(run_dir, resume=args.resume)
-    if jax.process_count() > 1:  # every process has checked for a run before process 0 writes
-        multihost_utils.sync_global_devices("jaxreg train: run directory checked")
-    with rundir.lock(run_dir) if distributed.is_primary() else contextlib.nullcontext():
+    with rundir.claim(run_dir, resume=args.resume, locked=distributed.is_primary()):
+        if jax.process_count() > 1:  # every process has checked for a run before process 0 writes
+            multihost_utils.sync_global_devices("jaxreg train: run directory checked")
         if args.resume:
             if (run_dir / "metrics.json").exists():
                 print(f"{run_dir} is finished; its metrics:")

@@ -9,7 +9,7 @@ directory whose ``config.json`` is lost is still a run.
 directory, and it holds no run unless the caller continues that run. :func:`lock` holds an
 exclusive lock on it for the life of a run: ``fcntl.flock`` on ``DIR/.lock``, released by the
 kernel when the process ends however it ends (no stale locks); the file keeps the holder's pid
-for the message a second run gets.
+for the message a second run gets. :func:`claim` does both for a command's output directory.
 """
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LOCK", "RECORDS", "RunDirError", "describe_run", "lock", "prepare", "step_dirs"]
+__all__ = ["LOCK", "RECORDS", "RunDirError", "claim", "describe_run", "lock", "prepare", "step_dirs"]
 
 RECORDS = ("config.json", "metrics.json", "sweep.json", "study.json")
 """Files that make a directory a run by themselves."""
@@ -106,3 +107,20 @@ def lock(directory: str | Path) -> Iterator[Path]:
         yield Path(directory)
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def claim(directory: str | Path, *, resume: bool = False, locked: bool = True) -> Iterator[Path]:
+    """:func:`prepare` ``directory``, then hold its :func:`lock` (if ``locked``) while the block
+    runs. If the block fails before writing anything there, a directory this call created is
+    removed again (a failed command leaves no empty run directory behind)."""
+    directory = Path(directory)
+    created = not directory.exists()
+    prepare(directory, resume=resume)
+    try:
+        with lock(directory) if locked else contextlib.nullcontext(directory):
+            yield directory
+    except BaseException:
+        if created and all(p.name == LOCK for p in directory.iterdir()):
+            shutil.rmtree(directory, ignore_errors=True)
+        raise

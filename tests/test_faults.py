@@ -24,9 +24,9 @@ from jaxreg.train import checkpoint, fit, models, rundir
 
 SIGINT_IN_FIT = 12
 """SIGINTs sent to one process looping over ``fit`` (each must stop it at a safe point)."""
-KILLS = 6
+KILLS = 4
 """Processes SIGKILLed at random moments, each resuming the previous one's checkpoints."""
-SIGINT_CLI = 4
+SIGINT_CLI = 3
 """``jaxreg train`` processes SIGINTed at random moments, start-up included."""
 DAMAGES = 40
 """Random byte flips, truncations and deletions in the latest checkpoint."""

@@ -283,3 +283,19 @@ def test_sigint_to_jaxreg_train_exits_130_with_one_line(tmp_path, env):
         held = proc.returncode == 130 and stderr == "jaxreg train: interrupted\n" and intact
         _count("SIGINT to jaxreg train", held)
         assert held, (attempt, delay, proc.returncode, stderr[-3000:], stdout)
+
+
+def test_eval_and_resume_skip_a_damaged_latest_checkpoint_with_one_warning(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = ["--dataset", "digits", "--model", "linear", "--batch-size", "64", "--no-progress"]
+    assert _main(["train", *flags, "--epochs", "3", "--out", str(out)], capsys)[0] == 0
+    (out / "metrics.json").unlink()  # as if interrupted after epoch 3
+    _damage(out / "checkpoints" / "3", random.Random(4))
+    status, stdout, err = _main(["eval", "--run", str(out)], capsys)
+    held = status == 0 and err.count("\n") == 1 and "(epoch 2 of" in stdout
+    assert held and err.startswith(f"jaxreg eval: warning: {out / 'checkpoints' / '3'} is damaged"), (stdout, err)
+    status, stdout, err = _main(["train", "--resume", "--no-progress", "--out", str(out)], capsys)
+    held &= status == 0 and err.count("\n") == 1 and "3 epochs" in stdout and "renamed" in err
+    _count("damaged checkpoint, CLI eval and resume", held)
+    assert held, (status, stdout, err)
+    assert (out / "checkpoints" / "3.damaged").is_dir() and checkpoint.verify(out / "checkpoints" / "3") is None

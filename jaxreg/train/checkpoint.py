@@ -66,6 +66,7 @@ class _Manager(ocp.CheckpointManager):
     """orbax's manager; :meth:`wait_until_finished` also waits for the integrity record of
     the last asynchronous save (and raises its error, if writing it failed)."""
 
+    asynchronous: bool = False
     _recorder: threading.Thread | None = None
     _record_error: BaseException | None = None
 
@@ -96,13 +97,15 @@ def manager(directory: str | Path, keep: int = 2, *, asynchronous: bool = False)
     """A ``CheckpointManager`` over ``directory`` keeping the latest ``keep`` epochs; with
     ``asynchronous``, :func:`save` writes in the background (see the module docstring)."""
     with _orbax_quiet():  # it reads every step's metadata
-        return _Manager(
+        mngr = _Manager(
             Path(directory).absolute(),
             options=ocp.CheckpointManagerOptions(
                 enable_async_checkpointing=asynchronous,
                 preservation_policy=ocp.checkpoint_managers.LatestN(keep),
             ),
         )
+    mngr.asynchronous = asynchronous
+    return mngr
 
 
 def _digest(path: Path) -> list:
@@ -167,7 +170,7 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state: Any, history: dict[str,
         if jax.process_index() == 0:
             _write_record(step_dir)
 
-    if not isinstance(mngr, _Manager) or not mngr._options.enable_async_checkpointing:
+    if not getattr(mngr, "asynchronous", False):
         record()
         return
 
@@ -251,7 +254,8 @@ def restore_latest(mngr: ocp.CheckpointManager, template: Any, *, run: dict[str,
         return _restore_latest(mngr, template, run, set_aside)
 
 
-def _restore_latest(mngr, template, run, set_aside):
+def _restore_latest(mngr: ocp.CheckpointManager, template: Any, run: dict[str, Any] | None,
+                    set_aside: bool) -> tuple[int, Any, dict[str, list]] | None:
     directory = Path(mngr.directory)
     damaged: list[tuple[Path, str]] = []
     found = None

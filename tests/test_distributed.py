@@ -233,8 +233,8 @@ def test_cli_two_processes(tmp_path):
         sys.executable, "-m", "jaxreg.cli", *flags, "--out", "run", "--coordinator", f"127.0.0.1:{port}",
         "--num-processes", "2", "--process-id", str(i)], 2, tmp_path)
     assert all("digits: 1 epochs" in out for out in outs)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints", "config.json", "curves.png",
-                                                                    "metrics.json"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "checkpoints", "config.json",
+                                                                    "curves.png", "metrics.json"]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert len(metrics["devices"]) == 4
 

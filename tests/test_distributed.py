@@ -256,7 +256,7 @@ def test_cli_two_processes(tmp_path):
         2, tmp_path)
     assert all("digits: 1 epochs" in out for out in outs)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "checkpoints", "config.json", "curves.png", "metrics.json"]
+        ".lock", "checkpoints", "config.json", "curves.png", "metrics.json"]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert len(metrics["devices"]) == 4
 

@@ -191,7 +191,7 @@ def test_cli_sweep_writes_json_and_png(tmp_path, capsys):
     assert (out / "sweep.png").stat().st_size > 0
     assert "best" in capsys.readouterr().out
 
-    assert main(["sweep", "--dataset", "digits", "--l2", "0,-1", "--out", str(out)]) == 2
+    assert main(["sweep", "--dataset", "digits", "--l2", "0,-1", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "-1" in err
 

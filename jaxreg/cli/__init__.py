@@ -7,7 +7,12 @@ module here. The library never imports this package.
 
 Errors are one line on stderr, ``jaxreg <command>: error: <message>``, with exit status 2:
 argparse's for bad flags, and the same for the library's ``DataError``, ``ValueError`` and
-``OSError`` raised while a command runs (unreadable or corrupt data, an unusable ``--out``).
+``OSError`` raised while a command runs (unreadable or corrupt data, an unusable ``--out``, a
+run directory another run holds). A warning (e.g. a damaged checkpoint skipped) is one line,
+``jaxreg <command>: warning: <message>``. Ctrl-C (SIGINT) stops a command at its next safe
+point (:mod:`jaxreg.train.interrupt`: for training, the end of an epoch, with its checkpoint
+complete) with the one line ``jaxreg <command>: interrupted`` and exit status 130. (Python
+itself handles a SIGINT that arrives before ``main`` runs, while ``jaxreg`` is imported.)
 
 Every command keeps XLA's compiled programs in JAX's persistent compilation cache,
 ``$XDG_CACHE_HOME/jaxreg/xla`` (``~/.cache/jaxreg/xla``), so a repeated run (the same model,
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -28,14 +34,10 @@ import jax
 from jaxreg.cli import evaluate, sweep, train
 from jaxreg.data import DataError
 from jaxreg.data.sources import cache_root
+from jaxreg.train import interrupt
 
 __all__ = [
-    "COMMANDS",
-    "ArgumentParser",
-    "build_parser",
-    "compile_cache",
-    "compile_cache_dir",
-    "main",
+    "COMMANDS", "ArgumentParser", "build_parser", "compile_cache", "compile_cache_dir", "main",
 ]
 
 COMMANDS = [train, evaluate, sweep]
@@ -97,20 +99,26 @@ def compile_cache(enabled: bool) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``jaxreg`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    parser = build_parser()
+    prog = "jaxreg"
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
     try:
-        args = parser.parse_args(argv)
-        try:
-            with compile_cache(args.compile_cache):
-                return args.run(args)
-        except (DataError, ValueError, OSError) as e:
-            command_parser: argparse.ArgumentParser = args.parser  # the command's: its usage
-            command_parser.error(
-                "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
-                or type(e).__name__
-            )
+        with interrupt.deferred(), warnings.catch_warnings():
+            warnings.showwarning = one_line
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            prog = args.parser.prog
+            try:
+                with compile_cache(args.compile_cache):
+                    return args.run(args)
+            except (DataError, ValueError, OSError) as e:
+                command_parser: argparse.ArgumentParser = args.parser  # the command's usage
+                command_parser.error("; ".join(line.strip() for line in str(e).splitlines()
+                                               if line.strip()) or type(e).__name__)
     except SystemExit as e:  # argparse's --help (0) and errors (2)
         return e.code if isinstance(e.code, int) else 1
     except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -13,7 +13,6 @@ from typing import Any
 from jaxreg.cli._common import check_run_data, read_config, readable_dir, write_json
 from jaxreg.data import DATASETS, load
 from jaxreg.train import (
-    checkpoint,
     create_train_state,
     evaluate,
     make_optimizer,
@@ -55,6 +54,8 @@ def evaluate_run(run_dir: Path, dataset: str | None = None, data_dir: Path | Non
     (x, y), _, (x_test, y_test) = _split_data(data, config["validation_split"], None)
     total_steps = config["epochs"] * (len(x) // config["batch_size"])
     tx = make_optimizer(**{"total_steps": total_steps, **config["optimizer"]}).tx
+    from jaxreg.train import checkpoint  # orbax, only now
+
     mngr = checkpoint.manager(run_dir / "checkpoints")
     try:
         restored = checkpoint.restore_latest(mngr, create_train_state(model, tx, x[:1], config["seed"]))

@@ -35,7 +35,7 @@ import itertools
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -48,11 +48,13 @@ from jaxreg.cli._common import (
     readable_dir,
     seed_int,
 )
-from jaxreg.cli.plots import figure_row
 from jaxreg.data import DATASETS
-from jaxreg.train import SweepResult, models, sweep
+from jaxreg.train import models, rundir
 from jaxreg.train.optimizer import OPTIMIZERS
 from jaxreg.transforms import penalties
+
+if TYPE_CHECKING:
+    from jaxreg.train.sweep import SweepResult
 
 DEFAULT_GRID_L2 = (0.0, 1e-5, 1e-4, 1e-3)
 STUDY_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
@@ -154,6 +156,8 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     curve per combination of the other hyperparameters that vary."""
     metric = _score(rows)
     varying = [k for k in HYPERPARAMETERS if k != "l2" and len({r[k] for r in rows}) > 1]
+    from jaxreg.cli.plots import figure_row  # matplotlib, only now
+
     fig, (ax,) = figure_row(1, PANEL_SIZE)
     for other, curve in itertools.groupby(sorted(rows, key=lambda r: [r[k] for k in varying]),
                                           key=lambda r: tuple(r[k] for k in varying)):
@@ -174,6 +178,8 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 def plot_study(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Test accuracy and kernel norm against the batch size, fixed lambda vs lambda/b."""
     metric = _score(rows)
+    from jaxreg.cli.plots import figure_row
+
     fig, axes = figure_row(2, PANEL_SIZE)
     for scaled, label in ((False, f"fixed lambda/{REFERENCE_BATCH}"), (True, "lambda/b")):
         curve = sorted((r for r in rows if r["batch_scaled"] == scaled), key=lambda r: r["batch_size"])
@@ -191,13 +197,22 @@ def plot_study(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    """``jaxreg sweep``: the grid (or the study), its JSON and plot, the best setting."""
+    """``jaxreg sweep``: the grid (or the study), its JSON and plot, the best setting. ``--out``
+    is created and checked before any work (:func:`jaxreg.train.rundir.claim`: a writable
+    directory holding no run) and locked while the sweep runs."""
     out = args.out or Path("runs") / datetime.now(timezone.utc).strftime("sweep-%Y%m%d-%H%M%S")
     last = args.seed + args.seeds - 1
     if last >= SEED_LIMIT:
         raise ValueError(f"--seed {args.seed} with --seeds {args.seeds} reaches seed {last}; "
                          f"seeds are below 2**32 = {SEED_LIMIT}")
     seeds = list(range(args.seed, last + 1))
+    with rundir.claim(out):
+        return _run_sweep(args, out, seeds)
+
+
+def _run_sweep(args: argparse.Namespace, out: Path, seeds: list[int]) -> int:
+    from jaxreg.train.sweep import sweep  # the sweep engine, only for this command
+
     data, why = load_dataset(args.dataset, args.data_dir)
     print(why)
     model = models.get(args.model, data.num_classes)
@@ -217,7 +232,6 @@ def run_sweep(args: argparse.Namespace) -> int:
                    optimizer=args.optimizer, data_seed=args.data_seed, chunk_size=args.chunk_size,
                    progress=not args.no_progress)
     rows = summarize(result)
-    out.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("run", "parser")}
     report = {"config": {**config, "dataset": data.name, "data_source": data.source,
                          "backend": jax.default_backend(), "devices": jax.device_count()},

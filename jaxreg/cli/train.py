@@ -5,7 +5,9 @@ A run directory (``--out``, default ``runs/<UTC timestamp>``) holds::
     config.json    the resolved settings and the data's fingerprint, written once every
                    setting is checked, before training; ``--resume`` and ``eval`` rebuild the
                    run from it (a resumed run keeps its settings; only ``--epochs`` may grow)
-    checkpoints/   orbax checkpoints after each epoch (:mod:`jaxreg.train.checkpoint`)
+    checkpoints/   orbax checkpoints every ``--checkpoint-every`` epochs and after the last,
+                   each with an integrity record (:mod:`jaxreg.train.checkpoint`)
+    .lock          held while a run trains: a second run on the same directory is refused
     metrics.json   written when training finishes: config, data source, timings, final test
                    and training metrics, per-epoch history, jax version and backend
     curves.png     loss, accuracy and learning rate per epoch (:func:`jaxreg.cli.plots.plot_history`)
@@ -42,9 +44,8 @@ from jaxreg.cli._common import (
     seed_int,
     write_json,
 )
-from jaxreg.cli.plots import plot_history
 from jaxreg.data import DATASETS, Dataset, load
-from jaxreg.train import checkpoint, distributed, fit, make_optimizer, models
+from jaxreg.train import distributed, fit, make_optimizer, models, rundir
 from jaxreg.train._inputs import check_fit_inputs
 from jaxreg.train.fit import _split_data
 from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES
@@ -156,6 +157,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                           "settings of its config.json, which other flags cannot change; "
                           "--epochs N trains it (even a finished one) to N epochs; a finished "
                           "run is otherwise only re-reported")
+    run.add_argument("--checkpoint-every", type=positive_int, default=1, metavar="N",
+                     help="checkpoint every N epochs (and after the last; default: %(default)s)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (default: a tqdm bar on stderr)")
 
     scale = parser.add_argument_group(
@@ -205,7 +208,7 @@ def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
         fingerprint=data.fingerprint, input_shape=list(data.x_train.shape[1:]),
         num_classes=data.num_classes, model=setting(args, "model"), epochs=setting(args, "epochs"),
         batch_size=setting(args, "batch_size"), seed=setting(args, "seed"),
-        validation_split=validation_split,
+        validation_split=validation_split, checkpoint_every=args.checkpoint_every,
         optimizer=dict(name=setting(args, "optimizer"), learning_rate=setting(args, "lr"),
                        schedule=setting(args, "schedule"), l2=l2, l1=l1, batch_scaled=batch_scaled,
                        proximal=setting(args, "proximal"), plateau=plateau),
@@ -229,12 +232,14 @@ def check_config(config: dict[str, Any], data: Dataset) -> None:
 
 
 def _fit(config: dict[str, Any], data: Dataset, run_dir: Path, *, epochs: int, resume: bool,
-         progress: bool, mesh: Any = None):
+         progress: bool, mesh: Any = None, callbacks=()):
     """``fit`` with the run's settings, checkpointing to (and resuming from) ``run_dir``."""
     model = models.get(config["model"], data.num_classes)
     return fit(model, config["optimizer"], data, epochs=epochs, batch_size=config["batch_size"],
                seed=config["seed"], validation_split=config["validation_split"],
-               checkpoint_dir=str(run_dir / "checkpoints"), resume=resume, progress=progress, mesh=mesh)
+               checkpoint_dir=str(run_dir / "checkpoints"), resume=resume,
+               checkpoint_every=config.get("checkpoint_every", 1), progress=progress, mesh=mesh,
+               callbacks=callbacks)
 
 
 def _join_and_mesh(args: argparse.Namespace) -> Any:
@@ -259,14 +264,12 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
     ``curves.png`` (process 0 only), and returns the metrics. ``train_seconds`` is the wall time of this call's ``fit`` (compilation,
     epochs, validation, checkpoints, test evaluation); a resumed run counts only its own part,
     from ``resumed_from_epoch`` on."""
-    start = 0
-    if resume:
-        mngr = checkpoint.manager(run_dir / "checkpoints")
-        start = mngr.latest_step() or 0
-        mngr.close()
+    ran: list[int] = []
     t0 = time.perf_counter()
-    result = _fit(config, data, run_dir, epochs=config["epochs"], resume=resume, progress=progress, mesh=mesh)
+    result = _fit(config, data, run_dir, epochs=config["epochs"], resume=resume, progress=progress, mesh=mesh,
+                  callbacks=[lambda epoch, state, logs: ran.append(epoch)])
     train_seconds = time.perf_counter() - t0
+    start = len(result.history.get("loss", [])) - len(ran)  # the epochs restored
     (x_fit, y_fit), _, _ = _split_data(data, config["validation_split"], None)  # fit's training part
     train = result.evaluate(result.state, x_fit, y_fit)
     metrics = dict(
@@ -278,6 +281,8 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
         devices=[str(d) for d in jax.devices()],
     )
     if distributed.is_primary():
+        from jaxreg.cli.plots import plot_history  # matplotlib, only now
+
         plot_history(result.history, run_dir / "curves.png", title=f"{config['model']} on {config['dataset']}")
         write_json(run_dir / "metrics.json", metrics)
     return metrics
@@ -308,6 +313,8 @@ def _resumed_config(args: argparse.Namespace, config: dict[str, Any],
     if schedule != "fixed":
         raise ValueError(f"--resume cannot change --epochs of a run with --schedule {schedule}: "
                          f"its learning rate follows the {config['epochs']} epochs planned")
+    from jaxreg.train import checkpoint  # orbax, only for a resume
+
     mngr = checkpoint.manager(run_dir / "checkpoints")
     trained = mngr.latest_step() or 0
     mngr.close()
@@ -319,40 +326,40 @@ def _resumed_config(args: argparse.Namespace, config: dict[str, Any],
 
 def run_train(args: argparse.Namespace) -> int:
     """``jaxreg train``: a new run in ``--out``, or with ``--resume`` the run already there.
-    Everything is checked (flags, data, settings) before the run directory is written."""
+    Everything is checked (flags, data, settings) before the run directory is written: it is
+    created and checked first (:func:`jaxreg.train.rundir.claim`: a writable directory holding no
+    run, unless resumed; removed again if the command fails before writing there) and locked
+    for the run's life."""
     mesh = _join_and_mesh(args)
-    if args.resume:
-        if args.out is None:
-            raise ValueError("--resume needs --out DIR, the run to continue")
-        run_dir = args.out
-        saved = read_config(run_dir)
-        config = _resumed_config(args, saved, run_dir)
-        if config is saved and (run_dir / "metrics.json").exists():
-            print(f"{run_dir} is finished; its metrics:")
-            print(summary(json.loads((run_dir / "metrics.json").read_text()), run_dir))
-            return 0
-        data = load(config["dataset"], data_dir=args.data_dir or config["data_dir"])
-        check_run_data(config, data, run_dir)
-        check_config(config, data)
-        if config is not saved and distributed.is_primary():
-            (run_dir / "metrics.json").unlink(missing_ok=True)  # no longer the run's last word
-            write_json(run_dir / "config.json", config)
-        print(f"resuming {run_dir} with its config.json"
-              + ("" if config is saved else f", to {config['epochs']} epochs")
-              + f"; dataset: {data.name}, from {data.source}")
-    else:
-        run_dir = args.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        if (run_dir / "config.json").exists():
-            raise ValueError(f"{run_dir} already holds a run: pass --resume to continue it, "
-                             f"or choose another --out")
-        data, why = load_dataset(args.dataset, args.data_dir)
-        print(why)
-        config = make_config(args, data)
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out DIR, the run to continue")
+    run_dir = args.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    saved = read_config(run_dir) if args.resume else None  # a missing run is not created
+    with rundir.claim(run_dir, resume=args.resume, locked=distributed.is_primary()):
+        if saved is not None:
+            config = _resumed_config(args, saved, run_dir)
+            if config is saved and (run_dir / "metrics.json").exists():
+                print(f"{run_dir} is finished; its metrics:")
+                print(summary(json.loads((run_dir / "metrics.json").read_text()), run_dir))
+                return 0
+            data = load(config["dataset"], data_dir=args.data_dir or config["data_dir"])
+            check_run_data(config, data, run_dir)
+            check_config(config, data)
+        else:
+            data, why = load_dataset(args.dataset, args.data_dir)
+            print(why)
+            config = make_config(args, data)
         if jax.process_count() > 1:  # every process has checked for a run before process 0 writes
             multihost_utils.sync_global_devices("jaxreg train: run directory checked")
-        if distributed.is_primary():
+        if distributed.is_primary() and config is not saved:
+            if saved is not None:  # --epochs grew: the old metrics are no longer the last word
+                (run_dir / "metrics.json").unlink(missing_ok=True)
             write_json(run_dir / "config.json", config)
-    metrics = train_run(config, data, run_dir, resume=args.resume, progress=not args.no_progress, mesh=mesh)
+        if saved is not None:
+            print(f"resuming {run_dir} with its config.json"
+                  + ("" if config is saved else f", to {config['epochs']} epochs")
+                  + f"; dataset: {data.name}, from {data.source}")
+        metrics = train_run(config, data, run_dir, resume=args.resume,
+                            progress=not args.no_progress, mesh=mesh)
     print(summary(metrics, run_dir))
     return 0

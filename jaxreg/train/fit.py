@@ -3,7 +3,8 @@
 Per epoch ``e`` (0-based): shuffle with ``fold_in(fold_in(key(seed), 1), e)`` and step
 through the batches (one ``lax.scan`` on device, or streamed from the host: see
 :mod:`jaxreg.train.epoch`), evaluate on the validation data, record the history, feed the
-plateau transform the monitored metric, checkpoint, call the callbacks. The seed recipe
+plateau transform the monitored metric, checkpoint (every ``checkpoint_every`` epochs), call
+the callbacks. The seed recipe
 (seed 004) is ``fit(SeedMLP(), dict(name="adam"), mnist, epochs=10, batch_size=128)``.
 
 Compilation: a call compiles the model's initializer (once per model and input shape in a
@@ -17,10 +18,18 @@ as the ``jaxreg`` command does::
 
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/jaxreg/xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # default: only >= 1 s
+
+Checkpoints are written asynchronously (:mod:`jaxreg.train.checkpoint`): an epoch's save
+overlaps the next epoch, and every save is complete on disk when ``fit`` returns or raises.
+``fit`` holds a lock on ``checkpoint_dir`` (:mod:`jaxreg.train.rundir`) while it runs. A SIGINT
+(Ctrl-C) stops it at the next epoch boundary, after that epoch's checkpoint, with
+``KeyboardInterrupt`` (:mod:`jaxreg.train.interrupt`).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -31,8 +40,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxreg._validate import require
-from jaxreg.train import checkpoint, distributed
+from jaxreg._validate import check_int, require
+from jaxreg.train import distributed, interrupt
 from jaxreg.train._inputs import check_fit_inputs
 from jaxreg.train.epoch import scan_epoch, stream_epoch
 from jaxreg.train.optimizer import (
@@ -166,6 +175,7 @@ def fit(
     progress: bool = True,
     checkpoint_dir: str | None = None,
     resume: bool = False,
+    checkpoint_every: int = 1,
     mesh: jax.sharding.Mesh | None = None,
     accumulate: int = 1,
 ) -> FitResult:
@@ -198,10 +208,15 @@ def fit(
             history entries); returning ``True`` stops training.
         progress: a tqdm bar over steps (steps/s, loss, accuracy), updated per epoch in scan
             mode and per step when streaming.
-        checkpoint_dir, resume: checkpoint after every epoch (:mod:`jaxreg.train.checkpoint`);
-            with ``resume``, continue from the latest checkpoint there. Resuming is bit-exact:
-            an interrupted and resumed run ends with the same state as an uninterrupted one.
-            A checkpoint restores onto any mesh (it is read with this run's shardings).
+        checkpoint_dir, resume, checkpoint_every: checkpoint every ``checkpoint_every`` epochs,
+            after the last one and when stopped (:mod:`jaxreg.train.checkpoint`). Without
+            ``resume``, a ``checkpoint_dir`` holding a run (any checkpoint) is refused; with it,
+            continue from the newest intact checkpoint there (damaged newer ones are skipped
+            with a warning and renamed ``<k>.damaged``), which must be of the same run: model,
+            optimizer, batch size, seed and data shapes (``epochs`` may differ). Resuming is
+            bit-exact: an interrupted and resumed run ends with the same state as an
+            uninterrupted one. A checkpoint restores onto any mesh (it is read with this
+            run's shardings).
         mesh: data-parallel training over a :func:`jaxreg.train.distributed.make_mesh` mesh:
             each batch (also each batch gathered inside the scan, in scan mode) is split
             over the devices, the state replicated (or FSDP-split); results equal
@@ -230,6 +245,7 @@ def fit(
     check_fit_inputs(model, optimizer, data, epochs=epochs, batch_size=batch_size, seed=seed,
                      validation_split=validation_split, validation_data=validation_data, test=test,
                      monitor=monitor, accumulate=accumulate, unroll=unroll, loss_fn=loss_fn)
+    checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
     (x, y), validation, test_data = _split_data(data, validation_split, validation_data)
     steps = len(x) // batch_size
     opt = _resolve_optimizer(optimizer, total_steps=epochs * steps)
@@ -263,38 +279,75 @@ def fit(
                            **({} if mesh is None else dict(out_shardings=place.state_sharding.opt_state)))
     history: dict[str, list] = {}
     start = 0
-    mngr = None if checkpoint_dir is None else checkpoint.manager(checkpoint_dir)
-    if resume and mngr is not None and (restored := checkpoint.restore_latest(mngr, state)) is not None:
-        start, state, history = restored
     data_key = jax.random.fold_in(jax.random.key(seed), 1)
-
-    bar = tqdm(total=epochs * steps, initial=start * steps, unit="step",
-               disable=not progress or not distributed.is_primary())
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        epoch_key = jax.random.fold_in(data_key, epoch)
-        if on_device:
-            state, metrics = run_epoch(state, x, y, epoch_key)
-        else:
-            state, metrics = run_epoch(state, x, y, epoch_key, on_step=lambda: bar.update(1))
-        logs = _epoch_logs(metrics)
-        logs["epoch_seconds"] = time.perf_counter() - t0
-        if validation is not None:
-            logs.update({f"val_{k}": v for k, v in eval_fn(state, *validation).items()})
-        logs.update(_hyperparams(opt, state.opt_state, batch_size))
-        if opt.plateau is not None:
-            state = state.replace(opt_state=feed_plateau(state.opt_state, value=logs[monitor]))
-        for k, v in logs.items():
-            history.setdefault(k, []).append(v)
-        if mngr is not None:
-            checkpoint.save(mngr, epoch + 1, state, history)
-        bar.update(steps if on_device else 0)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if "loss" in k or "accuracy" in k})
-        if any([cb(epoch, state, logs) is True for cb in callbacks]):
-            break
-    bar.close()
-    if mngr is not None:
-        mngr.close()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(interrupt.deferred())
+        interrupt.check()
+        mngr = run = None
+        if checkpoint_dir is not None:
+            from jaxreg.train import checkpoint  # orbax, only when checkpointing
+            run = checkpoint.fingerprint(
+                model=model, optimizer=optimizer if isinstance(optimizer, dict) else type(optimizer).__name__,
+                optimizer_state=_tree_signature(state.opt_state),
+                batch_size=batch_size, seed=seed, train_data=(x, y), validation_data=validation)
+            mngr = _open_checkpoints(checkpoint_dir, resume, stack)
+            if resume and (restored := checkpoint.restore_latest(mngr, state, run=run, set_aside=True)):
+                start, state, history = restored
+        interrupt.check()
+        bar = stack.enter_context(tqdm(total=epochs * steps, initial=start * steps, unit="step",
+                                       disable=not progress or not distributed.is_primary()))
+        for epoch in range(start, epochs):
+            t0 = time.perf_counter()
+            epoch_key = jax.random.fold_in(data_key, epoch)
+            if on_device:
+                state, metrics = run_epoch(state, x, y, epoch_key)
+            else:
+                state, metrics = run_epoch(state, x, y, epoch_key, on_step=lambda: bar.update(1))
+            logs = _epoch_logs(metrics)
+            logs["epoch_seconds"] = time.perf_counter() - t0
+            if validation is not None:
+                logs.update({f"val_{k}": v for k, v in eval_fn(state, *validation).items()})
+            logs.update(_hyperparams(opt, state.opt_state, batch_size))
+            if opt.plateau is not None:
+                state = state.replace(opt_state=feed_plateau(state.opt_state, value=logs[monitor]))
+            for k, v in logs.items():
+                history.setdefault(k, []).append(v)
+            saved = mngr is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs
+                                          or interrupt.requested())
+            if saved:
+                checkpoint.save(mngr, epoch + 1, state, history, run)
+            bar.update(steps if on_device else 0)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if "loss" in k or "accuracy" in k})
+            stop = any([cb(epoch, state, logs) is True for cb in callbacks])
+            if mngr is not None and not saved and (stop or interrupt.requested()):
+                checkpoint.save(mngr, epoch + 1, state, history, run)
+            interrupt.check()  # a safe point: the epoch's checkpoint is written (or being written)
+            if stop:
+                break
+    # leaving the block closed the manager: every checkpoint is complete on disk
 
     test_metrics = eval_fn(state, *test_data) if test and test_data is not None else None
     return FitResult(state=state, history=history, test=test_metrics, evaluate=eval_fn)
+
+
+def _tree_signature(tree: Any) -> str:
+    """A short digest of a pytree's structure and its leaves' shapes and dtypes."""
+    text = f"{jax.tree.structure(tree)} {[(np.shape(a), str(a.dtype)) for a in jax.tree.leaves(tree)]}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _open_checkpoints(directory: str, resume: bool, stack: contextlib.ExitStack) -> Any:
+    """The checkpoint manager of a run in ``directory``, once the directory is checked (it
+    holds no run unless ``resume``: :func:`jaxreg.train.rundir.prepare`) and locked for the
+    run (by process 0); closed, every save complete, when ``stack`` unwinds."""
+    from jaxreg.train import checkpoint, rundir
+
+    rundir.prepare(directory, resume=resume, what="checkpoint_dir")
+    if jax.process_count() > 1:  # all have checked before any writes
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("jaxreg fit: checkpoint_dir checked")
+    if distributed.is_primary():
+        stack.enter_context(rundir.lock(directory))
+    mngr = checkpoint.manager(directory, asynchronous=True)
+    stack.callback(mngr.close)
+    return mngr

@@ -1,0 +1,301 @@
+"""Fault injection: runs killed (SIGKILL) or interrupted (SIGINT) at random moments, mid-save
+included; bytes flipped and files deleted in checkpoints; concurrent runs; unusable output and
+data directories. After every fault the last complete checkpoint must be intact and found.
+
+The moments are random (seeded per attempt, printed on failure); the module reports how many
+attempts of each kind it tried and how many held (``pytest -s`` shows the summary). Its time
+budget is about a minute on 2 cores: tiny data, a linear model, a few processes.
+"""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from jaxreg.train import checkpoint, fit, models, rundir
+
+SIGINT_IN_FIT = 12
+"""SIGINTs sent to one process looping over ``fit`` (each must stop it at a safe point)."""
+KILLS = 4
+"""Processes SIGKILLed at random moments, each resuming the previous one's checkpoints."""
+SIGINT_CLI = 3
+"""``jaxreg train`` processes SIGINTed at random moments, start-up included."""
+DAMAGES = 40
+"""Random byte flips, truncations and deletions in the latest checkpoint."""
+
+COUNTS: dict[str, list[int]] = {}
+
+
+def _count(kind: str, held: bool) -> None:
+    tried_held = COUNTS.setdefault(kind, [0, 0])
+    tried_held[0] += 1
+    tried_held[1] += held
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary(tmp_path_factory):
+    yield
+    lines = [f"{kind}: {held}/{tried} held" for kind, (tried, held) in COUNTS.items()]
+    print("\nfault injection: " + "; ".join(lines))
+    (tmp_path_factory.getbasetemp() / "faults.json").write_text(json.dumps(COUNTS))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Children share a compilation cache (their programs compile once) and the source tree."""
+    cache = tmp_path_factory.mktemp("xla")
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PLATFORMS": "cpu"}
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype(np.float32)
+    return x, (x[:, 0] > 0).astype(np.int32)
+
+
+OPTIMIZER = dict(name="sgd", learning_rate=0.1)
+FIT = dict(batch_size=64, progress=False, test=False)
+
+CHILD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from jaxreg.train import checkpoint, fit, interrupt, models
+
+    directory, mode = sys.argv[1], sys.argv[2]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+
+    def run(**kwargs):
+        fit(models.Linear(num_classes=2), dict(name="sgd", learning_rate=0.1), (x, y), epochs=10**6,
+            batch_size=64, progress=False, test=False, checkpoint_dir=directory, resume=True, **kwargs)
+
+    if mode == "kill":  # train until killed, saying where it (re)started
+        started = []
+        def report(epoch, state, logs):
+            if not started:
+                started.append(epoch)
+                print("started", epoch, flush=True)
+        run(callbacks=[report])
+    else:  # one fit per line on stdin, each stopped by a SIGINT
+        for _ in sys.stdin:
+            try:
+                with interrupt.deferred():
+                    print("ready", flush=True)
+                    run()
+                print("finished", flush=True)  # never: only a SIGINT ends the run
+            except KeyboardInterrupt:
+                steps = checkpoint.manager(directory).all_steps()
+                bad = [s for s in steps if checkpoint.verify(f"{directory}/{s}")]
+                print("interrupted", max(steps, default=0), "damaged", *bad, flush=True)
+""")
+
+
+def _child(tmp_path, mode, env, **kwargs):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    return subprocess.Popen([sys.executable, str(script), str(tmp_path / "ckpt"), mode], env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def _intact_steps(directory):
+    return [int(p.name) for p in rundir.step_dirs(directory)
+            if p.name.isdigit() and checkpoint.verify(p) is None]
+
+
+@pytest.mark.slow
+def test_sigint_stops_fit_at_a_safe_point_every_time(tmp_path, env):
+    proc = _child(tmp_path, "sigint", env)
+    rng = random.Random(0)
+    try:
+        for attempt in range(SIGINT_IN_FIT):
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+            delay = rng.uniform(0, 1.0)  # start-up, restore, compilation, epochs, saves
+            time.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            line = proc.stdout.readline().split()
+            held = line[:1] == ["interrupted"] and line[2:] == ["damaged"]
+            _count("SIGINT in fit", held)
+            assert held, (attempt, delay, line, proc.stderr.read() if proc.poll() is not None else "")
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr.read()
+    assert _intact_steps(tmp_path / "ckpt")  # training went on between the interrupts
+
+
+@pytest.mark.slow
+def test_killed_at_random_moments_resumes_from_the_last_complete_checkpoint(tmp_path, env):
+    rng = random.Random(1)
+    intact: list[int] = []
+    for attempt in range(KILLS + 1):
+        proc = _child(tmp_path, "kill", env)
+        try:
+            started = proc.stdout.readline().split()
+            # the resumed run starts after the newest intact checkpoint left by the last kill
+            held = started[:1] == ["started"] and int(started[1]) == max(intact, default=0)
+            if attempt:
+                _count("SIGKILL, then resume", held)
+            assert held, (attempt, started, intact, proc.stderr.read() if proc.poll() is not None else "")
+            if attempt == KILLS:
+                break
+            delay = rng.uniform(0, 1.0)
+            time.sleep(delay)
+        finally:
+            proc.kill()
+            proc.wait()
+        intact = _intact_steps(tmp_path / "ckpt")
+    assert intact and max(intact) > 0
+
+
+def _damage(step_dir, rng):
+    """One random fault in one random file (or folder) of ``step_dir``; returns what it did."""
+    files = sorted(p for p in step_dir.rglob("*") if p.is_file())
+    path = rng.choice(files)
+    kind = rng.choice(["flip", "truncate", "delete", "empty", "garbage", "delete folder"])
+    if kind == "delete folder":
+        path = rng.choice(sorted(p for p in step_dir.rglob("*") if p.is_dir()))
+        shutil.rmtree(path)
+    elif kind == "delete":
+        path.unlink()
+    elif kind == "flip":
+        data = bytearray(path.read_bytes())
+        if not data:
+            data = bytearray(b"\0")
+        at = rng.randrange(len(data))
+        data[at:at + 4] = bytes(b ^ 0xFF for b in data[at:at + 4])
+        path.write_bytes(bytes(data))
+    elif kind == "truncate":
+        path.write_bytes(path.read_bytes()[:rng.randrange(max(path.stat().st_size, 1))])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_text("{garbage")
+    return f"{kind} {path.relative_to(step_dir)}"
+
+
+@pytest.mark.slow
+def test_random_damage_to_the_latest_checkpoint_falls_back(tmp_path):
+    x, y = _data()
+    done = fit(models.Linear(num_classes=2), OPTIMIZER, (x, y), epochs=3, **FIT, checkpoint_dir=str(tmp_path / "ckpt"))
+    pristine = tmp_path / "pristine"
+    shutil.copytree(tmp_path / "ckpt", pristine)
+    rng = random.Random(2)
+    for attempt in range(DAMAGES):
+        directory = tmp_path / f"damaged{attempt}"
+        shutil.copytree(pristine, directory)
+        what = _damage(directory / "3", rng)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            epoch, _, _ = checkpoint.restore_latest(checkpoint.manager(directory), done.state)
+        messages = [str(w.message) for w in caught if issubclass(w.category, checkpoint.CheckpointWarning)]
+        held = epoch == 2 and len(messages) == 1 and f"{directory / '3'} is damaged" in messages[0]
+        _count("damaged latest checkpoint", held)
+        assert held, (attempt, what, epoch, messages)
+        shutil.rmtree(directory)
+
+
+def _main(argv, capsys):
+    from jaxreg.cli import main
+    status = main(argv)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_a_second_run_on_a_held_directory_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    x, y = _data()
+    with rundir.lock(out):
+        status, stdout, err = _main(["train", "--dataset", "digits", "--epochs", "1", "--no-progress",
+                                     "--out", str(out)], capsys)
+        _count("concurrent run", status == 2)
+        assert status == 2 and err.count("\n") == 1
+        assert f"in use by another run (pid {os.getpid()})" in err
+        assert not (out / "config.json").exists() and "dataset" not in stdout  # refused before any work
+    with rundir.lock(tmp_path):
+        with pytest.raises(rundir.RunDirError, match=f"pid {os.getpid()}"):
+            fit(models.Linear(num_classes=2), OPTIMIZER, (x, y), epochs=1, **FIT, checkpoint_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+@pytest.mark.parametrize("where", ["a file", "below a file", "a run"])
+def test_an_unusable_out_is_refused_before_any_work(tmp_path, capsys, command, where):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "checkpoints" / "5").mkdir(parents=True)  # a run without config.json
+    out = {"a file": tmp_path / "file", "below a file": tmp_path / "file" / "run",
+           "a run": tmp_path / "old"}[where]
+    t0 = time.perf_counter()
+    status, stdout, err = _main([command, "--dataset", "digits", "--epochs", "1", "--no-progress",
+                                 "--out", str(out)], capsys)
+    held = status == 2 and err.count("\n") == 1 and str(out) in err and "dataset" not in stdout
+    _count("unusable --out", held)
+    assert held, (status, stdout, err)
+    assert ("already holds a run (checkpoints/5)" if where == "a run" else "not a writable directory") in err
+    assert time.perf_counter() - t0 < 30
+
+
+@pytest.mark.parametrize("flags", [["--data-dir", "/nonexistent/jaxreg"], ["--dataset", "fashion-mnist", "--data-dir", "CORRUPT"]])
+def test_bad_data_dirs_exit_2_with_one_line(tmp_path, capsys, flags):
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (tmp_path / stem).write_bytes(b"not an IDX file")
+    flags = [str(tmp_path) if f == "CORRUPT" else f for f in flags]
+    status, _, err = _main(["train", *flags, "--out", str(tmp_path / "run"), "--no-progress"], capsys)
+    _count("bad data dir", status == 2 and err.count("\n") == 1)
+    assert status == 2 and err.count("\n") == 1 and err.startswith("jaxreg train: error:"), err
+
+
+ENTRY = "import sys; from jaxreg.cli import main; print('imported', flush=True); sys.exit(main(sys.argv[1:]))"
+"""The ``jaxreg`` console script, saying when ``main`` is about to start (a SIGINT before that
+interrupts Python importing jaxreg, which ``main`` cannot handle)."""
+
+
+@pytest.mark.slow
+def test_sigint_to_jaxreg_train_exits_130_with_one_line(tmp_path, env):
+    rng = random.Random(3)
+    for attempt in range(SIGINT_CLI):
+        out = tmp_path / f"run{attempt}"
+        proc = subprocess.Popen([sys.executable, "-c", ENTRY, "train", "--dataset", "digits", "--model",
+                                 "linear", "--epochs", "500", "--batch-size", "64", "--no-progress",
+                                 "--out", str(out)], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout.readline() == "imported\n"
+        delay = rng.uniform(0.01, 4.0)  # parsing, data, compilation, epochs, saves
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+        intact = all(checkpoint.verify(p) is None for p in rundir.step_dirs(out / "checkpoints")
+                     if p.name.isdigit())
+        held = proc.returncode == 130 and stderr == "jaxreg train: interrupted\n" and intact
+        _count("SIGINT to jaxreg train", held)
+        assert held, (attempt, delay, proc.returncode, stderr[-3000:], stdout)
+
+
+def test_eval_and_resume_skip_a_damaged_latest_checkpoint_with_one_warning(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = ["--dataset", "digits", "--model", "linear", "--batch-size", "64", "--no-progress"]
+    assert _main(["train", *flags, "--epochs", "3", "--out", str(out)], capsys)[0] == 0
+    (out / "metrics.json").unlink()  # as if interrupted after epoch 3
+    _damage(out / "checkpoints" / "3", random.Random(4))
+    status, stdout, err = _main(["eval", "--run", str(out)], capsys)
+    held = status == 0 and err.count("\n") == 1 and "(epoch 2 of" in stdout
+    assert held and err.startswith(f"jaxreg eval: warning: {out / 'checkpoints' / '3'} is damaged"), (stdout, err)
+    status, stdout, err = _main(["train", "--resume", "--no-progress", "--out", str(out)], capsys)
+    held &= status == 0 and err.count("\n") == 1 and "3 epochs" in stdout and "renamed" in err
+    _count("damaged checkpoint, CLI eval and resume", held)
+    assert held, (status, stdout, err)
+    assert (out / "checkpoints" / "3.damaged").is_dir() and checkpoint.verify(out / "checkpoints" / "3") is None

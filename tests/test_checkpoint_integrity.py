@@ -31,14 +31,18 @@ def saved(request, tmp_path_factory):
 
 
 def _largest_data_file(step_dir):
-    return max((p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in p.as_posix()),
-               key=lambda p: p.stat().st_size)
+    return max(
+        (p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in p.as_posix()),
+        key=lambda p: p.stat().st_size,
+    )
 
 
 def _flip(step_dir):  # 14.1: four bytes overwritten inside the step's orbax data file
     path = _largest_data_file(step_dir)
     data = bytearray(path.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 4] = bytes(255 - b for b in data[len(data) // 2: len(data) // 2 + 4])
+    data[len(data) // 2 : len(data) // 2 + 4] = bytes(
+        255 - b for b in data[len(data) // 2 : len(data) // 2 + 4]
+    )
     path.write_bytes(bytes(data))
     return path.relative_to(step_dir).as_posix()
 
@@ -155,20 +159,33 @@ def test_empty_directory_restores_nothing(tmp_path):
 
 
 def test_differences():
-    assert checkpoint.differences({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 4}) == ["b: 2 -> 3", "c: (none) -> 4"]
+    assert checkpoint.differences({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 4}) == [
+        "b: 2 -> 3",
+        "c: (none) -> 4",
+    ]
     assert checkpoint.differences(RUN, dict(RUN)) == []
 
 
 def test_fingerprint_describes_settings_stably():
     from jaxreg.train import models
     x = np.zeros((100, 8, 8, 1), np.float32)
-    a = checkpoint.fingerprint(model=models.SeedMLP(num_classes=10), optimizer={"name": "adam", "l2": 0.1},
-                               batch_size=64, train_data=(x, np.zeros(100, np.int32)), fn=jnp.tanh)
+    a = checkpoint.fingerprint(
+        model=models.SeedMLP(num_classes=10),
+        optimizer={"name": "adam", "l2": 0.1},
+        batch_size=64,
+        train_data=(x, np.zeros(100, np.int32)),
+        fn=jnp.tanh,
+    )
     assert a["train_data"] == "(float32[100, 8, 8, 1], int32[100])"
     assert a["optimizer"] == "{l2: 0.1, name: 'adam'}" and a["batch_size"] == "64"
     assert " at 0x" not in a["model"] and "\n" not in a["model"]
-    b = checkpoint.fingerprint(model=models.SeedMLP(num_classes=10), optimizer={"l2": 0.1, "name": "adam"},
-                               batch_size=64, train_data=(x, np.zeros(100, np.int32)), fn=jnp.tanh)
+    b = checkpoint.fingerprint(
+        model=models.SeedMLP(num_classes=10),
+        optimizer={"l2": 0.1, "name": "adam"},
+        batch_size=64,
+        train_data=(x, np.zeros(100, np.int32)),
+        fn=jnp.tanh,
+    )
     assert json.loads(json.dumps(a)) == b
     c = checkpoint.fingerprint(model=models.SeedMLP(num_classes=3))
     assert checkpoint.differences({"model": a["model"]}, c) == [
@@ -182,9 +199,15 @@ def _fit(directory, **kwargs):
     from jaxreg.train import fit, models
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 8)).astype(np.float32)
-    settings = dict(epochs=2, batch_size=64, progress=False, test=False, checkpoint_dir=str(directory))
-    return fit(models.Linear(num_classes=2), dict(name="sgd", learning_rate=0.1), (x, (x[:, 0] > 0).astype(np.int32)),
-               **{**settings, **kwargs})
+    settings = dict(
+        epochs=2, batch_size=64, progress=False, test=False, checkpoint_dir=str(directory)
+    )
+    return fit(
+        models.Linear(num_classes=2),
+        dict(name="sgd", learning_rate=0.1),
+        (x, (x[:, 0] > 0).astype(np.int32)),
+        **{**settings, **kwargs},
+    )
 
 
 def test_fit_refuses_a_directory_holding_another_run(tmp_path):
@@ -204,7 +227,10 @@ def test_fit_resume_refuses_another_runs_checkpoint_naming_what_differs(tmp_path
 
 def test_fit_checkpoint_every_and_everything_complete_on_return(tmp_path):
     _fit(tmp_path, epochs=5, checkpoint_every=2)
-    assert sorted(int(p.name) for p in rundir.step_dirs(tmp_path)) == [4, 5]  # 2, 4, the last; keep 2
+    assert sorted(int(p.name) for p in rundir.step_dirs(tmp_path)) == [
+        4,
+        5,
+    ]  # 2, 4, the last; keep 2
     assert all(checkpoint.verify(p) is None for p in rundir.step_dirs(tmp_path))
 
 

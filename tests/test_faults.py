@@ -76,8 +76,9 @@ CHILD = textwrap.dedent("""
     y = (x[:, 0] > 0).astype(np.int32)
 
     def run(**kwargs):
-        fit(models.Linear(num_classes=2), dict(name="sgd", learning_rate=0.1), (x, y), epochs=10**6,
-            batch_size=64, progress=False, test=False, checkpoint_dir=directory, resume=True, **kwargs)
+        fit(models.Linear(num_classes=2), dict(name="sgd", learning_rate=0.1), (x, y),
+            epochs=10**6, batch_size=64, progress=False, test=False, checkpoint_dir=directory,
+            resume=True, **kwargs)
 
     if mode == "kill":  # train until killed, saying where it (re)started
         started = []
@@ -103,8 +104,15 @@ CHILD = textwrap.dedent("""
 def _child(tmp_path, mode, env, **kwargs):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    return subprocess.Popen([sys.executable, str(script), str(tmp_path / "ckpt"), mode], env=env, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "ckpt"), mode],
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
 
 
 def _intact_steps(directory):
@@ -127,7 +135,12 @@ def test_sigint_stops_fit_at_a_safe_point_every_time(tmp_path, env):
             line = proc.stdout.readline().split()
             held = line[:1] == ["interrupted"] and line[2:] == ["damaged"]
             _count("SIGINT in fit", held)
-            assert held, (attempt, delay, line, proc.stderr.read() if proc.poll() is not None else "")
+            assert held, (
+                attempt,
+                delay,
+                line,
+                proc.stderr.read() if proc.poll() is not None else "",
+            )
     finally:
         proc.stdin.close()
         proc.wait(timeout=60)
@@ -148,7 +161,12 @@ def test_killed_at_random_moments_resumes_from_the_last_complete_checkpoint(tmp_
             held = started[:1] == ["started"] and int(started[1]) == max(intact, default=0)
             if attempt:
                 _count("SIGKILL, then resume", held)
-            assert held, (attempt, started, intact, proc.stderr.read() if proc.poll() is not None else "")
+            assert held, (
+                attempt,
+                started,
+                intact,
+                proc.stderr.read() if proc.poll() is not None else "",
+            )
             if attempt == KILLS:
                 break
             delay = rng.uniform(0, 1.0)
@@ -189,7 +207,14 @@ def _damage(step_dir, rng):
 @pytest.mark.slow
 def test_random_damage_to_the_latest_checkpoint_falls_back(tmp_path):
     x, y = _data()
-    done = fit(models.Linear(num_classes=2), OPTIMIZER, (x, y), epochs=3, **FIT, checkpoint_dir=str(tmp_path / "ckpt"))
+    done = fit(
+        models.Linear(num_classes=2),
+        OPTIMIZER,
+        (x, y),
+        epochs=3,
+        **FIT,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+    )
     pristine = tmp_path / "pristine"
     shutil.copytree(tmp_path / "ckpt", pristine)
     rng = random.Random(2)
@@ -200,7 +225,9 @@ def test_random_damage_to_the_latest_checkpoint_falls_back(tmp_path):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             epoch, _, _ = checkpoint.restore_latest(checkpoint.manager(directory), done.state)
-        messages = [str(w.message) for w in caught if issubclass(w.category, checkpoint.CheckpointWarning)]
+        messages = [
+            str(w.message) for w in caught if issubclass(w.category, checkpoint.CheckpointWarning)
+        ]
         held = epoch == 2 and len(messages) == 1 and f"{directory / '3'} is damaged" in messages[0]
         _count("damaged latest checkpoint", held)
         assert held, (attempt, what, epoch, messages)
@@ -219,15 +246,26 @@ def test_a_second_run_on_a_held_directory_is_refused(tmp_path, capsys):
     out.mkdir()
     x, y = _data()
     with rundir.lock(out):
-        status, stdout, err = _main(["train", "--dataset", "digits", "--epochs", "1", "--no-progress",
-                                     "--out", str(out)], capsys)
+        status, stdout, err = _main(
+            ["train", "--dataset", "digits", "--epochs", "1", "--no-progress", "--out", str(out)],
+            capsys,
+        )
         _count("concurrent run", status == 2)
         assert status == 2 and err.count("\n") == 1
         assert f"in use by another run (pid {os.getpid()})" in err
-        assert not (out / "config.json").exists() and "dataset" not in stdout  # refused before any work
+        assert (
+            not (out / "config.json").exists() and "dataset" not in stdout
+        )  # refused before any work
     with rundir.lock(tmp_path):
         with pytest.raises(rundir.RunDirError, match=f"pid {os.getpid()}"):
-            fit(models.Linear(num_classes=2), OPTIMIZER, (x, y), epochs=1, **FIT, checkpoint_dir=str(tmp_path))
+            fit(
+                models.Linear(num_classes=2),
+                OPTIMIZER,
+                (x, y),
+                epochs=1,
+                **FIT,
+                checkpoint_dir=str(tmp_path),
+            )
 
 
 @pytest.mark.parametrize("command", ["train", "sweep"])
@@ -244,22 +282,33 @@ def test_an_unusable_out_is_refused_before_any_work(tmp_path, capsys, command, w
     held = status == 2 and err.count("\n") == 1 and str(out) in err and "dataset" not in stdout
     _count("unusable --out", held)
     assert held, (status, stdout, err)
-    assert ("already holds a run (checkpoints/5)" if where == "a run" else "not a writable directory") in err
+    assert (
+        "already holds a run (checkpoints/5)" if where == "a run" else "not a writable directory"
+    ) in err
     assert time.perf_counter() - t0 < 30
 
 
-@pytest.mark.parametrize("flags", [["--data-dir", "/nonexistent/jaxreg"], ["--dataset", "fashion-mnist", "--data-dir", "CORRUPT"]])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--data-dir", "/nonexistent/jaxreg"],
+        ["--dataset", "fashion-mnist", "--data-dir", "CORRUPT"],
+    ],
+)
 def test_bad_data_dirs_exit_2_with_one_line(tmp_path, capsys, flags):
     for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
         (tmp_path / stem).write_bytes(b"not an IDX file")
     flags = [str(tmp_path) if f == "CORRUPT" else f for f in flags]
-    status, _, err = _main(["train", *flags, "--out", str(tmp_path / "run"), "--no-progress"], capsys)
+    status, _, err = _main(
+        ["train", *flags, "--out", str(tmp_path / "run"), "--no-progress"], capsys
+    )
     _count("bad data dir", status == 2 and err.count("\n") == 1)
     assert status == 2 and err.count("\n") == 1 and err.startswith("jaxreg train: error:"), err
 
 
-ENTRY = "import sys; from jaxreg.cli import main; print('imported', flush=True); sys.exit(main(sys.argv[1:]))"
+ENTRY = ("import sys; from jaxreg.cli import main; print('imported', flush=True); "
+         "sys.exit(main(sys.argv[1:]))")
 """The ``jaxreg`` console script, saying when ``main`` is about to start (a SIGINT before that
 interrupts Python importing jaxreg, which ``main`` cannot handle)."""
 
@@ -269,10 +318,29 @@ def test_sigint_to_jaxreg_train_exits_130_with_one_line(tmp_path, env):
     rng = random.Random(3)
     for attempt in range(SIGINT_CLI):
         out = tmp_path / f"run{attempt}"
-        proc = subprocess.Popen([sys.executable, "-c", ENTRY, "train", "--dataset", "digits", "--model",
-                                 "linear", "--epochs", "500", "--batch-size", "64", "--no-progress",
-                                 "--out", str(out)], env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                ENTRY,
+                "train",
+                "--dataset",
+                "digits",
+                "--model",
+                "linear",
+                "--epochs",
+                "500",
+                "--batch-size",
+                "64",
+                "--no-progress",
+                "--out",
+                str(out),
+            ],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         assert proc.stdout.readline() == "imported\n"
         delay = rng.uniform(0.01, 4.0)  # parsing, data, compilation, epochs, saves
         time.sleep(delay)
@@ -293,9 +361,13 @@ def test_eval_and_resume_skip_a_damaged_latest_checkpoint_with_one_warning(tmp_p
     _damage(out / "checkpoints" / "3", random.Random(4))
     status, stdout, err = _main(["eval", "--run", str(out)], capsys)
     held = status == 0 and err.count("\n") == 1 and "(epoch 2 of" in stdout
-    assert held and err.startswith(f"jaxreg eval: warning: {out / 'checkpoints' / '3'} is damaged"), (stdout, err)
+    assert held and err.startswith(
+        f"jaxreg eval: warning: {out / 'checkpoints' / '3'} is damaged"
+    ), (stdout, err)
     status, stdout, err = _main(["train", "--resume", "--no-progress", "--out", str(out)], capsys)
     held &= status == 0 and err.count("\n") == 1 and "3 epochs" in stdout and "renamed" in err
     _count("damaged checkpoint, CLI eval and resume", held)
     assert held, (status, stdout, err)
-    assert (out / "checkpoints" / "3.damaged").is_dir() and checkpoint.verify(out / "checkpoints" / "3") is None
+    assert (out / "checkpoints" / "3.damaged").is_dir() and checkpoint.verify(
+        out / "checkpoints" / "3"
+    ) is None

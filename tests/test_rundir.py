@@ -53,10 +53,14 @@ HOLD = textwrap.dedent("""
 
 
 def test_a_second_process_is_refused_naming_the_holder(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(rundir.RunDirError, match=f"in use by another run \\(pid {holder.pid}\\)"):
+        with pytest.raises(
+            rundir.RunDirError, match=f"in use by another run \\(pid {holder.pid}\\)"
+        ):
             with rundir.lock(tmp_path):
                 pass
     finally:

@@ -49,8 +49,12 @@ def run_child(tmp_path, kill_after):
     script = tmp_path / "child.py"
     script.write_text(CHILD.replace("OPTIMIZER", repr(OPTIMIZER)))
     out = tmp_path / f"out_{kill_after}.npz"
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "ckpt"), str(kill_after), str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "ckpt"), str(kill_after), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return proc, out
 
 
@@ -58,7 +62,9 @@ def run_child(tmp_path, kill_after):
 def test_killed_and_resumed_run_is_bit_identical(tmp_path):
     killed, _ = run_child(tmp_path, kill_after=2)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    complete = [int(p.name) for p in rundir.step_dirs(tmp_path / "ckpt") if checkpoint.verify(p) is None]
+    complete = [
+        int(p.name) for p in rundir.step_dirs(tmp_path / "ckpt") if checkpoint.verify(p) is None
+    ]
     assert complete in ([1], [1, 2]), os.listdir(tmp_path / "ckpt")
 
     resumed, out = run_child(tmp_path, kill_after=0)
@@ -71,8 +77,16 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path):
     from jaxreg.train import fit
     d = load_digits()
     x, y = (d.images[:640] / 16.0).astype(np.float32)[..., None], d.target[:640].astype(np.int32)
-    ref = fit(models.SeedMLP(), OPTIMIZER, (x, y), epochs=4, batch_size=64, seed=5, validation_split=0.2,
-              progress=False)
+    ref = fit(
+        models.SeedMLP(),
+        OPTIMIZER,
+        (x, y),
+        epochs=4,
+        batch_size=64,
+        seed=5,
+        validation_split=0.2,
+        progress=False,
+    )
 
     s = ref.state
     leaves = jax.tree.leaves(jax.device_get((s.params, s.batch_stats, s.opt_state, s.step,
@@ -82,7 +96,9 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path):
         for i, want in enumerate(leaves):
             np.testing.assert_array_equal(got[f"arr_{i}"], np.asarray(want))
     saved = json.load(open(str(out) + ".json"))
-    assert saved["ran"] == list(range(max(complete), 4))  # the resumed process trained only the missing epochs
+    assert saved["ran"] == list(
+        range(max(complete), 4)
+    )  # the resumed process trained only the missing epochs
     history = saved["history"]
     for key in ref.history:
         if key != "epoch_seconds":

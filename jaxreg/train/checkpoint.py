@@ -93,7 +93,9 @@ def _orbax_quiet():
         absl.setLevel(level)
 
 
-def manager(directory: str | Path, keep: int = 2, *, asynchronous: bool = False) -> ocp.CheckpointManager:
+def manager(
+    directory: str | Path, keep: int = 2, *, asynchronous: bool = False
+) -> ocp.CheckpointManager:
     """A ``CheckpointManager`` over ``directory`` keeping the latest ``keep`` epochs; with
     ``asynchronous``, :func:`save` writes in the background (see the module docstring)."""
     with _orbax_quiet():  # it reads every step's metadata
@@ -194,7 +196,9 @@ def _describe(value: Any) -> str:
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         return f"{value.dtype}{list(value.shape)}"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in sorted(value.items(), key=str)) + "}"
+        return (
+            "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in sorted(value.items(), key=str)) + "}"
+        )
     if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
         return "(" + ", ".join(_describe(v) for v in value) + ")"
     if callable(value) and hasattr(value, "__qualname__"):
@@ -272,10 +276,14 @@ def _restore_latest(mngr: ocp.CheckpointManager, template: Any, run: dict[str, A
                 saved_run = meta.run
                 if run is not None and (diff := differences(saved_run, run)):
                     raise CheckpointError(
-                        f"{step_dir} was saved by another run (its settings differ: {'; '.join(diff)}); "
-                        f"choose another checkpoint directory, or call with that run's settings")
+                        f"{step_dir} was saved by another run (its settings differ: "
+                        f"{'; '.join(diff)}); choose another checkpoint directory, or call with "
+                        f"that run's settings"
+                    )
                 abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-                state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+                state = mngr.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                )
                 found = meta.history["epoch"], state.state, meta.history["history"]
                 break
             except CheckpointError:

@@ -23,7 +23,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LOCK", "RECORDS", "RunDirError", "claim", "describe_run", "lock", "prepare", "step_dirs"]
+__all__ = ["LOCK", "RECORDS", "RunDirError", "claim", "describe_run", "lock", "prepare",
+           "step_dirs"]
 
 RECORDS = ("config.json", "metrics.json", "sweep.json", "study.json")
 """Files that make a directory a run by themselves."""

@@ -19,14 +19,19 @@ transform                                          penalty ``R(w)``           gr
 Shared behaviour:
 
 * ``mask`` (default ``None``: :func:`jaxreg.masks.kernels_only`) picks the regularized leaves;
-  see :mod:`jaxreg.masks`. It is applied with :func:`optax.masked`; a mask that does not match
-  the params raises ``ValueError`` at ``init`` and at ``update``, before any state changes.
+  see :mod:`jaxreg.masks`. It is resolved on the params (so ``None`` update leaves, and
+  ``updates=None``, pass through as in :func:`optax.add_decayed_weights`); a mask that does not
+  match the params raises ``ValueError`` at ``init`` and at ``update``, before any state
+  changes. A callable pytree of bools is a pytree mask, as in :func:`optax.masked`.
 * Strengths are a non-negative float or an optax schedule ``count -> value``; with a schedule
   the state keeps the step ``count`` (:class:`ScheduleState`) and step ``t`` uses
   ``schedule(t)``. Negative/NaN/Inf strengths raise ``ValueError``, non-numbers ``TypeError``,
   at construction. Traced strengths (``jax.vmap``, ``optax.inject_hyperparams``) are accepted;
-  they are checked only when concrete. With ``optax.inject_hyperparams`` pass a callable mask
-  through ``static_args=("mask",)`` (inject_hyperparams treats callables as schedules).
+  they are checked only when concrete (and under :func:`jax.experimental.checkify.checkify`,
+  which reports a traced negative or non-finite value). With ``optax.inject_hyperparams`` pass
+  a mask function through ``static_args=("mask",)``: inject_hyperparams takes callables for
+  schedules, and the value it would pass instead raises a ``ValueError``/``TypeError`` that
+  says so (never a silent no-op).
 * Updates keep their dtype (bfloat16 stays bfloat16); ``params`` are required.
 * All return :class:`optax.GradientTransformationExtraArgs`, so they work inside
   :func:`optax.chain`, which forwards extra keyword arguments such as ``batch_size``.

@@ -14,8 +14,22 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _check_number(name: str, value: Any, kind: str) -> None:
+    """TypeError naming ``name`` unless ``value`` is a real number (not a bool, a string...)."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray, np.generic,
+                                                         jax.Array)) or np.ndim(value) != 0:
+        raise TypeError(f"`{name}` must be {kind}; got {type(value).__name__}: {value!r}")
+
+
+def _float_max() -> float:
+    """Largest finite value of the default float dtype (float32; float64 under x64)."""
+    return float(jnp.finfo(jax.dtypes.canonicalize_dtype(jnp.float64)).max)
+
+
 def check_real(name: str, value: float, *, positive: bool = False) -> float:
-    """Returns ``float(value)``; ValueError naming ``name`` if NaN/inf or negative (or zero)."""
+    """Returns ``float(value)``; TypeError naming ``name`` if not a real number, ValueError if
+    NaN/inf or negative (or zero)."""
+    _check_number(name, value, "a number")
     value = float(value)
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         need = "positive" if positive else "non-negative"
@@ -24,8 +38,10 @@ def check_real(name: str, value: float, *, positive: bool = False) -> float:
 
 
 def check_int(name: str, value: int, minimum: int) -> int:
-    """Returns ``int(value)``; ValueError naming ``name`` unless an integer >= ``minimum``."""
-    if isinstance(value, bool) or not float(value).is_integer() or value < minimum:
+    """Returns ``int(value)``; TypeError naming ``name`` if not a number, ValueError unless an
+    integer >= ``minimum``."""
+    _check_number(name, value, f"an integer >= {minimum}")
+    if not math.isfinite(float(value)) or isinstance(value, bool) or not float(value).is_integer() or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value}.")
     return int(value)
 
@@ -43,7 +59,8 @@ def check_hyperparam(name: str, value: Any, *, schedule: bool = True, positive: 
 
     Raises:
       TypeError: not a real scalar (or schedule), or not an integer when ``integer``.
-      ValueError: a concrete value that is negative (or zero when ``positive``), NaN or Inf.
+      ValueError: a concrete value that is negative (or zero when ``positive``), NaN or Inf,
+        or too large for the default float dtype (``1e39`` is Inf in float32).
     """
     if callable(value):
         if schedule:
@@ -62,3 +79,6 @@ def check_hyperparam(name: str, value: Any, *, schedule: bool = True, positive: 
     if not math.isfinite(number) or number < 0 or (positive and number == 0):
         bound = "> 0" if positive else ">= 0"
         raise ValueError(f"`{name}` must be finite and {bound}; got {name}={value}")
+    if not integer and number > _float_max():
+        raise ValueError(f"`{name}` overflows the default float dtype (max {_float_max():.4g}); "
+                         f"got {name}={value}")

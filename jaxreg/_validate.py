@@ -41,7 +41,8 @@ def check_int(name: str, value: int, minimum: int) -> int:
     """Returns ``int(value)``; TypeError naming ``name`` if not a number, ValueError unless an
     integer >= ``minimum``."""
     _check_number(name, value, f"an integer >= {minimum}")
-    if not math.isfinite(float(value)) or isinstance(value, bool) or not float(value).is_integer() or value < minimum:
+    number = float(value)
+    if not math.isfinite(number) or not number.is_integer() or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value}.")
     return int(value)
 

@@ -32,7 +32,11 @@ Shared behaviour:
   a mask function through ``static_args=("mask",)``: inject_hyperparams takes callables for
   schedules, and the value it would pass instead raises a ``ValueError``/``TypeError`` that
   says so (never a silent no-op).
-* Updates keep their dtype (bfloat16 stays bfloat16); ``params`` are required.
+* Updates keep their dtype (bfloat16 stays bfloat16); ``params`` are required. This is what
+  :func:`optax.add_decayed_weights` does with a Python float strength; with a float32 *array*
+  strength (``inject_hyperparams``, a schedule) optax promotes bfloat16 updates to float32,
+  while jaxreg computes in float32 and rounds back to the update's dtype (the values equal
+  optax's rounded to bfloat16). ``optax.apply_updates`` casts to the param dtype either way.
 * All return :class:`optax.GradientTransformationExtraArgs`, so they work inside
   :func:`optax.chain`, which forwards extra keyword arguments such as ``batch_size``.
 """
@@ -43,6 +47,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import optax
+from jax.experimental import checkify
 
 from jaxreg._validate import check_hyperparam
 from jaxreg.transforms import masks
@@ -142,16 +147,29 @@ def data_scaled_l1(strength: ScalarOrSchedule, num_examples: int, mask: masks.Ma
 _CONVENTION_FACTOR = {"half": 1.0, "seed": 2.0}
 
 
+_INT32_MAX = 2**31 - 1
+
+
 def _batch_factor(batch_size=None, **extra_args):
     del extra_args
     if batch_size is None:
         raise TypeError("batch_scaled_l2 needs the batch size at every step: call "
                         "`tx.update(updates, state, params, batch_size=b)` (optax.chain "
-                        "forwards it).")
-    if jnp.ndim(batch_size) != 0:
-        raise TypeError(f"`batch_size` must be a scalar; got shape {jnp.shape(batch_size)}")
-    if not isinstance(batch_size, jax.core.Tracer) and not batch_size > 0:
-        raise ValueError(f"`batch_size` must be > 0; got batch_size={batch_size}")
+                        "forwards it). flax.training.train_state.TrainState.apply_gradients "
+                        "does not forward extra arguments (flax issue 4471): use "
+                        "jaxreg.train.TrainState.apply_gradients(tx, grads, batch_size=b), or "
+                        "tx.update(grads, opt_state, params, batch_size=b) directly.")
+    dtype = getattr(batch_size, "dtype", None)
+    integral = (isinstance(batch_size, int) and not isinstance(batch_size, bool)) or (
+        dtype is not None and jnp.issubdtype(dtype, jnp.integer))
+    if not integral or jnp.ndim(batch_size) != 0:
+        raise TypeError("`batch_size` must be an integer scalar (a Python int or an integer "
+                        f"array); got {type(batch_size).__name__}: {batch_size!r}")
+    if isinstance(batch_size, jax.core.Tracer):
+        checkify.debug_check(batch_size >= 1, "`batch_size` must be >= 1; got batch_size={}",
+                             batch_size)
+    elif not 1 <= batch_size <= _INT32_MAX:
+        raise ValueError(f"`batch_size` must be >= 1 (and fit in int32); got batch_size={batch_size}")
     return 1.0 / batch_size
 
 
@@ -182,7 +200,14 @@ def batch_scaled_l2(strength: ScalarOrSchedule, mask: masks.Mask = None, *,
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`; its ``update`` requires the keyword
-      ``batch_size`` (``TypeError`` if missing, ``ValueError`` if a concrete value ``<= 0``).
+      ``batch_size``: an integer scalar (``TypeError`` if missing, a float, a bool or not a
+      scalar; ``ValueError`` if a concrete value is ``< 1``). A traced ``batch_size`` (an
+      argument of a jitted step) can only be checked when the step runs under
+      :func:`jax.experimental.checkify.checkify`, which then reports a value ``< 1``
+      (``checkify.debug_check``)::
+
+          err, out = checkify.checkify(jax.jit(step))(state, batch, b)
+          err.throw()
     """
     check_hyperparam("strength", strength)
     if convention not in _CONVENTION_FACTOR:

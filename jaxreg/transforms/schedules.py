@@ -9,6 +9,7 @@ docstring says why not. The tests check each one against its formula in float64.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -143,7 +144,8 @@ def batch_size_schedule(
         boundaries_and_scales: ``{b_i: f_i}``, the learning-rate decay being replaced, with the
             meaning of ``optax.piecewise_constant_schedule`` (``f_i`` applies from step ``b_i`` on);
             each ``f_i`` in ``(0, 1]``.
-        max_batch_size: :math:`B_{\max} \ge B_0`, or ``None`` for no cap.
+        max_batch_size: :math:`B_{\max} \ge B_0`, or ``None`` for no cap (then the batch size
+            must stay below :math:`2^{31}`: tiny factors raise ``ValueError``).
         init_value: :math:`\eta_0`; the default 1.0 makes ``learning_rate`` a multiplier.
 
     Returns:
@@ -153,8 +155,12 @@ def batch_size_schedule(
     if max_batch_size is not None:
         max_batch_size = check_int("max_batch_size", max_batch_size, init_batch_size)
     init_value = check_real("init_value", init_value)
+    if not isinstance(boundaries_and_scales, Mapping):
+        raise TypeError("`boundaries_and_scales` must be a dict {step: factor}; got "
+                        f"{type(boundaries_and_scales).__name__}: {boundaries_and_scales!r}")
     for boundary, scale in boundaries_and_scales.items():
-        if not 0 < scale <= 1:  # also rejects NaN
+        check_int("boundaries_and_scales step", boundary, 0)
+        if not 0 < check_real("boundaries_and_scales factor", scale, positive=True) <= 1:
             raise ValueError(
                 f"`boundaries_and_scales` factors must be in (0, 1], "
                 f"got {scale} at step {boundary}."
@@ -166,9 +172,15 @@ def batch_size_schedule(
     decay = 1.0
     for b in boundaries:
         decay *= boundaries_and_scales[b]
-        size = round(init_batch_size / decay)
+        size = init_batch_size / decay if decay > 0 else math.inf
         if max_batch_size is not None:
             size = min(size, max_batch_size)
+        if not math.isfinite(size) or size > 2**31 - 1:
+            raise ValueError(
+                f"`boundaries_and_scales`: the factors up to step {b} (product {decay:.3g}) give "
+                f"a batch size {init_batch_size} / {decay:.3g} beyond int32; pass "
+                "max_batch_size to cap it")
+        size = round(size)
         lr_scales[b] = boundaries_and_scales[b] * size / sizes[-1]
         sizes.append(size)
 

@@ -5,7 +5,7 @@ Modules, lowest first: ``state`` (the pytree) -> ``step`` (one pure step, evalua
 (orbax) -> ``fit`` (the loop) -> ``sweep`` (many settings at once, vmapped).
 """
 from jaxreg.train.epoch import prefetch, scan_epoch, stream_epoch
-from jaxreg.train.fit import FitResult, fit
+from jaxreg.train.fit import FitResult, TrainingDiverged, fit
 from jaxreg.train.optimizer import (
     Optimizer,
     learning_rate_schedule,
@@ -21,6 +21,7 @@ __all__ = [
     "Optimizer",
     "SweepResult",
     "TrainState",
+    "TrainingDiverged",
     "create_train_state",
     "cross_entropy",
     "evaluate",

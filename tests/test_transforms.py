@@ -337,7 +337,7 @@ def test_params_are_required(name):
         tx.update(ZEROS, tx.init(PARAMS), batch_size=3)
 
 
-def test_checkify_catches_a_traced_negative_batch_size_and_strength():
+def test_checkify_catches_a_traced_negative_batch_size():
     from jax.experimental import checkify
     tx = optax.chain(jaxreg.batch_scaled_l2(0.1), optax.sgd(0.1))
     state = tx.init(PARAMS)
@@ -348,12 +348,6 @@ def test_checkify_catches_a_traced_negative_batch_size_and_strength():
         err.throw()
     err, _ = checkify.checkify(step)(jnp.asarray(4))
     err.throw()  # a good value passes
-    injected = optax.inject_hyperparams(jaxreg.add_l2)(strength=0.1)
-    istate = injected.init(PARAMS)
-    istate.hyperparams["strength"] = jnp.asarray(-1.0)
-    err, _ = checkify.checkify(jax.jit(injected.update))(ZEROS, istate, PARAMS)
-    with pytest.raises(checkify.JaxRuntimeError, match="strength"):
-        err.throw()
 
 
 @pytest.mark.parametrize("name", list(CONSTRUCTORS))

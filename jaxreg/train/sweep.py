@@ -88,8 +88,12 @@ class SettingResult(NamedTuple):
             (integer targets; means over the epoch's steps), ``skipped_steps``,
             ``epoch_seconds`` (of its chunk), ``learning_rate``, ``l2_strength`` (effective:
             divided by the batch size when batch-scaled), ``l1_strength``.
-        final: ``train_loss``, ``train_accuracy`` (the last epoch's means) and ``test_loss``,
-            ``test_accuracy`` (inference mode on the test split, when there is one).
+        final: ``last_epoch_loss``, ``last_epoch_accuracy`` (means over the last epoch's
+            training batches, in training mode: not :func:`jaxreg.train.fit`'s final-model
+            ``train_loss``), ``val_loss``, ``val_accuracy`` (inference mode on the held-out
+            ``validation_split``, when there is one: what to choose a setting by) and
+            ``test_loss``, ``test_accuracy`` (inference mode on the test split, when there is
+            one: to report, never to choose by).
         seconds: wall time of the chunk that trained it, compilation included (shared by the
             chunk's settings).
         params, batch_stats: the final values, as numpy arrays.
@@ -271,6 +275,7 @@ def sweep(
     skip_nonfinite: bool = True,
     compute_dtype: Any = None,
     test: bool = True,
+    validation_split: float = 0.0,
     chunk_size: int | None = None,
     progress: bool = True,
     mesh: Mesh | None = None,
@@ -292,6 +297,9 @@ def sweep(
         mask: which parameters the penalties apply to (default kernels only).
         data_seed: the data order of every setting is that of ``fit(seed=data_seed)``.
         loss_fn, skip_nonfinite, compute_dtype: as for :func:`jaxreg.train.fit`.
+        validation_split: hold out the last fraction of the training data (as
+            :func:`jaxreg.train.fit`) and report ``val_loss``/``val_accuracy`` per setting:
+            choose settings by these, not by the test metrics.
         chunk_size: at most this many settings per compiled call (default: as many as fit in
             device memory, :func:`chunk_capacity`); rounded up to a multiple of the devices.
         progress: a tqdm bar over steps, and a line per group.
@@ -310,7 +318,7 @@ def sweep(
                     batch_scaled=batch_scaled, schedule=schedule, schedule_kwargs=schedule_kwargs or {},
                     proximal=proximal, bn_momentum=bn_momentum)
     settings = expand(settings_or_grid, seeds, **defaults)
-    (x, y), _, test_data = _split_data(data, 0.0, None)
+    (x, y), validation, test_data = _split_data(data, validation_split, None)
     for b in {s["batch_size"] for s in settings}:
         if b > len(x):
             raise ValueError(f"sweep key 'batch_size' must not exceed the {len(x)} training examples; got {b}")
@@ -331,6 +339,8 @@ def sweep(
     x, y = jax.device_put((x, y), replicated)
     if test and test_data is not None:
         test_data = jax.device_put(tuple(np.asarray(a) for a in test_data), replicated)
+    if validation is not None:
+        validation = jax.device_put(tuple(np.asarray(a) for a in validation), replicated)
     data_key = jax.random.fold_in(jax.random.key(data_seed), 1)
 
     plans = []
@@ -362,8 +372,8 @@ def sweep(
             # (jax.set_mesh); harmless for Auto axes.
             with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
                 history, states = run_chunk(padded, x, y, data_key, epochs, bar)
-                final = _final_metrics(history, plan, states, test_data if test else None, loss_fn,
-                                       compute_dtype)
+                final = _final_metrics(history, plan, states, {"val": validation, "test": test_data if test else None},
+                                       loss_fn, compute_dtype)
             host = jax.device_get((states.params, states.batch_stats))
             seconds = time.perf_counter() - t0
             for j, i in enumerate(chunk):
@@ -439,15 +449,19 @@ def _group_runner(plan: dict, loss_fn, compute_dtype, stacked: NamedSharding | N
     return run_chunk
 
 
-def _final_metrics(history: dict, plan: dict, states, test_data, loss_fn, compute_dtype) -> dict[str, list[float]]:
-    """Per chunk member: the last epoch's training means and, with ``test_data``, the test
-    metrics from the same jitted evaluation as :func:`jaxreg.train.evaluate`, vmapped."""
-    final = {f"train_{k}": history[k][-1] for k in ("loss", "accuracy") if k in history}
-    if test_data is not None:
-        xt, yt = test_data
+def _final_metrics(history: dict, plan: dict, states, splits: dict, loss_fn, compute_dtype
+                   ) -> dict[str, list[float]]:
+    """Per chunk member: the last epoch's training means and, for each split of ``splits``
+    (``{"val": (x, y) or None, "test": ...}``), its metrics from the same jitted evaluation
+    as :func:`jaxreg.train.evaluate`, vmapped."""
+    final = {f"last_epoch_{k}": history[k][-1] for k in ("loss", "accuracy") if k in history}
+    for name, split in splits.items():
+        if split is None:
+            continue
+        xs, ys = split
         evaluate = functools.partial(_evaluation_sums, plan["model"], loss_fn=loss_fn,
-                                     batch_size=min(EVAL_BATCH, len(xt)), compute_dtype=compute_dtype)
+                                     batch_size=min(EVAL_BATCH, len(xs)), compute_dtype=compute_dtype)
         metrics = jax.device_get(jax.vmap(evaluate, in_axes=(0, 0, None, None))(
-            states.params, states.batch_stats, xt, yt))
-        final.update({f"test_{k}": [float(v) for v in vs] for k, vs in metrics.items()})
+            states.params, states.batch_stats, xs, ys))
+        final.update({f"{name}_{k}": [float(v) for v in vs] for k, vs in metrics.items()})
     return final

@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.experimental import checkify
 
 from jaxreg.transforms import masks
 
@@ -38,8 +37,9 @@ def leafwise(
     ``leaf_fn(update, param, **hyperparams, **step_values(**extra_args))`` gives the new update
     of each masked leaf, cast back to the update's dtype. Unmasked leaves and ``None`` updates
     pass through. Traced hyperparameters (``jax.vmap``, :func:`optax.inject_hyperparams`)
-    cannot be checked at trace time; under :func:`jax.experimental.checkify.checkify` a
-    negative or non-finite value is reported (``checkify.debug_check``; a no-op otherwise).
+    cannot be checked at trace time, and are not checked (a ``checkify.debug_check`` on a
+    vmapped strength breaks sweeps on an Explicit-axes mesh: its error reduction sorts over the
+    sharded sweep axis); a traced ``batch_size`` is (see :func:`jaxreg.batch_scaled_l2`).
 
     Args:
       name: the public transform's name, for error messages.
@@ -64,10 +64,6 @@ def leafwise(
                              "`params` was not passed: call `tx.update(updates, state, params)`.")
         flags = masks.resolve(mask, params)
         values = {k: v(state.count) if callable(v) else v for k, v in hyperparams.items()}
-        for k, v in values.items():
-            if isinstance(v, jax.core.Tracer):
-                checkify.debug_check(jnp.isfinite(v) & (v >= 0),
-                                     f"jaxreg.{name}: `{k}` must be finite and >= 0; got {{}}", v)
         if step_values is not None:
             values.update(step_values(**extra_args))
 

@@ -27,8 +27,8 @@ Shared behaviour:
   the state keeps the step ``count`` (:class:`ScheduleState`) and step ``t`` uses
   ``schedule(t)``. Negative/NaN/Inf strengths raise ``ValueError``, non-numbers ``TypeError``,
   at construction. Traced strengths (``jax.vmap``, ``optax.inject_hyperparams``) are accepted;
-  they are checked only when concrete (and under :func:`jax.experimental.checkify.checkify`,
-  which reports a traced negative or non-finite value). With ``optax.inject_hyperparams`` pass
+  they are checked only when concrete (a traced ``batch_size`` is checked under
+  :func:`jax.experimental.checkify.checkify`, see :func:`batch_scaled_l2`). With ``optax.inject_hyperparams`` pass
   a mask function through ``static_args=("mask",)``: inject_hyperparams takes callables for
   schedules, and the value it would pass instead raises a ``ValueError``/``TypeError`` that
   says so (never a silent no-op).

@@ -249,7 +249,7 @@ def test_help_states_each_schedule_formula():
 def test_diverged_run_exits_1_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(train_cli, "fit", functools.partial(train_cli.fit, max_consecutive_skips=5))
     run_dir = tmp_path / "diverged"
-    status, out, err = run_main(["train", "--dataset", "digits", "--epochs", "3", "--batch-size",
+    status, _, err = run_main(["train", "--dataset", "digits", "--epochs", "3", "--batch-size",
                                  "128", "--lr", "1e30", "--no-progress", "--out", str(run_dir)])
     assert status == 1 and "diverged" in err and len(err.strip().splitlines()) == 1
     assert not (run_dir / "metrics.json").exists() and (run_dir / "config.json").exists()

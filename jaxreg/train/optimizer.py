@@ -30,10 +30,10 @@ import optax
 
 from jaxreg.transforms import (
     ReduceOnPlateauState,
-    masks,
     add_l1,
     add_l2,
     batch_scaled_l2,
+    masks,
     proximal_l1,
     reduce_on_plateau,
     schedules,

@@ -38,8 +38,8 @@ def history_panels(history: Mapping[str, Sequence[float]]) -> list[tuple[str, li
     """The panels :func:`plot_history` draws: ``(title, keys)`` with data, in :data:`PANELS`
     order (see there for what is left out)."""
     panels = []
-    for name, keys in PANELS:
-        keys = [k for k in keys if _finite(history.get(k, []))]
+    for name, candidates in PANELS:
+        keys = [k for k in candidates if _finite(history.get(k, []))]
         if name == "learning rate" and keys and len(set(_finite(history[keys[0]]))) == 1:
             keys = []
         if keys:

@@ -55,17 +55,34 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _check_number(name: str, value: Any, kind: str) -> None:
+    """TypeError naming ``name`` unless ``value`` is a real scalar (not a string, ``None``...).
+    A bool passes here: the callers refuse it with a ``ValueError``."""
+    require(isinstance(value, (numbers.Real, np.ndarray, np.generic, jax.Array))
+            and np.ndim(value) == 0, name, kind, value, TypeError)
+
+
+def _float_max() -> float:
+    """Largest finite value of the default float dtype (float32; float64 under x64)."""
+    return float(jnp.finfo(jax.dtypes.canonicalize_dtype(jnp.float64)).max)
+
+
 def check_real(name: str, value: Any, *, positive: bool = False) -> float:
-    """Returns ``float(value)``; ValueError unless finite and >= 0 (> 0 if ``positive``)."""
+    """Returns ``float(value)``; TypeError unless a real number, ValueError unless finite and
+    >= 0 (> 0 if ``positive``); a bool is refused."""
+    _check_number(name, value, "a number")
     number = float(value)
-    require(math.isfinite(number) and number >= 0 and not (positive and number == 0),
-            name, f"a finite {'positive' if positive else 'non-negative'} number", value)
+    ok = math.isfinite(number) and number >= 0 and not (positive and number == 0)
+    require(ok and not isinstance(value, bool), name,
+            f"a finite {'positive' if positive else 'non-negative'} number", value)
     return number
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
-    """Returns ``int(value)``; ValueError unless an integer >= ``minimum``. A bool is refused
-    (``True`` would pass ``>= 0``); an integral float such as ``2.0`` is accepted."""
+    """Returns ``int(value)``; TypeError unless a real number, ValueError unless an integer >=
+    ``minimum``. A bool is refused (``True`` would pass ``>= 0``); an integral float such as
+    ``2.0`` is accepted."""
+    _check_number(name, value, f"an integer >= {minimum}")
     ok = not isinstance(value, bool) and float(value).is_integer() and value >= minimum
     require(ok, name, f"an integer >= {minimum}", value)
     return int(value)
@@ -106,7 +123,8 @@ def check_hyperparam(name: str, value: Any, *, schedule: bool = True, positive: 
 
     Raises:
       TypeError: not a real scalar (or schedule), or not an integer when ``integer``.
-      ValueError: a concrete value that is negative (or zero when ``positive``), NaN or Inf.
+      ValueError: a concrete value that is negative (or zero when ``positive``), NaN or Inf,
+        or too large for the default float dtype (``1e39`` is Inf in float32).
     """
     kind = "an integer" if integer else ("a number or a schedule" if schedule else "a number")
     if callable(value):
@@ -122,3 +140,7 @@ def check_hyperparam(name: str, value: Any, *, schedule: bool = True, positive: 
     number = float(value)
     require(math.isfinite(number) and number >= 0 and not (positive and number == 0),
             name, f"finite and {'> 0' if positive else '>= 0'}", value)
+    if not integer:
+        require(number <= _float_max(), name,
+                f"at most {_float_max():.4g}, the default float dtype's largest value (larger "
+                "overflows to inf)", value)

@@ -8,6 +8,8 @@ module here. The library never imports this package.
 Errors are one line on stderr, ``jaxreg <command>: error: <message>``, with exit status 2:
 argparse's for bad flags, and the same for the library's ``DataError``, ``ValueError`` and
 ``OSError`` raised while a command runs (unreadable or corrupt data, an unusable ``--out``).
+A diverged training run (:class:`jaxreg.train.TrainingDiverged`: too many non-finite steps in
+a row) is the same one line with exit status 1; its last good checkpoint stays in ``--out``.
 
 Every command keeps XLA's compiled programs in JAX's persistent compilation cache,
 ``$XDG_CACHE_HOME/jaxreg/xla`` (``~/.cache/jaxreg/xla``), so a repeated run (the same model,
@@ -28,6 +30,7 @@ import jax
 from jaxreg.cli import evaluate, sweep, train
 from jaxreg.data import DataError
 from jaxreg.data.sources import cache_root
+from jaxreg.train import TrainingDiverged
 
 __all__ = ["COMMANDS", "ArgumentParser", "build_parser", "compile_cache", "compile_cache_dir", "main"]
 
@@ -90,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with compile_cache(args.compile_cache):
                 return args.run(args)
+        except TrainingDiverged as e:  # the run failed, not its arguments: status 1
+            print(f"{args.parser.prog}: error: {e}", file=sys.stderr)
+            return 1
         except (DataError, ValueError, OSError) as e:
             args.parser.error("; ".join(line.strip() for line in str(e).splitlines() if line.strip())
                               or type(e).__name__)

@@ -43,7 +43,7 @@ from jaxreg.cli.plots import plot_history
 from jaxreg.data import DATASETS, Dataset, load
 from jaxreg.train import checkpoint, distributed, fit, models
 from jaxreg.train.fit import _split_data
-from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES
+from jaxreg.train.optimizer import OPTIMIZERS, POLY_POWER, SCHEDULE_FORMULAS, SCHEDULES
 
 PLATEAU_VALIDATION_SPLIT = 0.1
 """``--validation-split`` default with ``--plateau`` (which monitors ``val_loss``); without
@@ -89,8 +89,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                      help="momentum is SGD with momentum 0.9 (default: %(default)s)")
     opt.add_argument("--lr", type=positive_float, default=1e-3, help="(initial) learning rate (default: %(default)s)")
     opt.add_argument("--schedule", choices=SCHEDULES, default="fixed",
-                     help="learning-rate schedule over the run: poly (linear to 0), step, cosine "
-                     "(default: %(default)s)")
+                     help="learning rate at step t of the run's T steps: "
+                          + "; ".join(f"{k}: {v}" for k, v in SCHEDULE_FORMULAS.items())
+                          + " (default: %(default)s)")
+    opt.add_argument("--lr-power", type=positive_float, default=POLY_POWER, metavar="A",
+                     help="the power a of --schedule poly (default: %(default)s)")
+    opt.add_argument("--weight-decay", type=non_negative_float, metavar="WD",
+                     help="adamw's decoupled weight decay, on kernels only like the penalties "
+                          "(default: optax's 1e-4); only with --optimizer adamw")
 
     reg = parser.add_argument_group("regularization")
     reg.add_argument("--l2", type=non_negative_float, metavar="LAMBDA",
@@ -150,6 +156,13 @@ def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
         raise ValueError(f"--batch-size {args.batch_size} exceeds the {data.name} examples left "
                          f"for training (validation split {validation_split})")
     l2 = args.l2 if args.l2 is not None else (DEFAULT_L2 if args.batch_scaled else 0.0)
+    extra: dict[str, Any] = {}
+    if args.weight_decay is not None:
+        if args.optimizer != "adamw":
+            raise ValueError(f"--weight-decay is adamw's; got --optimizer {args.optimizer}")
+        extra["weight_decay"] = args.weight_decay
+    if args.schedule == "poly":
+        extra["schedule_kwargs"] = {"power": args.lr_power}
     plateau = dict(factor=args.plateau_factor, patience=args.plateau_patience) if args.plateau else None
     return dict(
         dataset=data.name, data_dir=None if args.data_dir is None else str(args.data_dir.absolute()),
@@ -157,7 +170,7 @@ def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
         validation_split=validation_split,
         optimizer=dict(name=args.optimizer, learning_rate=args.lr, schedule=args.schedule, l2=l2,
                        l1=args.l1, batch_scaled=args.batch_scaled, proximal=args.proximal,
-                       plateau=plateau),
+                       plateau=plateau, **extra),
     )
 
 
@@ -211,7 +224,8 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
         devices=[str(d) for d in jax.devices()],
     )
     if distributed.is_primary():
-        plot_history(result.history, run_dir / "curves.png", title=f"{config['model']} on {config['dataset']}")
+        plot_history(result.history, run_dir / "curves.png", title=f"{config['model']} on {config['dataset']}",
+                     test=result.test)
         write_json(run_dir / "metrics.json", metrics)
     return metrics
 
@@ -221,8 +235,10 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
     def score(split: str) -> str:
         accuracy = metrics[f"{split}_accuracy"]
         return f"{split} loss {metrics[f'{split}_loss']:.4g}" if accuracy is None else f"{split} acc {accuracy:.4f}"
+    skipped = sum(metrics["history"].get("skipped_steps", []))
     return (f"{metrics['dataset']}: {metrics['epochs_completed']} epochs, {score('test')}, "
-            f"{score('train')}, {metrics['train_seconds']:.1f} s, {run_dir}")
+            f"{score('train')}, {skipped} skipped steps, {metrics['train_seconds']:.1f} s, "
+            f"{run_dir}")
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ settings / memory / run). ``models`` holds the models the CLI and benchmarks tra
 (:data:`jaxreg.train.models.MODELS`); ``distributed`` the meshes and multi-process start.
 """
 from jaxreg.train.epoch import prefetch, scan_epoch, stream_epoch
-from jaxreg.train.fit import FitResult, fit
+from jaxreg.train.fit import FitResult, TrainingDiverged, fit
 from jaxreg.train.optimizer import (
     Optimizer,
     learning_rate_schedule,
@@ -24,6 +24,7 @@ __all__ = [
     "Setting",
     "SweepResult",
     "TrainState",
+    "TrainingDiverged",
     "create_train_state",
     "cross_entropy",
     "evaluate",

@@ -13,13 +13,16 @@ The API, for any layer (this module imports nothing of jaxreg):
 
 * :func:`message` ``(name, condition, value) -> str``: the format itself;
 * :func:`require` ``(ok, name, condition, value, error=ValueError)``: raise unless ``ok``;
-* :func:`check_real` ``(name, value, *, positive=False) -> float``: finite, >= 0 (> 0);
-* :func:`check_int` ``(name, value, minimum) -> int``: an integer >= ``minimum`` (not a bool);
+* :func:`check_real` ``(name, value, *, positive=False) -> float``: finite, >= 0 (> 0), not a
+  bool (``TypeError`` for a non-number such as a string);
+* :func:`check_int` ``(name, value, minimum) -> int``: an integer >= ``minimum`` (not a bool;
+  ``TypeError`` for a non-number);
 * :func:`check_fraction` ``(name, value, *, closed=False) -> float``: in (0, 1) or [0, 1];
 * :func:`check_choice` ``(name, value, choices)``: one of ``choices``;
 * :func:`check_bool` ``(name, value) -> bool``: ``True`` or ``False``;
 * :func:`check_hyperparam` ``(name, value, *, schedule=True, positive=False, integer=False)``:
-  a transform's strength, which may also be an optax schedule or a traced value.
+  a transform's strength, which may also be an optax schedule or a traced value; a concrete
+  one must be representable in the default float dtype (``1e39`` overflows float32).
 """
 from __future__ import annotations
 

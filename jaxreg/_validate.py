@@ -13,15 +13,18 @@ The API, for any layer (this module imports nothing of jaxreg):
 
 * :func:`message` ``(name, condition, value) -> str``: the format itself;
 * :func:`require` ``(ok, name, condition, value, error=ValueError)``: raise unless ``ok``;
-* :func:`check_real` ``(name, value, *, positive=False) -> float``: finite, >= 0 (> 0);
+* :func:`check_real` ``(name, value, *, positive=False) -> float``: finite, >= 0 (> 0), not a
+  bool (``TypeError`` for a non-number such as a string);
 * :func:`check_int` ``(name, value, minimum, maximum=None, *, exact=False) -> int``: an
-  integer in ``[minimum, maximum]`` (not a bool; with ``exact``, of an integer type);
+  integer in ``[minimum, maximum]`` (not a bool; with ``exact``, of an integer type;
+  ``TypeError`` for a non-number);
 * :func:`check_seed` ``(name, value) -> int``: a PRNG seed, an integer in ``[0, 2**32)``;
 * :func:`check_fraction` ``(name, value, *, closed=False) -> float``: in (0, 1) or [0, 1];
 * :func:`check_choice` ``(name, value, choices)``: one of ``choices``;
 * :func:`check_bool` ``(name, value) -> bool``: ``True`` or ``False``;
 * :func:`check_hyperparam` ``(name, value, *, schedule=True, positive=False, integer=False)``:
-  a transform's strength, which may also be an optax schedule or a traced value.
+  a transform's strength, which may also be an optax schedule or a traced value; a concrete
+  one must be representable in the default float dtype (``1e39`` overflows float32).
 """
 from __future__ import annotations
 
@@ -57,22 +60,39 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _check_number(name: str, value: Any, kind: str) -> None:
+    """TypeError naming ``name`` unless ``value`` is a real scalar (not a string, ``None``...).
+    A bool passes here: the callers refuse it with a ``ValueError``."""
+    require(isinstance(value, (numbers.Real, np.ndarray, np.generic, jax.Array))
+            and np.ndim(value) == 0, name, kind, value, TypeError)
+
+
+def _float_max() -> float:
+    """Largest finite value of the default float dtype (float32; float64 under x64)."""
+    return float(jnp.finfo(jax.dtypes.canonicalize_dtype(jnp.float64)).max)
+
+
 def check_real(name: str, value: Any, *, positive: bool = False) -> float:
-    """Returns ``float(value)``; ValueError unless finite and >= 0 (> 0 if ``positive``)."""
+    """Returns ``float(value)``; TypeError unless a real number, ValueError unless finite and
+    >= 0 (> 0 if ``positive``); a bool is refused."""
+    _check_number(name, value, "a number")
     number = float(value)
-    require(math.isfinite(number) and number >= 0 and not (positive and number == 0),
-            name, f"a finite {'positive' if positive else 'non-negative'} number", value)
+    ok = math.isfinite(number) and number >= 0 and not (positive and number == 0)
+    require(ok and not isinstance(value, bool), name,
+            f"a finite {'positive' if positive else 'non-negative'} number", value)
     return number
 
 
 def check_int(name: str, value: Any, minimum: int, maximum: int | None = None, *,
               exact: bool = False) -> int:
-    """Returns ``int(value)``; ValueError unless an integer in ``[minimum, maximum]`` (no upper
-    bound when ``maximum`` is None). A bool is refused (``True`` would pass ``>= 0``); an
-    integral float such as ``2.0`` is accepted unless ``exact``, which requires an integer type
-    (TypeError otherwise: for counts that index and divide, such as a batch size)."""
+    """Returns ``int(value)``; TypeError unless a real number, ValueError unless an integer in
+    ``[minimum, maximum]`` (no upper bound when ``maximum`` is None). A bool is refused
+    (``True`` would pass ``>= 0``); an integral float such as ``2.0`` is accepted unless
+    ``exact``, which requires an integer type (TypeError otherwise: for counts that index and
+    divide, such as a batch size)."""
     condition = (f"an integer >= {minimum}" if maximum is None
                  else f"an integer in [{minimum}, {maximum}]")
+    _check_number(name, value, condition)
     if exact:
         require(isinstance(value, numbers.Integral) and not isinstance(value, bool), name,
                 condition, value, TypeError)
@@ -127,7 +147,8 @@ def check_hyperparam(name: str, value: Any, *, schedule: bool = True, positive: 
 
     Raises:
       TypeError: not a real scalar (or schedule), or not an integer when ``integer``.
-      ValueError: a concrete value that is negative (or zero when ``positive``), NaN or Inf.
+      ValueError: a concrete value that is negative (or zero when ``positive``), NaN or Inf,
+        or too large for the default float dtype (``1e39`` is Inf in float32).
     """
     kind = "an integer" if integer else ("a number or a schedule" if schedule else "a number")
     if callable(value):
@@ -143,3 +164,7 @@ def check_hyperparam(name: str, value: Any, *, schedule: bool = True, positive: 
     number = float(value)
     require(math.isfinite(number) and number >= 0 and not (positive and number == 0),
             name, f"finite and {'> 0' if positive else '>= 0'}", value)
+    if not integer:
+        require(number <= _float_max(), name,
+                f"at most {_float_max():.4g}, the default float dtype's largest value (larger "
+                "overflows to inf)", value)

@@ -4,8 +4,10 @@ One small run (digits, 2 epochs, batch 32, with --plateau so validation and the 
 is shared by the module; everything else reuses it or fails before training.
 """
 import contextlib
+import functools
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -225,3 +227,40 @@ def test_subprocess_error_is_one_line():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr == "jaxreg train: error: argument --batch-size: expected a positive integer, got '-5'\n"
+
+
+# ---- issue 18 / 14.6: panels with data, formulas in --help, divergence --------------------
+
+def test_plot_history_draws_only_panels_with_data(tmp_path):
+    from jaxreg.cli.plots import history_panels
+    base = {"loss": [1.0, 0.5], "accuracy": [0.5, 0.7]}
+    assert [n for n, _ in history_panels({**base, "learning_rate": [math.nan] * 2})] == [
+        "loss", "accuracy"]  # an optimizer exposing no learning rate: no empty panel
+    assert [n for n, _ in history_panels({**base, "learning_rate": [0.1, 0.1]})] == [
+        "loss", "accuracy"]  # constant: no wasted log panel
+    assert [n for n, _ in history_panels({**base, "learning_rate": [0.1, 0.05]})] == [
+        "loss", "accuracy", "learning rate"]
+    path = tmp_path / "c.png"
+    plot_history({**base, "learning_rate": [0.1, 0.1]}, path, test={"accuracy": 0.71, "loss": 0.4})
+    image = matplotlib.image.imread(path)
+    assert image.shape[1] < 2.5 * image.shape[0]  # two panels, not three
+
+
+def test_help_states_each_schedule_formula():
+    status, out, _ = run_main(["train", "--help"])
+    flat = " ".join(out.split())
+    assert status == 0 and "poly: eta_0 (1 - t/T)^a" in flat and "step: max(eta_0 (1 - t/s)" in flat
+    assert "--lr-power" in flat and "--weight-decay" in flat
+
+
+def test_diverged_run_exits_1_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_cli, "fit", functools.partial(train_cli.fit, max_consecutive_skips=5))
+    run_dir = tmp_path / "diverged"
+    status, _, err = run_main(["train", "--dataset", "digits", "--epochs", "3", "--batch-size",
+                                 "128", "--lr", "1e30", "--no-progress", "--out", str(run_dir)])
+    assert status == 1 and "diverged" in err and len(err.strip().splitlines()) == 1
+    assert not (run_dir / "metrics.json").exists() and (run_dir / "config.json").exists()
+
+
+def test_summary_reports_skipped_steps(run):
+    assert " 0 skipped steps, " in run[2].splitlines()[-1]

@@ -84,7 +84,10 @@ def test_resolve_broadcasts_prefix_masks(variables):
     prefix = {name: name.startswith("Dense") for name in params}
     got = flat(masks.resolve(prefix, params))
     assert got == {path: path.startswith("Dense") for path in flat(params)}
-    assert masks.resolve(False, params) == jax.tree.map(lambda _: False, params)
+    assert masks.resolve({name: False for name in params}, params) == jax.tree.map(
+        lambda _: False, params)
+    with pytest.raises(ValueError, match="mask.*False"):  # a bare False: nothing, never silent
+        masks.resolve(False, params)
 
 
 def test_mismatched_mask_names_mask_and_both_structures(variables):
@@ -132,3 +135,61 @@ def test_default_mask_warns_when_it_selects_nothing_as_under_optax_flatten():
     flat_all = optax.flatten(jaxreg.add_l2(0.5, mask=True))
     updates, _ = flat_all.update(grads, flat_all.init(params), params)
     chex.assert_trees_all_close(updates, jax.tree.map(lambda p: 0.5 * p, params))
+
+
+# ---- masks are resolved on the params; callable pytrees; inject_hyperparams (issue 18) ------
+
+def test_none_updates_pass_through_as_optax_add_decayed_weights():
+    # optax's test_none_argument: updates=None, and None leaves, are accepted
+    weights = (jnp.ones((2,)), {"a": jnp.ones((2, 2)), "b": jnp.ones((2,))})
+    for tx in [jaxreg.add_l2(0.1, mask=True), jaxreg.add_l2(0.1), jaxreg.proximal_l1(0.1, 1.0)]:
+        state = tx.init(weights)
+        assert tx.update(None, state, weights)[0] is None
+        updates = (None, {"a": jnp.zeros((2, 2)), "b": None})
+        got, _ = tx.update(updates, state, weights)
+        assert got[0] is None and got[1]["b"] is None and got[1]["a"].shape == (2, 2)
+    ref = optax.add_decayed_weights(0.1)
+    assert ref.update(None, ref.init(weights), weights)[0] is None
+    got, _ = jaxreg.add_l2(0.1, mask=True).update(
+        (None, {"a": jnp.zeros((2, 2)), "b": None}), optax.EmptyState(), weights)
+    np.testing.assert_allclose(got[1]["a"], 0.1, rtol=1e-7)
+
+
+@chex.dataclass(frozen=True)
+class CallableBools:
+    """A registered pytree of bools that is also callable (as an equinox module is)."""
+    kernel: bool
+    bias: bool
+
+    def __call__(self, *args):
+        raise AssertionError("a callable pytree mask must not be called")
+
+
+def test_callable_pytree_mask_is_a_pytree_as_in_optax_masked():
+    params = CallableBools(kernel=jnp.ones((2, 2)), bias=jnp.ones(2))
+    mask = CallableBools(kernel=False, bias=True)
+    assert not masks.is_mask_fn(mask) and masks.is_mask_fn(masks.kernels_only)
+    assert masks.resolve(mask, params) == mask
+    grads = jax.tree.map(jnp.zeros_like, params)
+    got, _ = jaxreg.add_l2(0.5, mask).update(grads, optax.EmptyState(), params)
+    ref = optax.masked(optax.add_decayed_weights(0.5), mask)
+    want, _ = ref.update(grads, ref.init(params), params)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    np.testing.assert_array_equal(got.kernel, 0.0)
+
+
+def test_inject_hyperparams_with_a_mask_function():
+    params = {"Dense_0": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}}
+    grads = jax.tree.map(jnp.zeros_like, params)
+    # a mask function in static_args works, and equals the plain transform
+    tx = optax.inject_hyperparams(jaxreg.add_l2, static_args=("mask",))(
+        strength=0.1, mask=masks.kernels_only)
+    got, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    np.testing.assert_allclose(got["Dense_0"]["kernel"], 0.1)
+    np.testing.assert_array_equal(got["Dense_0"]["bias"], 0.0)
+    # without static_args optax calls the mask with the step count: a clear error, not a no-op
+    tx = optax.inject_hyperparams(jaxreg.add_l2)(strength=0.1, mask=masks.kernels_only)
+    with pytest.raises((ValueError, TypeError), match="static_args"):
+        tx.update(grads, tx.init(params), params)
+    with pytest.raises((ValueError, TypeError), match="static_args"):
+        jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jaxreg
+from jaxreg.transforms.plateau import FLOOR_RTOL, feed
 
 
 class KerasPlateau:
@@ -18,7 +19,8 @@ class KerasPlateau:
 
     Renamed: lr -> scale (starting at 1), min_lr -> min_scale, wait -> plateau_count. Keras's
     ``min_delta`` is ``threshold`` ('abs') or ``threshold * |best|`` ('rel', 0 while best is
-    infinite), and a non-finite value never improves (jaxreg's documented rules). Values are
+    infinite), a non-finite value never improves, and a reduction within ``FLOOR_RTOL`` of
+    ``min_scale`` lands on it exactly (jaxreg's documented rules). Values are
     averaged over ``accumulation_size`` calls before each decision.
     """
 
@@ -52,6 +54,8 @@ class KerasPlateau:
             if self.wait >= self.patience:
                 if self.scale > self.min_scale:
                     self.scale = max(self.scale * self.factor, self.min_scale)
+                    if self.scale <= self.min_scale * (1 + FLOOR_RTOL):  # jaxreg's clamp
+                        self.scale = self.min_scale
                     self.cooldown_counter = self.cooldown
                     self.wait = 0
 
@@ -260,4 +264,94 @@ def test_dtypes_preserved():
 )
 def test_validation_names_argument(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
+        jaxreg.reduce_on_plateau(**kwargs)
+
+
+# ---- the floor, cooldown and patience at the floor (issue 18.22) ---------------------------
+
+def test_float32_floor_is_reached_exactly_without_an_extra_reduction():
+    # 0.1 * 0.1 = 0.010000001 in float32: a naive clamp makes a third 1-ulp "reduction"
+    plateau = jaxreg.reduce_on_plateau(factor=0.1, patience=1, cooldown=2, min_scale=0.01)
+    states = _run_jitted(plateau, [1.0] * 12, jnp.zeros(2))
+    scale = np.asarray(states.scale)
+    assert scale.dtype == np.float32 and scale[-1] == np.float32(0.01)
+    reductions = np.flatnonzero(np.diff(scale) != 0) + 1
+    assert len(reductions) == 2  # 1 -> 0.1 -> 0.01, no third one
+    after = reductions[-1] + 3  # the cooldown of the last reduction is over
+    assert (np.asarray(states.cooldown_count)[after:] == 0).all()
+    assert (np.diff(np.asarray(states.plateau_count)[after:]) == 1).all()  # counting on
+
+
+def _optax_case_transform():
+    return jaxreg.reduce_on_plateau(factor=0.1, patience=5, threshold=1e-4, cooldown=5,
+                                    min_scale=0.01)
+
+
+def _state(**fields):
+    base = _optax_case_transform().init(None)
+    return base._replace(**{k: jnp.asarray(v, getattr(base, k).dtype) for k, v in fields.items()})
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_optax_contrib_cases_where_keras_and_optax_agree(x64):
+    """optax.contrib's reduce_on_plateau_test cases 1-3 (same settings: factor 0.1, patience 5,
+    rtol 1e-4, cooldown 5, min_scale 0.01), on jaxreg's state."""
+    with jax.enable_x64(x64):
+        tx, updates = _optax_case_transform(), {"params": jnp.array(1.0)}
+        # reduced after the patience runs out, then the cooldown counts down
+        state = tx.init(updates["params"])
+        for _ in range(6):
+            out, state = tx.update(updates, state, value=1.0)
+        assert (float(state.scale), float(state.best_value)) == (pytest.approx(0.1), 1.0)
+        assert (int(state.plateau_count), int(state.cooldown_count)) == (0, 5)
+        np.testing.assert_allclose(out["params"], 0.1, rtol=1e-6)
+        _, state = tx.update(updates, state, value=1.0)
+        assert (int(state.plateau_count), int(state.cooldown_count)) == (0, 4)
+        # a new best resets the count
+        state = feed(_state(best_value=1.0, plateau_count=3, scale=0.1), 0.1)
+        assert int(state.plateau_count) == 0 and float(state.best_value) == pytest.approx(0.1)
+        # no reduction, no counting during the cooldown
+        state = feed(_state(best_value=1.0, scale=0.1, cooldown_count=3), 2.0)
+        assert (float(state.scale), int(state.plateau_count), int(state.cooldown_count)) == (
+            pytest.approx(0.1), 0, 2)
+
+
+def test_patience_at_the_floor_follows_keras_not_optax():
+    """optax.contrib's case 4 (scale already at min_scale, a new best, then 5 bad values):
+    optax resets the count and starts a cooldown; Keras (and jaxreg) keep counting."""
+    values = [0.1] * 6
+    state = _state(best_value=1.0, scale=0.01)
+    for v in values:
+        state = feed(state, v)
+    ref = KerasPlateau(factor=0.1, patience=5, cooldown=5, min_scale=0.01, threshold=1e-4,
+                       threshold_mode="rel", mode="min")
+    ref.best, ref.scale = 1.0, 0.01
+    for v in values:
+        ref.feed(v)
+    assert (float(state.scale), int(state.plateau_count), int(state.cooldown_count)) == (
+        pytest.approx(ref.scale), ref.wait, ref.cooldown_counter) == (pytest.approx(0.01), 5, 0)
+    contrib = optax.contrib.reduce_on_plateau(factor=0.1, patience=5, rtol=1e-4, cooldown=5,
+                                              min_scale=0.01)
+    cstate = contrib.init(None)._replace(best_value=jnp.array(1.0), scale=jnp.array(0.01))
+    for v in values:
+        _, cstate = contrib.update(None, cstate, value=v)
+    assert (int(cstate.plateau_count), int(cstate.cooldown_count)) == (0, 5)  # the difference
+
+
+@pytest.mark.parametrize("bad", [jnp.ones(3), np.ones((1,)), "0.5", None, True])
+def test_value_must_be_a_real_scalar(bad):
+    plateau = jaxreg.reduce_on_plateau()
+    state = plateau.init(None)
+    if bad is None:  # value=None is the documented "only scale"
+        assert plateau.update(None, state, value=bad)[1] == state
+        return
+    with pytest.raises(TypeError, match="`value` must be a real scalar"):
+        plateau.update(None, state, value=bad)
+
+
+@pytest.mark.parametrize("kwargs,name", [(dict(factor="0.5"), "factor"),
+                                         (dict(patience="2"), "patience"),
+                                         (dict(min_scale=None), "min_scale")])
+def test_non_numbers_name_the_argument(kwargs, name):
+    with pytest.raises(TypeError, match=f"`{name}`"):
         jaxreg.reduce_on_plateau(**kwargs)

@@ -134,3 +134,27 @@ def test_batch_size_schedule_milestones_form_and_multiplier_default():
     assert float(sched.learning_rate(20)) == 1.0
     assert isinstance(sched.learning_rate(20), jax.Array)
     assert isinstance(optax.sgd(sched.learning_rate), optax.GradientTransformation)
+
+
+def test_batch_size_schedule_tiny_factors_and_bad_types():
+    with pytest.raises(ValueError, match="boundaries_and_scales.*max_batch_size"):
+        schedules.batch_size_schedule(32, {10: 1e-200, 20: 1e-200})
+    capped = schedules.batch_size_schedule(32, {10: 1e-200, 20: 1e-200}, max_batch_size=1024)
+    assert capped.batch_size(25) == 1024 and math.isfinite(float(capped.learning_rate(25)))
+    for bad in [{10: "0.5"}, {"10": 0.5}, [(10, 0.5)]]:
+        with pytest.raises(TypeError, match="boundaries_and_scales"):
+            schedules.batch_size_schedule(32, bad)
+    with pytest.raises(TypeError, match="init_batch_size"):
+        schedules.batch_size_schedule("32", {})
+    with pytest.raises(TypeError, match="init_value"):
+        schedules.poly_to_zero("0.1", 100, 1.0)
+
+
+@pytest.mark.parametrize("steps", [7, 333, 1000])
+def test_linear_step_agrees_with_optax_linear_schedule_to_float_rounding(steps):
+    t = jnp.arange(0, 2 * steps)
+    ours, ref = schedules.linear_step(1.0, steps), optax.linear_schedule(1.0, 0.0, steps)
+    np.testing.assert_array_equal(jax.vmap(ours)(t), jax.vmap(ref)(t))  # eagerly: exact
+    got, want = jax.jit(jax.vmap(ours))(t), jax.jit(jax.vmap(ref))(t)
+    np.testing.assert_allclose(got, want, rtol=0, atol=np.finfo(np.float32).eps)  # an ulp of 1
+    assert "to float rounding" in schedules.linear_step.__doc__

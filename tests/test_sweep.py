@@ -66,7 +66,7 @@ def test_sweep_equals_separate_fit_runs(digits, swept):
             np.testing.assert_allclose(result.history[k], ref.history[k], rtol=1e-5, atol=1e-6)
         assert result.final["test_accuracy"] == pytest.approx(ref.test["accuracy"], abs=1e-6)
         assert result.final["test_loss"] == pytest.approx(ref.test["loss"], abs=1e-5)
-        assert result.final["train_loss"] == result.history["loss"][-1]
+        assert result.final["last_epoch_loss"] == result.history["loss"][-1]
     # batch-scaled L2 is the effective strength l2 / b
     assert swept.results[1].history["l2_strength"] == [pytest.approx(0.05 / 64)] * 2
     # another seed: another init, same program
@@ -132,7 +132,7 @@ def test_incompatible_settings_run_in_groups():
     assert [(res.setting["bn_momentum"], res.setting["l2"], res.setting["batch_size"]) for res in r.results] == [
         (0.0, 0.0, 32), (0.9, 0.0, 32), (0.0, 1e-3, 32), (0.9, 0.0, 48)]  # the given order
     assert [len(res.history["loss"]) for res in r.results] == [1] * 4
-    assert r.results[0].final.keys() == {"train_loss", "train_accuracy"}  # no test split
+    assert r.results[0].final.keys() == {"last_epoch_loss", "last_epoch_accuracy"}  # no test split
     # momentum 0: the running mean is the last batch's mean, unlike momentum 0.9's
     mean = lambda res: leaves(res.batch_stats)[0]  # noqa: E731
     assert not np.allclose(mean(r.results[0]), mean(r.results[1]))
@@ -189,7 +189,11 @@ def test_cli_sweep_writes_json_and_png(tmp_path, capsys):
     assert {r["l2"] for r in rows} == {0.0, 0.01} and all(r["seeds"] == [0, 1] for r in rows)
     assert all(0 <= r["test_accuracy_mean"] <= 1 and r["test_accuracy_std"] >= 0 for r in rows)
     assert (out / "sweep.png").stat().st_size > 0
-    assert "best" in capsys.readouterr().out
+    assert all("last_epoch_loss_mean" in r and "train_loss_mean" not in r for r in rows)
+    best = max(rows, key=lambda r: r["val_accuracy_mean"])  # chosen on validation, not test
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("best"))
+    assert line.startswith("best by validation: ") and f"l2={best['l2']}," in line
+    assert f"batch_scaled={best['batch_scaled']}," in line and "val_accuracy" in line
 
     assert main(["sweep", "--dataset", "digits", "--l2", "0,-1", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
@@ -212,3 +216,25 @@ def test_setting_schema_is_one_frozen_dataclass():
     for bad in (dict(seed=True), dict(seed=2.0), dict(batch_size=0), dict(l2=True), dict(bn_momentum=1.5)):
         with pytest.raises(ValueError, match=f"`{next(iter(bad))}` must be"):
             Setting(**bad)
+
+
+def test_sweep_validation_split_equals_fit_validation(digits):
+    """sweep(validation_split=f) trains on what fit(validation_split=f) trains on and reports
+    fit's final val_* metrics per setting (18.11)."""
+    s = SETTINGS[0]
+    r = sweep(MODEL, digits, [s], **{**KW, "epochs": 1}, validation_split=0.2).results[0]
+    ref = fit(MODEL, dict(name="momentum", learning_rate=s["learning_rate"]), digits, epochs=1,
+              batch_size=64, seed=1, validation_split=0.2, progress=False)
+    assert_close(r.params, ref.state.params)
+    assert r.final["val_loss"] == pytest.approx(ref.history["val_loss"][-1], abs=1e-5)
+    assert r.final["val_accuracy"] == pytest.approx(ref.history["val_accuracy"][-1], abs=1e-6)
+    assert r.final["test_loss"] == pytest.approx(ref.test["loss"], abs=1e-5)
+
+
+def test_sweep_selection_uses_validation_not_test():
+    from jaxreg.cli.sweep import select_best
+    rows = [{"val_accuracy_mean": 0.9, "test_accuracy_mean": 0.5, "k": 0},
+            {"val_accuracy_mean": 0.8, "test_accuracy_mean": 0.95, "k": 1}]
+    assert select_best(rows) == (rows[0], "val_accuracy_mean")
+    assert select_best([{"val_loss_mean": 2.0}, {"val_loss_mean": 1.0}])[0] == {"val_loss_mean": 1.0}
+    assert select_best([{"test_accuracy_mean": 0.9}]) is None

@@ -1,12 +1,15 @@
 """jaxreg.train.fit: a real short fit on digits, history, skipped-step counting, modes agree."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from sklearn.datasets import load_digits
 
+import jaxreg
 import jaxreg.data
 from jaxreg import models
-from jaxreg.train import fit, make_optimizer
+from jaxreg.train import TrainingDiverged, fit, make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +79,58 @@ def test_fit_regression_on_synthetic_ridge():
     # noise variance 1: the fit gets near that floor (least squares' test MSE is 1.24)
     assert h["loss"][-1] < 1.2 < h["loss"][0]
     assert result.test["loss"] < 1.4
+
+
+# ---- plateau feeding and mode, callbacks, divergence (issues 18.5, 18.6, 18.13, 14.6) --------
+
+def test_plateau_mode_follows_an_accuracy_monitor(digits):
+    x, y = digits[0][:640], digits[1][:640]
+    opt = dict(name="sgd", learning_rate=0.05, plateau=dict(factor=0.5, patience=0))
+    h = fit(models.SeedMLP(hidden=8), opt, (x, y), epochs=3, batch_size=64,
+            validation_split=0.2, monitor="val_accuracy", progress=False).history
+    # the lr is halved exactly after the epochs whose val_accuracy did not improve ('max')
+    acc, lr = h["val_accuracy"], h["learning_rate"]
+    for e in range(1, 3):
+        improved = acc[e - 1] > max(acc[:e - 1], default=-np.inf)
+        assert lr[e] == pytest.approx(lr[e - 1] * (1.0 if improved else 0.5))
+    wrong = make_optimizer("sgd", 0.05, plateau=dict(mode="min"))
+    with pytest.raises(ValueError, match="mode='min'.*val_accuracy"):
+        fit(models.SeedMLP(hidden=8), wrong, (x, y), epochs=1, batch_size=64,
+            validation_split=0.2, monitor="val_accuracy", progress=False)
+
+
+def test_a_plateau_in_a_user_chain_is_fed(digits):
+    x, y = digits[0][:512], digits[1][:512]
+    tx = optax.chain(optax.inject_hyperparams(optax.sgd)(learning_rate=0.05),
+                     jaxreg.reduce_on_plateau(factor=0.5, patience=1))
+    h = fit(models.SeedMLP(hidden=8), tx, (x, y), epochs=4, batch_size=64,
+            monitor="skipped_steps", progress=False).history
+    np.testing.assert_allclose(h["learning_rate"], [0.05, 0.05, 0.025, 0.0125], rtol=1e-6)
+    contrib = optax.chain(optax.sgd(0.05), optax.contrib.reduce_on_plateau())
+    with pytest.raises(ValueError, match="optax.contrib.reduce_on_plateau"):
+        fit(models.SeedMLP(hidden=8), contrib, (x, y), epochs=1, batch_size=64, progress=False)
+
+
+@pytest.mark.parametrize("answer", [np.bool_(True), jnp.asarray(True), 1])
+def test_callbacks_stop_on_any_true_value(digits, answer):
+    x, y = digits[0][:256], digits[1][:256]
+    h = fit(models.SeedMLP(hidden=8), dict(name="sgd", learning_rate=0.05), (x, y), epochs=3,
+            batch_size=64, callbacks=[lambda *_: answer], progress=False).history
+    assert len(h["loss"]) == 1
+
+
+def test_divergence_is_skipped_and_stops(digits, tmp_path):
+    x, y = digits[0][:512], digits[1][:512]
+    with pytest.raises(TrainingDiverged, match="diverged") as info:
+        fit(models.SeedMLP(hidden=8), dict(name="sgd", learning_rate=1e30), (x, y), epochs=5,
+            batch_size=64, max_consecutive_skips=10, checkpoint_dir=str(tmp_path),
+            progress=False)
+    h = info.value.history
+    assert sum(h["skipped_steps"]) >= 10 and len(h["loss"]) < 5
+    # a NaN learning rate (make_optimizer refuses one; a chain of the user's may hold one):
+    # finite gradients, NaN updates; every step skipped, params kept
+    nan_lr = optax.sgd(float("nan"))
+    result = fit(models.SeedMLP(hidden=8), nan_lr, (x, y), epochs=1, batch_size=64,
+                 max_consecutive_skips=None, progress=False)
+    assert result.history["skipped_steps"] == [8]
+    assert all(np.isfinite(a).all() for a in jax.tree.leaves(result.state.params))

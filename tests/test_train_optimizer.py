@@ -3,6 +3,7 @@ plateau and proximal steps take effect."""
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -10,7 +11,15 @@ from sklearn.datasets import load_digits
 
 import jaxreg
 from jaxreg import models
-from jaxreg.train import create_train_state, fit, learning_rate_schedule, make_optimizer, train_step
+from jaxreg.train import (
+    create_train_state,
+    fit,
+    learning_rate_schedule,
+    make_optimizer,
+    train_step,
+    update_plateau,
+)
+from jaxreg.train.optimizer import POLY_POWER
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +89,64 @@ def test_effective_l2_is_the_batch_scaled_strength_when_batch_scaled():
     assert effective_l2(0.025, 128, batch_scaled=True) == jaxreg.batch_scaled_strength(0.025, 128)
     assert effective_l2(0.025, 128, batch_scaled=True) == pytest.approx(0.025 / 128, rel=1e-15)
     assert effective_l2(0.025, 128, batch_scaled=False) == 0.025
+
+
+def _ista(opt, X, y, steps, state=None):
+    """``steps`` of ``opt`` on ``1/(2n) |y - X w|^2`` from ``state`` (default: w = 0)."""
+    loss = lambda p: 0.5 * jnp.mean((X @ p["w"] - y) ** 2)
+    params = {"w": jnp.zeros(X.shape[1])} if state is None else state[0]
+    opt_state = opt.tx.init(params) if state is None else state[1]
+
+    def body(carry, _):
+        p, s = carry
+        u, s = opt.tx.update(jax.grad(loss)(p), s, p)
+        return (optax.apply_updates(p, u), s), None
+
+    return jax.jit(lambda c: jax.lax.scan(body, c, None, length=steps)[0])((params, opt_state))
+
+
+def test_proximal_threshold_follows_the_plateau_scale_sklearn_lasso():
+    """After a plateau reduction of the learning rate by 0.25, ISTA must still solve
+    Lasso(alpha=s), not Lasso(alpha=4s) (issue 18.3)."""
+    from sklearn.linear_model import Lasso
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 6))
+    y = X @ np.array([1.5, -2.0, 0.0, 0.3, 0.0, 0.8]) + 0.1 * rng.normal(size=60)
+    s = 0.2
+    lr = 0.9 / np.linalg.eigvalsh(X.T @ X / len(X)).max()
+    opt = make_optimizer("sgd", lr, l1=s, proximal=True, mask=True,
+                         plateau=dict(factor=0.25, patience=0))
+    Xj, yj = jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32)
+    params, opt_state = _ista(opt, Xj, yj, 50)
+    for value in (1.0, 2.0):  # the second does not improve: scale 0.25
+        opt_state = update_plateau(opt_state, value)
+    assert float(optax.tree_utils.tree_get(opt_state, "scale")) == 0.25
+    params, _ = _ista(opt, Xj, yj, 3000, (params, opt_state))
+    want = Lasso(alpha=s, fit_intercept=False, tol=1e-10, max_iter=100_000).fit(X, y).coef_
+    np.testing.assert_allclose(params["w"], want, atol=2e-5)
+    assert (np.asarray(params["w"]) == 0).sum() == (want == 0).sum() > 0
+
+
+def test_adamw_weight_decay_is_kernels_only_by_default():
+    params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)},
+              "BatchNorm_0": {"scale": jnp.ones(2)}}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    opt = make_optimizer("adamw", 0.1, weight_decay=0.5)
+    updates, _ = opt.tx.update(zeros, opt.tx.init(params), params)
+    np.testing.assert_allclose(updates["Dense_0"]["kernel"], -0.1 * 0.5, rtol=1e-6)
+    np.testing.assert_array_equal(updates["Dense_0"]["bias"], 0.0)
+    np.testing.assert_array_equal(updates["BatchNorm_0"]["scale"], 0.0)
+    everything = make_optimizer("adamw", 0.1, weight_decay=0.5, mask=True)
+    updates, _ = everything.tx.update(zeros, everything.tx.init(params), params)
+    np.testing.assert_allclose(updates["Dense_0"]["bias"], -0.05, rtol=1e-6)
+
+
+def test_poly_and_step_are_different_schedules():
+    t = np.arange(0, 101)
+    poly = jax.vmap(learning_rate_schedule(0.1, "poly", total_steps=100))(t)
+    step = jax.vmap(learning_rate_schedule(0.1, "step", total_steps=100))(t)
+    np.testing.assert_allclose(poly, 0.1 * (1 - t / 100) ** POLY_POWER, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(step, 0.1 * (1 - t / 100), rtol=1e-5, atol=1e-9)
+    assert POLY_POWER != 1 and np.abs(poly - step).max() > 0.01
+    cubic = jax.vmap(learning_rate_schedule(0.1, "poly", total_steps=100, power=3.0))(t)
+    np.testing.assert_allclose(cubic, 0.1 * (1 - t / 100) ** 3, rtol=1e-5, atol=1e-9)

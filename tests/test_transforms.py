@@ -318,9 +318,14 @@ def test_bad_batch_size():
     state = tx.init(PARAMS)
     with pytest.raises(TypeError, match="batch_size"):
         tx.update(ZEROS, state, PARAMS)
-    for bad in [0, -3, jnp.asarray(-2)]:
+    for bad in [0, -3, jnp.asarray(-2), 2**40]:
         with pytest.raises(ValueError, match=rf"batch_size={bad}"):
             tx.update(ZEROS, state, PARAMS, batch_size=bad)
+    for bad in [0.5, 2.5, True, math.inf, 1e30, "128", jnp.ones(2, jnp.int32), jnp.asarray(4.0)]:
+        with pytest.raises(TypeError, match="`batch_size` must be an integer scalar"):
+            tx.update(ZEROS, state, PARAMS, batch_size=bad)
+    for ok in [1, np.int64(7), jnp.asarray(3, jnp.int32)]:
+        tx.update(ZEROS, state, PARAMS, batch_size=ok)
     with pytest.raises(ValueError, match="convention"):
         jaxreg.batch_scaled_l2(0.1, convention="full")
 
@@ -341,3 +346,44 @@ def test_batch_scaled_strength_is_the_strength_batch_scaled_l2_applies():
         update, _ = tx.update(jax.tree.map(jnp.zeros_like, w), tx.init(w), w, batch_size=12)
         expected = jaxreg.batch_scaled_strength(0.3, 12, convention) * np.asarray(w["kernel"])
         np.testing.assert_allclose(update["kernel"], expected, rtol=1e-6)
+
+
+def test_checkify_catches_a_traced_negative_batch_size():
+    from jax.experimental import checkify
+    tx = optax.chain(jaxreg.batch_scaled_l2(0.1), optax.sgd(0.1))
+    state = tx.init(PARAMS)
+    step = jax.jit(lambda b: tx.update(ZEROS, state, PARAMS, batch_size=b)[0])
+    step(jnp.asarray(-2))  # unchecked outside checkify (documented): no error, no crash
+    err, _ = checkify.checkify(step)(jnp.asarray(-2))
+    with pytest.raises(checkify.JaxRuntimeError, match="batch_size.*-2"):
+        err.throw()
+    err, _ = checkify.checkify(step)(jnp.asarray(4))
+    err.throw()  # a good value passes
+
+
+@pytest.mark.parametrize("name", list(CONSTRUCTORS))
+def test_strength_that_overflows_float32_is_rejected(name):
+    with pytest.raises(ValueError, match=r"`strength` must be at most 3.403e\+38, .*overflows"):
+        CONSTRUCTORS[name](1e39)
+    with jax.enable_x64(True):
+        CONSTRUCTORS[name](1e39)  # representable in float64
+
+
+def test_bfloat16_follows_optax_for_float_strengths():
+    """Decision (module docstring): updates keep their dtype. optax does the same for Python
+    float strengths; with a float32 array strength optax promotes bf16 updates to float32, and
+    jaxreg gives that result rounded to bf16."""
+    params = {"w": jnp.linspace(-2, 2, 8, dtype=jnp.bfloat16).reshape(2, 4)}
+    grads = {"w": jnp.full((2, 4), 0.3, jnp.bfloat16)}
+    ref = optax.add_decayed_weights(0.1)
+    want, _ = ref.update(grads, ref.init(params), params)
+    got, _ = jaxreg.add_l2(0.1).update(grads, optax.EmptyState(), params)
+    assert got["w"].dtype == want["w"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(got["w"], want["w"])
+    strength = jnp.asarray(0.1, jnp.float32)
+    ref = optax.add_decayed_weights(strength)
+    want32, _ = ref.update(grads, ref.init(params), params)
+    want32 = want32["w"]
+    assert want32.dtype == jnp.float32
+    got, _ = jaxreg.add_l2(strength).update(grads, optax.EmptyState(), params)
+    np.testing.assert_array_equal(got["w"], want32.astype(jnp.bfloat16))

@@ -8,7 +8,9 @@ module here. The library never imports this package.
 Errors are one line on stderr, ``jaxreg <command>: error: <message>``, with exit status 2:
 argparse's for bad flags, and the same for the library's ``DataError``, ``ValueError`` and
 ``OSError`` raised while a command runs (unreadable or corrupt data, an unusable ``--out``, a
-run directory another run holds). A warning (e.g. a damaged checkpoint skipped) is one line,
+run directory another run holds). A diverged training run (:class:`jaxreg.train.TrainingDiverged`:
+too many non-finite steps in a row) is the same one line with exit status 1; its last good
+checkpoint stays in ``--out``. A warning (e.g. a damaged checkpoint skipped) is one line,
 ``jaxreg <command>: warning: <message>``. Ctrl-C (SIGINT) stops a command at its next safe
 point (:mod:`jaxreg.train.interrupt`: for training, the end of an epoch, with its checkpoint
 complete) with the one line ``jaxreg <command>: interrupted`` and exit status 130. (Python
@@ -34,7 +36,7 @@ import jax
 from jaxreg.cli import evaluate, sweep, train
 from jaxreg.data import DataError
 from jaxreg.data.sources import cache_root
-from jaxreg.train import interrupt
+from jaxreg.train import TrainingDiverged, interrupt
 
 __all__ = [
     "COMMANDS", "ArgumentParser", "build_parser", "compile_cache", "compile_cache_dir", "main",
@@ -113,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 with compile_cache(args.compile_cache):
                     return args.run(args)
+            except TrainingDiverged as e:  # the run failed, not its arguments: status 1
+                print(f"{prog}: error: {e}", file=sys.stderr)
+                return 1
             except (DataError, ValueError, OSError) as e:
                 command_parser: argparse.ArgumentParser = args.parser  # the command's usage
                 command_parser.error("; ".join(line.strip() for line in str(e).splitlines()

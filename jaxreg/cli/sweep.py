@@ -10,7 +10,12 @@ compiled program per group of compatible settings, and writes to ``--out`` (defa
     sweep.png    test accuracy (mean +- std over seeds) against lambda, one curve per
                  combination of the other settings
 
-and prints the best setting (highest mean test accuracy).
+and prints the best setting: the highest mean *validation* accuracy (lowest validation loss
+without labels) on the held-out ``--validation-split`` (default 0.1) of the training split;
+its test metrics are reported, never used to choose. With ``--validation-split 0`` no setting
+is chosen. ``last_epoch_loss`` in ``sweep.json`` is the mean over the last epoch's training
+batches (training mode), not ``metrics.json``'s ``train_loss`` (the final model on the whole
+training set).
 
 ``jaxreg sweep --study batch-scaling`` tests seed 000's claim that dividing the L2 strength by
 the batch size, ``lambda / b``, makes the regularization effect independent of ``b``: for each
@@ -43,6 +48,7 @@ import numpy as np
 from jaxreg._validate import SEED_LIMIT
 from jaxreg.cli._common import (
     DEFAULT_L2,
+    fraction,
     load_dataset,
     positive_int,
     readable_dir,
@@ -59,6 +65,8 @@ if TYPE_CHECKING:
 DEFAULT_GRID_L2 = (0.0, 1e-5, 1e-4, 1e-3)
 STUDY_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
 PANEL_SIZE = (5.0, 3.8)
+SWEEP_VALIDATION_SPLIT = 0.1
+"""Default ``--validation-split``: what the best setting is chosen by."""
 REFERENCE_BATCH = 128
 """The study's fixed-strength model uses ``lambda / REFERENCE_BATCH`` (equal to lambda/b there)."""
 
@@ -106,6 +114,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=128, metavar="B", help="(default: %(default)s)")
     p.add_argument("--data-seed", type=seed_int, default=0,
                    help="data order of every setting (default: %(default)s)")
+    p.add_argument("--validation-split", type=fraction, default=SWEEP_VALIDATION_SPLIT, metavar="F",
+                   help="hold out the last fraction F of the training split; the best setting is "
+                        "chosen by its validation metric (0: none chosen; default: %(default)s)")
     p.add_argument("--chunk-size", type=positive_int, metavar="K",
                    help="at most K settings per compiled call (default: as many as fit in memory)")
     p.add_argument("--study", choices=("batch-scaling",), help="run a study instead of a grid")
@@ -148,7 +159,17 @@ def summarize(result: SweepResult) -> list[dict[str, Any]]:
 
 
 def _score(rows: list[dict[str, Any]]) -> str:
-    return "test_accuracy_mean" if "test_accuracy_mean" in rows[0] else "train_loss_mean"
+    """The metric plotted (reported): test accuracy, else the last epoch's training loss."""
+    return "test_accuracy_mean" if "test_accuracy_mean" in rows[0] else "last_epoch_loss_mean"
+
+
+def select_best(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str] | None:
+    """The best row and the metric it won by: highest mean validation accuracy, else lowest
+    mean validation loss; ``None`` without a validation split (the test split never chooses)."""
+    for metric, pick in (("val_accuracy_mean", max), ("val_loss_mean", min)):
+        if metric in rows[0]:
+            return pick(rows, key=lambda r: r[metric]), metric
+    return None
 
 
 def plot_sweep(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -230,6 +251,7 @@ def _run_sweep(args: argparse.Namespace, out: Path, seeds: list[int]) -> int:
         name = "sweep"
     result = sweep(model, data, grid, epochs=args.epochs, batch_size=args.batch_size, seeds=seeds,
                    optimizer=args.optimizer, data_seed=args.data_seed, chunk_size=args.chunk_size,
+                   validation_split=args.validation_split,
                    progress=not args.no_progress)
     rows = summarize(result)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("run", "parser")}
@@ -240,10 +262,16 @@ def _run_sweep(args: argparse.Namespace, out: Path, seeds: list[int]) -> int:
     (out / f"{name}.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     title = f"{args.model} on {data.name}, {args.epochs} epochs, {args.seeds} seed(s)"
     (plot_study if args.study else plot_sweep)(rows, out / f"{name}.png", title)
-    metric = _score(rows)
-    best = (max if "accuracy" in metric else min)(rows, key=lambda r: r[metric])
-    print("best: " + ", ".join(f"{k}={best[k]}" for k in HYPERPARAMETERS) +
-          f": {metric.removesuffix('_mean')} {best[metric]:.4f} +- {best[metric.replace('_mean', '_std')]:.4f}")
+    chosen = select_best(rows)
+    if chosen is None:
+        print("no best setting chosen: --validation-split 0 leaves no validation data "
+              "(settings are never chosen on the test split)")
+    else:
+        best, metric = chosen
+        reported = [m for m in ("test_accuracy_mean", "test_loss_mean") if m in best][:1]
+        print("best by validation: " + ", ".join(f"{k}={best[k]}" for k in HYPERPARAMETERS) +
+              "".join(f": {m.removesuffix('_mean')} {best[m]:.4f} +- {best[m.replace('_mean', '_std')]:.4f}"
+                      for m in [metric, *reported]))
     print(f"{len(result.results)} runs in {len(result.groups)} group(s), {result.seconds:.1f} s; wrote "
           f"{out / (name + '.json')} and {out / (name + '.png')}")
     return 0

@@ -48,7 +48,7 @@ from jaxreg.data import DATASETS, Dataset, load
 from jaxreg.train import distributed, fit, make_optimizer, models, rundir
 from jaxreg.train._inputs import check_fit_inputs
 from jaxreg.train.fit import _split_data
-from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES
+from jaxreg.train.optimizer import OPTIMIZERS, POLY_POWER, SCHEDULE_FORMULAS, SCHEDULES
 
 PLATEAU_VALIDATION_SPLIT = 0.1
 """``--validation-split`` default with ``--plateau`` (which monitors ``val_loss``); without
@@ -56,13 +56,13 @@ it the default is 0, training on the whole training split as seed 004 does."""
 
 DEFAULTS = dict(model="seed-mlp", epochs=10, batch_size=128, seed=0, optimizer="adam", lr=1e-3,
                 schedule="fixed", batch_scaled=True, l1=0.0, proximal=False, plateau=False,
-                plateau_factor=0.5, plateau_patience=2)
+                plateau_factor=0.5, plateau_patience=2, lr_power=POLY_POWER)
 """Defaults of the flags that set a run's config. Their argparse default is ``None``, so that
 a flag given (even at its default value) can be told from one left out: ``--resume`` refuses
 the first, and ``--plateau-*`` without ``--plateau`` is refused."""
 RUN_SETTINGS = ("dataset", "validation_split", "model", "batch_size", "seed", "optimizer", "lr",
-                "schedule", "l2", "batch_scaled", "l1", "proximal", "plateau", "plateau_factor",
-                "plateau_patience")
+                "schedule", "lr_power", "weight_decay", "l2", "batch_scaled", "l1", "proximal",
+                "plateau", "plateau_factor", "plateau_patience")
 """The flags (argparse ``dest``) stored in config.json, which ``--resume`` cannot change;
 ``--epochs`` it can (to train a run further), ``--data-dir`` too (the same data elsewhere:
 the fingerprint must match), and the flags of the run group and of devices and processes."""
@@ -124,8 +124,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--lr", type=positive_float,
                      help=f"(initial) learning rate (default: {DEFAULTS['lr']})")
     opt.add_argument("--schedule", choices=SCHEDULES,
-                     help="learning-rate schedule over the run: poly (linear to 0), step, cosine "
-                          f"(default: {DEFAULTS['schedule']})")
+                     help="learning rate at step t of the run's T steps: "
+                          + "; ".join(f"{k}: {v}" for k, v in SCHEDULE_FORMULAS.items())
+                          + f" (default: {DEFAULTS['schedule']})")
+    opt.add_argument("--lr-power", type=positive_float, metavar="A",
+                     help=f"the power a of --schedule poly (default: {DEFAULTS['lr_power']}); "
+                          "only with --schedule poly")
+    opt.add_argument("--weight-decay", type=non_negative_float, metavar="WD",
+                     help="adamw's decoupled weight decay, on kernels only like the penalties "
+                          "(default: optax's 1e-4); only with --optimizer adamw")
 
     reg = parser.add_argument_group("regularization")
     reg.add_argument("--l2", type=non_negative_float, metavar="LAMBDA",
@@ -202,6 +209,16 @@ def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
     l2 = args.l2 if args.l2 is not None else (DEFAULT_L2 if batch_scaled else 0.0)
     plateau = (dict(factor=setting(args, "plateau_factor"),
                     patience=setting(args, "plateau_patience")) if plateau else None)
+    extra: dict[str, Any] = {}
+    optimizer, schedule = setting(args, "optimizer"), setting(args, "schedule")
+    if args.weight_decay is not None:
+        if optimizer != "adamw":
+            raise ValueError(f"--weight-decay is adamw's; got --optimizer {optimizer}")
+        extra["weight_decay"] = args.weight_decay
+    if args.lr_power is not None and schedule != "poly":
+        raise ValueError(f"--lr-power is --schedule poly's; got --schedule {schedule}")
+    if schedule == "poly":
+        extra["schedule_kwargs"] = {"power": setting(args, "lr_power")}
     config = dict(
         dataset=data.name,
         data_dir=None if args.data_dir is None else str(args.data_dir.absolute()),
@@ -209,9 +226,9 @@ def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
         num_classes=data.num_classes, model=setting(args, "model"), epochs=setting(args, "epochs"),
         batch_size=setting(args, "batch_size"), seed=setting(args, "seed"),
         validation_split=validation_split, checkpoint_every=args.checkpoint_every,
-        optimizer=dict(name=setting(args, "optimizer"), learning_rate=setting(args, "lr"),
-                       schedule=setting(args, "schedule"), l2=l2, l1=l1, batch_scaled=batch_scaled,
-                       proximal=setting(args, "proximal"), plateau=plateau),
+        optimizer=dict(name=optimizer, learning_rate=setting(args, "lr"), schedule=schedule,
+                       l2=l2, l1=l1, batch_scaled=batch_scaled, proximal=setting(args, "proximal"),
+                       plateau=plateau, **extra),
     )
     check_config(config, data)
     return config
@@ -283,7 +300,8 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
     if distributed.is_primary():
         from jaxreg.cli.plots import plot_history  # matplotlib, only now
 
-        plot_history(result.history, run_dir / "curves.png", title=f"{config['model']} on {config['dataset']}")
+        plot_history(result.history, run_dir / "curves.png",
+                     title=f"{config['model']} on {config['dataset']}", test=result.test)
         write_json(run_dir / "metrics.json", metrics)
     return metrics
 
@@ -293,8 +311,10 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
     def score(split: str) -> str:
         accuracy = metrics[f"{split}_accuracy"]
         return f"{split} loss {metrics[f'{split}_loss']:.4g}" if accuracy is None else f"{split} acc {accuracy:.4f}"
+    skipped = sum(metrics["history"].get("skipped_steps", []))
     return (f"{metrics['dataset']}: {metrics['epochs_completed']} epochs, {score('test')}, "
-            f"{score('train')}, {metrics['train_seconds']:.1f} s, {run_dir}")
+            f"{score('train')}, {skipped} skipped steps, {metrics['train_seconds']:.1f} s, "
+            f"{run_dir}")
 
 
 def _resumed_config(args: argparse.Namespace, config: dict[str, Any],

@@ -13,7 +13,7 @@ from jaxreg._extras import require_train
 require_train("jaxreg.train")
 
 from jaxreg.train.epoch import prefetch, scan_epoch, stream_epoch
-from jaxreg.train.fit import FitResult, fit
+from jaxreg.train.fit import FitResult, TrainingDiverged, fit
 from jaxreg.train.optimizer import (
     Optimizer,
     learning_rate_schedule,
@@ -30,6 +30,7 @@ __all__ = [
     "Setting",
     "SweepResult",
     "TrainState",
+    "TrainingDiverged",
     "create_train_state",
     "cross_entropy",
     "evaluate",

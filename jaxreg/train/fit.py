@@ -49,6 +49,7 @@ from jaxreg.train.optimizer import (
     _plateau_scale,
     effective_l2,
     make_optimizer,
+    plateau_states,
     update_plateau,
 )
 from jaxreg.train.state import TrainState, create_train_state
@@ -58,6 +59,26 @@ DEVICE_DATA_BYTES = 1 << 30
 """Training sets up to this size run in scan mode by default."""
 
 Callback = Callable[[int, TrainState, dict[str, float]], Any]
+
+MAX_CONSECUTIVE_SKIPS = 100
+"""Default ``max_consecutive_skips`` of :func:`fit`: after this many non-finite steps in a row
+the run has diverged and stops with :class:`TrainingDiverged`."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised by :func:`fit` after ``max_consecutive_skips`` non-finite steps in a row. The
+    checkpoint of the last completed epoch before it (if any) is kept; ``history`` holds the
+    epochs up to and including the diverged one."""
+
+    def __init__(self, message: str, history: dict[str, list]):
+        super().__init__(message)
+        self.history = history
+
+
+def monitor_mode(monitor: str) -> str:
+    """Keras's ``mode="auto"``: ``"max"`` for accuracy-like names (containing ``acc``),
+    ``"min"`` otherwise (losses)."""
+    return "max" if "acc" in monitor else "min"
 
 
 class FitResult(NamedTuple):
@@ -85,12 +106,29 @@ def _split_data(data: Any, validation_split: float, validation_data: Any) -> tup
     return (x, y), validation_data, test
 
 
-def _resolve_optimizer(optimizer: Any, total_steps: int) -> Optimizer:
+def _resolve_optimizer(optimizer: Any, total_steps: int, monitor: str) -> Optimizer:
     if isinstance(optimizer, Optimizer):
         return optimizer
     if isinstance(optimizer, dict):
+        plateau = optimizer.get("plateau")
+        if plateau is not None and plateau.get("mode", "auto") == "auto":
+            optimizer = {**optimizer, "plateau": {**plateau, "mode": monitor_mode(monitor)}}
         return make_optimizer(**{"total_steps": total_steps, **optimizer})
     return Optimizer(tx=optimizer)
+
+
+def _check_plateau_mode(opt_state: Any, monitor: str) -> bool:
+    """Whether ``opt_state`` holds plateau states; ValueError if one of them minimizes an
+    accuracy-like ``monitor`` or maximizes a loss (read from its configuration)."""
+    states = plateau_states(opt_state)
+    expected = monitor_mode(monitor)
+    for s in states:
+        if s.config.mode != expected and ("acc" in monitor or "loss" in monitor):
+            raise ValueError(f"the plateau has mode={s.config.mode!r} but monitors {monitor!r}, "
+                             f"which should be {'maximized' if expected == 'max' else 'minimized'}:"
+                             f" build it with mode={expected!r} (fit's optimizer dicts choose "
+                             f"the mode from monitor when plateau has no mode or mode='auto')")
+    return bool(states)
 
 
 def _epoch_logs(metrics: dict[str, jax.Array]) -> dict[str, float]:
@@ -101,6 +139,19 @@ def _epoch_logs(metrics: dict[str, jax.Array]) -> dict[str, float]:
             for k, v in metrics.items() if k != "skipped"}
     logs["skipped_steps"] = int((~applied).sum())
     return logs
+
+
+def _trailing_skips(metrics: dict[str, Any], before: int) -> int:
+    """Skipped steps in a row at the end of this epoch (``before``: at the end of the last)."""
+    skipped = np.asarray(jax.device_get(metrics["skipped"]))
+    applied = np.flatnonzero(~skipped)
+    return before + len(skipped) if applied.size == 0 else len(skipped) - 1 - int(applied[-1])
+
+
+def _stops(answer: Any) -> bool:
+    """A callback's answer as a stop flag: the truth of a concrete value (``True``,
+    ``np.bool_``, a jax bool scalar, ``1``); ``None`` continues."""
+    return answer is not None and bool(np.asarray(jax.device_get(answer)))
 
 
 def _hyperparams(opt: Optimizer, opt_state: Any, batch_size: int) -> dict[str, float]:
@@ -178,6 +229,7 @@ def fit(
     checkpoint_every: int = 1,
     mesh: jax.sharding.Mesh | None = None,
     accumulate: int = 1,
+    max_consecutive_skips: int | None = MAX_CONSECUTIVE_SKIPS,
 ) -> FitResult:
     """Trains ``model`` (a linen module called as ``model.apply(vars, x, train=...)``).
 
@@ -194,18 +246,29 @@ def fit(
             given ``(x, y)`` (then ``validation_split`` is 0), for the ``val_*`` metrics.
         loss_fn: per-example loss ``(outputs, targets) -> [B]``; default softmax cross-entropy
             for integer targets, squared error otherwise.
-        monitor: the history key fed to the plateau transform after each epoch.
-        skip_nonfinite: a step whose gradient has a NaN/Inf leaves parameters, optimizer
-            state and batch statistics unchanged and is counted in ``skipped_steps``
-            (:func:`optax.apply_if_finite`'s semantics; see :func:`train_step`). It never
-            gives up, so a diverged run shows every step skipped; stop it with a callback.
+        monitor: the history key fed after each epoch to every
+            :func:`jaxreg.reduce_on_plateau` state in the optimizer state (the one
+            ``make_optimizer(plateau=...)`` adds or any in a chain of your own;
+            ``optax.contrib.reduce_on_plateau`` raises ``ValueError``). An optimizer dict whose
+            ``plateau`` has no ``mode`` (or ``"auto"``) gets Keras's ``"auto"``: ``"max"`` for
+            accuracy-like names, else ``"min"``; a plateau whose mode contradicts an accuracy
+            or loss ``monitor`` raises ``ValueError``.
+        skip_nonfinite: a step whose gradient, or whose new parameters, optimizer state or
+            batch statistics, have a NaN/Inf leaves them all unchanged and is counted in
+            ``skipped_steps`` (:func:`optax.apply_if_finite`'s semantics, plus the check of
+            the result: a NaN learning rate gives finite gradients but NaN parameters; see
+            :func:`train_step`).
+        max_consecutive_skips: after this many skipped steps in a row (default
+            :data:`MAX_CONSECUTIVE_SKIPS`; checked at the end of each epoch), raise
+            :class:`TrainingDiverged` before that epoch is checkpointed. ``None``: never.
         compute_dtype: e.g. ``jnp.bfloat16`` for mixed precision (float32 parameters, batch
             statistics and loss).
         on_device: run each epoch as one ``lax.scan`` over device-resident data; default: when
             the training arrays take at most ``DEVICE_DATA_BYTES``. Otherwise stream batches.
         unroll: ``lax.scan`` unrolling in scan mode.
         callbacks: ``callback(epoch, state, logs)`` after each epoch (``logs``: that epoch's
-            history entries); returning ``True`` stops training.
+            history entries); a true answer stops training (``True``, ``np.bool_``, a concrete
+            jax bool, ``1``: its truth value; ``None`` continues).
         progress: a tqdm bar over steps (steps/s, loss, accuracy), updated per epoch in scan
             mode and per step when streaming.
         checkpoint_dir, resume, checkpoint_every: checkpoint every ``checkpoint_every`` epochs,
@@ -239,8 +302,15 @@ def fit(
     Returns:
         A :class:`FitResult`. ``history`` has per-epoch lists ``loss``, ``accuracy`` (integer
         targets), ``val_loss``, ``val_accuracy`` (with validation data), ``learning_rate``
-        (times the plateau scale), ``l2_strength`` (divided by the batch size when batch-scaled),
-        ``l1_strength``, ``skipped_steps`` and ``epoch_seconds``.
+        (the injected learning rate times the scale of every plateau; NaN when the optimizer
+        does not expose its learning rate through ``optax.inject_hyperparams``),
+        ``l2_strength`` (divided by the batch size when batch-scaled), ``l1_strength``,
+        ``skipped_steps`` and ``epoch_seconds``.
+
+    Raises:
+        TrainingDiverged: ``max_consecutive_skips`` skipped steps in a row.
+        ValueError: bad arguments (see above), a plateau that cannot be fed or whose mode
+            contradicts ``monitor``.
     """
     check_fit_inputs(model, optimizer, data, epochs=epochs, batch_size=batch_size, seed=seed,
                      validation_split=validation_split, validation_data=validation_data, test=test,
@@ -248,7 +318,7 @@ def fit(
     checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
     (x, y), validation, test_data = _split_data(data, validation_split, validation_data)
     steps = len(x) // batch_size
-    opt = _resolve_optimizer(optimizer, total_steps=epochs * steps)
+    opt = _resolve_optimizer(optimizer, total_steps=epochs * steps, monitor=monitor)
     if loss_fn is None:
         loss_fn = default_loss(y)
 
@@ -261,6 +331,10 @@ def fit(
                              accumulate=accumulate, skip_nonfinite=skip_nonfinite)
     place = _placement(functools.partial(create_train_state, model, opt.tx, x[:1], seed), mesh)
     state = place.state
+    has_plateau = _check_plateau_mode(state.opt_state, monitor)
+    require(not has_plateau or not monitor.startswith("val_") or validation is not None,
+            "validation_split", f"> 0, or validation_data given: the plateau monitors {monitor!r}",
+            validation_split)
     if on_device is None:
         on_device = x.nbytes + y.nbytes <= DEVICE_DATA_BYTES
     if on_device:
@@ -275,11 +349,12 @@ def fit(
     if validation is not None:  # placed once, not at every epoch's evaluation
         validation = tuple(place.put_data(np.asarray(a)) for a in validation)
 
-    feed_plateau = jax.jit(functools.partial(update_plateau, plateau=opt.plateau),
+    feed_plateau = jax.jit(update_plateau,
                            **({} if mesh is None else dict(out_shardings=place.state_sharding.opt_state)))
     history: dict[str, list] = {}
     start = 0
     data_key = jax.random.fold_in(jax.random.key(seed), 1)
+    consecutive_skips = 0
     with contextlib.ExitStack() as stack:
         stack.enter_context(interrupt.deferred())
         interrupt.check()
@@ -308,17 +383,27 @@ def fit(
             if validation is not None:
                 logs.update({f"val_{k}": v for k, v in eval_fn(state, *validation).items()})
             logs.update(_hyperparams(opt, state.opt_state, batch_size))
-            if opt.plateau is not None:
+            if has_plateau:
                 state = state.replace(opt_state=feed_plateau(state.opt_state, value=logs[monitor]))
             for k, v in logs.items():
                 history.setdefault(k, []).append(v)
+            consecutive_skips = _trailing_skips(metrics, consecutive_skips)
+            if max_consecutive_skips is not None and consecutive_skips >= max_consecutive_skips:
+                raise TrainingDiverged(  # before this epoch is checkpointed
+                    f"training diverged: the last {consecutive_skips} steps (epoch {epoch + 1}) "
+                    f"gave non-finite gradients, parameters or optimizer state and were skipped "
+                    f"(max_consecutive_skips={max_consecutive_skips}); "
+                    f"{sum(history['skipped_steps'])} steps skipped in all. Lower the learning "
+                    f"rate." + ("" if mngr is None else
+                                " The checkpoint of the last completed epoch is kept."),
+                    history)
             saved = mngr is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs
                                           or interrupt.requested())
             if saved:
                 checkpoint.save(mngr, epoch + 1, state, history, run)
             bar.update(steps if on_device else 0)
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if "loss" in k or "accuracy" in k})
-            stop = any([cb(epoch, state, logs) is True for cb in callbacks])
+            stop = any([_stops(cb(epoch, state, logs)) for cb in callbacks])
             if mngr is not None and not saved and (stop or interrupt.requested()):
                 checkpoint.save(mngr, epoch + 1, state, history, run)
             interrupt.check()  # a safe point: the epoch's checkpoint is written (or being written)

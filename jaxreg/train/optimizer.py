@@ -6,10 +6,13 @@ The chain, applied to the gradient ``g`` of the mean batch loss at parameters ``
     g <- g + l1 sign(w)           (add_l1, unless proximal)
     u <- optimizer(g; eta_t)      (adam, sgd, momentum, adamw)
     u <- s u                      (reduce_on_plateau's scale s, if plateau)
-    u <- prox(w + u) - w          (proximal_l1: soft-threshold by eta_t l1, if proximal)
+    u <- prox(w + u) - w          (proximal_l1: soft-threshold by s eta_t l1, if proximal)
 
-The penalties apply to kernels only unless ``mask`` says otherwise (:mod:`jaxreg.masks`). The
-soft threshold uses the scheduled ``eta_t``, not ``eta_t`` times the plateau scale.
+The penalties (and ``adamw``'s decoupled weight decay) apply to kernels only unless ``mask``
+says otherwise (:mod:`jaxreg.masks`). The soft threshold uses the learning rate actually
+applied, ``s eta_t`` (schedule times plateau scale), so that with SGD the iteration stays
+ISTA for ``l1 ||w||_1`` after every plateau reduction (with ``eta_t`` alone, a reduction of
+the scale to 0.25 would solve the problem with ``4 l1``).
 
 ``learning_rate``, ``l2`` and ``l1`` go through :func:`optax.inject_hyperparams`, so they live
 in the optimizer state (``optax.tree_utils.tree_get(opt_state, "hyperparams")`` is the dict
@@ -32,19 +35,33 @@ from jaxreg.transforms import (
     add_l2,
     batch_scaled_l2,
     batch_scaled_strength,
+    masks,
     proximal_l1,
     reduce_on_plateau,
     schedules,
 )
+from jaxreg.transforms.plateau import feed
 
 OPTIMIZERS = {
     "adam": optax.adam,
-    "adamw": optax.adamw,
+    "adamw": optax.adamw,  # weight_decay on make_optimizer's mask (kernels only by default)
     "sgd": optax.sgd,
     "momentum": lambda learning_rate, momentum=0.9, **kw: optax.sgd(learning_rate, momentum=momentum, **kw),
 }
 
 SCHEDULES = ("fixed", "poly", "step", "cosine")
+
+POLY_POWER = 2.0
+"""Default power ``a`` of ``schedule="poly"``, ``eta_0 (1 - t/T)^a``: the value seed 002's
+"exponential" schedule is trained with in notebook 3 (``a = 1`` would be ``"step"``)."""
+
+SCHEDULE_FORMULAS = {
+    "fixed": "eta_0",
+    "poly": "eta_0 (1 - t/T)^a",
+    "step": "max(eta_0 (1 - t/s), floor), s = T",
+    "cosine": "eta_0 (1 + cos(pi t/T)) / 2",
+}
+"""Each named schedule's formula at step ``t`` of ``T`` (for help texts)."""
 
 
 class Optimizer(NamedTuple):
@@ -65,16 +82,16 @@ class Optimizer(NamedTuple):
 
 def learning_rate_schedule(learning_rate: float, schedule: str = "fixed", total_steps: int | None = None,
                            **kwargs: Any) -> float | optax.Schedule:
-    """``schedule`` by name: ``fixed`` (the float itself), ``poly``
-    (:func:`jaxreg.schedules.poly_to_zero`, ``power=1``), ``step``
-    (:func:`jaxreg.schedules.linear_step`, ``step_size=total_steps``) or ``cosine``
+    """``schedule`` by name (formulas in :data:`SCHEDULE_FORMULAS`): ``fixed`` (the float
+    itself), ``poly`` (:func:`jaxreg.schedules.poly_to_zero`, ``power=``:data:`POLY_POWER`),
+    ``step`` (:func:`jaxreg.schedules.linear_step`, ``step_size=total_steps``) or ``cosine``
     (:func:`optax.cosine_decay_schedule` to 0 at ``total_steps``); ``kwargs`` override."""
     if schedule == "fixed":
         return learning_rate
     if total_steps is None:
         raise ValueError(message("total_steps", f"given for schedule={schedule!r}", total_steps))
     if schedule == "poly":
-        return schedules.poly_to_zero(learning_rate, total_steps, **{"power": 1.0, **kwargs})
+        return schedules.poly_to_zero(learning_rate, total_steps, **{"power": POLY_POWER, **kwargs})
     if schedule == "step":
         return schedules.linear_step(learning_rate, **{"step_size": total_steps, **kwargs})
     if schedule == "cosine":
@@ -102,6 +119,9 @@ def make_optimizer(
     Args:
         name: ``adam``, ``adamw``, ``sgd`` or ``momentum`` (SGD with momentum 0.9);
             ``optimizer_kwargs`` go to the optax constructor (e.g. ``b1``, ``weight_decay``).
+            ``adamw``'s ``weight_decay`` (optax's default 1e-4) applies to the leaves ``mask``
+            selects (kernels only by default; optax's own default would decay every leaf,
+            biases and norm scales included); an explicit ``optimizer_kwargs["mask"]`` wins.
         learning_rate: the initial learning rate ``eta_0`` (> 0), or an optax schedule.
         schedule, total_steps, schedule_kwargs: see :func:`learning_rate_schedule`.
         l2: strength of the L2 penalty ``l2/2 ||w||^2``, added through its gradient ``l2 w``
@@ -109,7 +129,8 @@ def make_optimizer(
             ``l2(c)`` is ``l2 = 2c`` here); ``batch_scaled`` divides it by the batch size at
             each step (:func:`jaxreg.batch_scaled_l2`).
         l1: strength of ``l1 ||w||_1``: a subgradient term, or with ``proximal`` the
-            soft-thresholding step of :func:`jaxreg.proximal_l1`.
+            soft-thresholding step of :func:`jaxreg.proximal_l1`, by the applied learning
+            rate (times the plateau scale).
         mask: which parameters the penalties apply to (:mod:`jaxreg.masks`); ``None``:
             kernels only.
         plateau: keyword arguments of :func:`jaxreg.reduce_on_plateau`, or ``None``.
@@ -124,6 +145,8 @@ def make_optimizer(
     check_hyperparam("l1", l1)
     lr = learning_rate_schedule(learning_rate, schedule, total_steps, **(schedule_kwargs or {}))
     plateau_tx = None if plateau is None else reduce_on_plateau(**plateau)
+    if name == "adamw":
+        optimizer_kwargs.setdefault("mask", lambda params: masks.resolve(mask, params))
     l2_on, l1_on = l2 != 0, l1 != 0  # the chain's structure is fixed here; the values stay injectable
 
     def chain(learning_rate, l2, l1):
@@ -133,9 +156,11 @@ def make_optimizer(
         if l1_on and not proximal:
             parts.append(add_l1(l1, mask))
         parts.append(OPTIMIZERS[name](learning_rate, **optimizer_kwargs))
-        if plateau_tx is not None:
+        if plateau_tx is not None and l1_on and proximal:
+            parts.append(_plateau_then_proximal(plateau_tx, l1, learning_rate, mask))
+        elif plateau_tx is not None:
             parts.append(plateau_tx)
-        if l1_on and proximal:
+        elif l1_on and proximal:
             parts.append(proximal_l1(l1, learning_rate, mask))
         return optax.chain(*parts)
 
@@ -149,20 +174,60 @@ def effective_l2(l2: float, batch_size: int, batch_scaled: bool) -> float:
     return batch_scaled_strength(l2, batch_size) if batch_scaled else l2
 
 
+def _plateau_then_proximal(plateau_tx: optax.GradientTransformationExtraArgs, l1: Any,
+                           learning_rate: Any, mask: Any) -> optax.GradientTransformationExtraArgs:
+    """``chain(plateau_tx, proximal_l1(l1, s * learning_rate))`` with ``s`` the plateau scale
+    of the step: the soft threshold by the learning rate actually applied."""
+    def init_fn(params):
+        return plateau_tx.init(params), proximal_l1(l1, learning_rate, mask).init(params)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        updates, plateau_state = plateau_tx.update(updates, state[0], params, **extra_args)
+        prox = proximal_l1(l1, learning_rate * plateau_state.scale, mask)
+        updates, prox_state = prox.update(updates, state[1], params)
+        return updates, (plateau_state, prox_state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def _is_plateau_state(s: Any) -> bool:
     return isinstance(s, ReduceOnPlateauState)
 
 
-def update_plateau(opt_state: Any, plateau: optax.GradientTransformation, value: Any) -> Any:
-    """``opt_state`` with the plateau transform's state fed the epoch metric ``value``:
-    ``_, s = plateau.update(None, s, value=value)``, wherever ``s`` sits in ``opt_state``."""
-    return jax.tree.map(
-        lambda s: plateau.update(None, s, value=value)[1] if _is_plateau_state(s) else s,
-        opt_state, is_leaf=_is_plateau_state,
-    )
+def plateau_states(opt_state: Any) -> list[ReduceOnPlateauState]:
+    """Every :func:`jaxreg.reduce_on_plateau` state in ``opt_state`` (in a chain the user built,
+    under ``inject_hyperparams``, ``masked``...), in pytree order.
+
+    Raises:
+        ValueError: ``opt_state`` holds an ``optax.contrib.reduce_on_plateau`` state: it needs
+            ``value=`` at every step and keeps no configuration in its state, so it cannot be fed
+            once per epoch; use :func:`jaxreg.reduce_on_plateau` (its ``rtol`` is ``threshold``
+            with ``threshold_mode="rel"``).
+    """
+    contrib = optax.contrib.ReduceLROnPlateauState
+
+    def is_leaf(s):
+        return _is_plateau_state(s) or isinstance(s, contrib)
+
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_leaf) if is_leaf(s)]
+    if any(isinstance(s, contrib) for s in found):
+        raise ValueError("optax.contrib.reduce_on_plateau cannot be fed an epoch metric by "
+                         "jaxreg (it needs value= at every update and keeps its settings in a "
+                         "closure): use jaxreg.reduce_on_plateau(factor, patience, ...) instead "
+                         "(rtol -> threshold with threshold_mode='rel').")
+    return found
+
+
+def update_plateau(opt_state: Any, value: Any) -> Any:
+    """``opt_state`` with every plateau state in it fed the epoch metric ``value``
+    (:func:`jaxreg.transforms.plateau.feed`; the other optimizer state is untouched)."""
+    return jax.tree.map(lambda s: feed(s, value) if _is_plateau_state(s) else s,
+                        opt_state, is_leaf=_is_plateau_state)
 
 
 def _plateau_scale(opt_state: Any) -> jax.Array | float:
-    """The plateau transform's current ``scale`` in ``opt_state`` (1 without a plateau)."""
-    found = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_plateau_state) if _is_plateau_state(s)]
-    return found[0].scale if found else 1.0
+    """The product of the ``scale`` of every plateau state in ``opt_state`` (1 without one)."""
+    scale = 1.0
+    for s in plateau_states(opt_state):
+        scale = scale * s.scale
+    return scale

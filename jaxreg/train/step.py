@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxreg.train.state import TrainState
+from jaxreg.transforms import ReduceOnPlateauState
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -93,11 +94,14 @@ def train_step(
     the forward and backward pass, while the optimizer updates the float32 parameters (the
     gradient of the cast is float32) and the loss and batch statistics stay float32.
 
-    Non-finite steps (``skip_nonfinite``): a step whose gradient has a NaN or Inf keeps the
-    parameters, optimizer state and batch statistics of ``state`` (``step`` still counts it)
-    and is reported as ``skipped``; metrics of a skipped step are whatever the bad batch gave
-    (often NaN). These are :func:`optax.apply_if_finite`'s semantics (with no limit on
-    consecutive skips), written as a select rather than by wrapping ``tx``: apply_if_finite
+    Non-finite steps (``skip_nonfinite``): a step whose gradient, or whose *new* parameters,
+    optimizer state or batch statistics, have a NaN or Inf keeps the parameters, optimizer
+    state and batch statistics of ``state`` (``step`` still counts it) and is reported as
+    ``skipped``; metrics of a skipped step are whatever the bad batch gave (often NaN). Checking
+    the result as well catches what finite gradients do not: a NaN or overflowing learning
+    rate (``1e30``) gives finite gradients but non-finite updates. These are
+    :func:`optax.apply_if_finite`'s semantics (:func:`jaxreg.train.fit` stops after
+    ``max_consecutive_skips`` in a row), written as a select rather than by wrapping ``tx``: apply_if_finite
     chooses between its two branches with ``lax.cond``, which keeps XLA from fusing the
     update into the rest of the step; inside the scanned epoch that cost 25% of the epoch
     time on CPU (seed 004 MLP), against a select that fuses with the update's last pass.
@@ -138,7 +142,13 @@ def train_step(
     new_state = state.apply_gradients(tx, grads, batch_size=x.shape[0]).replace(batch_stats=batch_stats)
     finite = jnp.array(True)
     if skip_nonfinite:
-        finite = jnp.all(jnp.stack([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
+        # a plateau's best_value is legitimately +-inf before its first decision
+        opt_state = jax.tree.map(lambda s: None if isinstance(s, ReduceOnPlateauState) else s,
+                                 new_state.opt_state,
+                                 is_leaf=lambda s: isinstance(s, ReduceOnPlateauState))
+        new = (grads, new_state.params, opt_state, new_state.batch_stats)
+        finite = jnp.all(jnp.stack([jnp.isfinite(a).all() for a in jax.tree.leaves(new)
+                                    if jnp.issubdtype(a.dtype, jnp.inexact)]))
         kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                             (new_state.params, new_state.opt_state, new_state.batch_stats),
                             (state.params, state.opt_state, state.batch_stats))

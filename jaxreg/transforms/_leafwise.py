@@ -1,5 +1,10 @@
 """The body shared by every jaxreg transform: a masked per-leaf map of (update, param) pairs
-whose hyperparameters may be optax schedules (then the state is a step count)."""
+whose hyperparameters may be optax schedules (then the state is a step count).
+
+The mask is resolved on the params (:func:`jaxreg.masks.resolve`), not on the updates as
+:func:`optax.masked` does, so ``None`` update leaves (and ``updates=None``, as
+:func:`optax.add_decayed_weights` accepts) pass through as ``None``.
+"""
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -30,7 +35,11 @@ def leafwise(
 
     At each step the schedules in ``hyperparams`` are evaluated at the step count, then
     ``leaf_fn(update, param, **hyperparams, **step_values(**extra_args))`` gives the new update
-    of each masked leaf, cast back to the update's dtype. Unmasked leaves pass through.
+    of each masked leaf, cast back to the update's dtype. Unmasked leaves and ``None`` updates
+    pass through. Traced hyperparameters (``jax.vmap``, :func:`optax.inject_hyperparams`)
+    cannot be checked at trace time, and are not checked (a ``checkify.debug_check`` on a
+    vmapped strength breaks sweeps on an Explicit-axes mesh: its error reduction sorts over the
+    sharded sweep axis); a traced ``batch_size`` is (see :func:`jaxreg.batch_scaled_l2`).
 
     Args:
       name: the public transform's name, for error messages.
@@ -46,21 +55,26 @@ def leafwise(
     scheduled = any(callable(v) for v in hyperparams.values())
 
     def init_fn(params):
-        del params
+        masks.resolve(mask, params)  # a bad mask fails at init, before any state exists
         return ScheduleState(count=jnp.zeros([], jnp.int32)) if scheduled else optax.EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):
         if params is None:
             raise ValueError(f"jaxreg.{name} uses the current value of the parameters, but "
                              "`params` was not passed: call `tx.update(updates, state, params)`.")
+        flags = masks.resolve(mask, params)
         values = {k: v(state.count) if callable(v) else v for k, v in hyperparams.items()}
         if step_values is not None:
             values.update(step_values(**extra_args))
-        new_updates = jax.tree.map(
-            lambda u, p: leaf_fn(u, p, **values).astype(u.dtype), updates, params)
+
+        def leaf(u, p, keep):
+            if u is None or not keep:
+                return u
+            return leaf_fn(u, p, **values).astype(u.dtype)
+
+        new_updates = jax.tree.map(leaf, updates, params, flags, is_leaf=lambda u: u is None)
         if scheduled:
             state = ScheduleState(count=optax.safe_increment(state.count))
         return new_updates, state
 
-    return optax.masked(optax.GradientTransformationExtraArgs(init_fn, update_fn),
-                        lambda tree: masks.resolve(mask, tree))
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

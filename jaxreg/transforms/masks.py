@@ -10,12 +10,21 @@ alone. Every transform in :mod:`jaxreg.transforms` / :mod:`jaxreg.proximal` and 
 ==========================  ====================================================================
 ``None`` (default)          :func:`kernels_only`: weight matrices / kernels, not biases or norms
 ``True`` or ``"all"``       every leaf (:func:`all_leaves`)
-a callable                  ``mask(params)``, e.g. :func:`by_path` or :func:`kernels_only`
+a function                  ``mask(params)``, e.g. :func:`by_path` or :func:`kernels_only`
 a pytree of bools           as given (same structure as the params, or a prefix of it)
 ==========================  ====================================================================
 
+A function is told from a pytree as :func:`optax.masked` does: ``mask`` is called only if every
+leaf of ``jax.tree.map(callable, mask)`` is ``True``. So a *callable pytree* of bools (an
+equinox module, a flax ``struct`` dataclass with ``__call__``; optax issue 913) is a pytree
+mask, not a function. Masks are always resolved on the **params** (never on the updates, whose
+``None`` leaves a function would not see).
+
 A mask whose structure does not match the params raises a ``ValueError`` that names ``mask``
-and shows both structures.
+and shows both structures. ``mask=False`` (a single ``False``: no leaf regularized) and mask
+leaves that are arrays raise too: both are what :func:`optax.inject_hyperparams` passes when it
+is given a mask function, which it takes for a schedule and calls with the step count (it
+would silently regularize nothing); pass it with ``static_args=("mask",)``.
 """
 
 import re
@@ -117,6 +126,18 @@ def all_leaves(params: PyTree) -> PyTree:
     return jax.tree.map(lambda _: True, params)
 
 
+_INJECT_HINT = ("optax.inject_hyperparams takes a mask function for a schedule and passes its "
+                "value at the step count: use optax.inject_hyperparams(f, "
+                "static_args=(\"mask\",))")
+
+
+def is_mask_fn(mask: Mask) -> bool:
+    """Whether ``mask`` is a mask *function* rather than a (possibly callable) pytree of bools:
+    optax's rule (``optax.masked``), every leaf of ``jax.tree.map(callable, mask)`` true."""
+    flags = jax.tree.leaves(jax.tree.map(callable, mask))
+    return bool(flags) and all(flags)
+
+
 def resolve(mask: Mask, params: PyTree) -> PyTree:
     """Turn any accepted ``mask`` argument into a full pytree of bools matching ``params``.
 
@@ -124,15 +145,18 @@ def resolve(mask: Mask, params: PyTree) -> PyTree:
     forms). A prefix mask is broadcast to the subtrees it covers.
 
     Args:
-      mask: ``None``, ``True``, ``"all"``, a callable ``params -> mask`` or a pytree of bools.
-      params: the params (or updates: same structure) the mask applies to.
+      mask: ``None``, ``True``, ``"all"``, a function ``params -> mask`` or a pytree of bools
+        (callable or not, see :func:`is_mask_fn`).
+      params: the params the mask applies to.
 
     Returns:
       A pytree of Python bools with exactly the structure of ``params``.
 
     Raises:
       ValueError: if the mask structure is not ``params``' structure or a prefix of it.
-      TypeError: if a mask leaf is not a bool, or ``mask`` is a string other than ``"all"``.
+      ValueError: ``mask=False`` (regularizes nothing; see the module docstring).
+      TypeError: if a mask leaf is not a bool (an array: static bools are needed), or ``mask``
+        is a string other than ``"all"``.
     """
     if mask is None:
         tree = kernels_only(params)
@@ -148,7 +172,10 @@ def resolve(mask: Mask, params: PyTree) -> PyTree:
     if isinstance(mask, str):
         raise TypeError(f'`mask` must be None, True, "all", a callable or a pytree of bools; '
                         f"got the string {mask!r}")
-    tree = mask(params) if callable(mask) else mask
+    tree = mask(params) if is_mask_fn(mask) else mask
+    if isinstance(tree, (bool, np.bool_)) and not tree:
+        raise ValueError("`mask` is False: no parameter would be regularized (drop the "
+                         "regularizer instead). If you passed a mask function, " + _INJECT_HINT)
     mask_def = jax.tree.structure(tree)
     try:
         subtrees = mask_def.flatten_up_to(params)
@@ -161,7 +188,8 @@ def resolve(mask: Mask, params: PyTree) -> PyTree:
     bad = [m for m in flags if not isinstance(m, (bool, np.bool_))]
     if bad:
         raise TypeError("`mask` leaves must be Python bools (static); got "
-                        f"{type(bad[0]).__name__}: {bad[0]!r}")
+                        f"{type(bad[0]).__name__}: {bad[0]!r}. If you passed a mask function, "
+                        + _INJECT_HINT)
     return mask_def.unflatten(
         [jax.tree.map(lambda _, m=bool(m): m, sub) for m, sub in zip(flags, subtrees)]
     )

@@ -7,13 +7,34 @@ its relative threshold is measured with ``|best|``, so it is correct for negativ
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxreg._validate import check_choice, check_int, check_real, require
+
+FLOOR_RTOL = 1e-5
+"""A reduction that lands within this relative distance of ``min_scale`` sets the scale to
+``min_scale`` exactly (float32 makes ``0.1 * 0.1`` = 0.010000001, above a floor of 0.01)."""
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class PlateauConfig:
+    """The arguments of :func:`reduce_on_plateau`, kept in its state as static pytree data (no
+    leaves), so that the state alone says how to feed it (:func:`feed`)."""
+
+    factor: float
+    patience: int
+    cooldown: int
+    min_scale: float
+    threshold: float
+    threshold_mode: str
+    mode: str
+    accumulation_size: int
 
 
 class ReduceOnPlateauState(NamedTuple):
@@ -27,6 +48,7 @@ class ReduceOnPlateauState(NamedTuple):
         cooldown_count: decisions left in the cooldown after a reduction.
         count: values accumulated since the last decision, in ``[0, accumulation_size)``.
         accumulated_value: sum of those values.
+        config: the transform's arguments (:class:`PlateauConfig`, static: no leaves).
     """
 
     scale: jax.Array
@@ -35,6 +57,57 @@ class ReduceOnPlateauState(NamedTuple):
     cooldown_count: jax.Array
     count: jax.Array
     accumulated_value: jax.Array
+    config: PlateauConfig
+
+
+def _decide(state: ReduceOnPlateauState, x: jax.Array) -> ReduceOnPlateauState:
+    """One decision on the (averaged) metric ``x``: the rules of :func:`reduce_on_plateau`."""
+    c = state.config
+    sign = 1.0 if c.mode == "min" else -1.0  # compare sign * value: 'max' becomes 'min'
+    best = state.best_value
+    margin = c.threshold * jnp.abs(best) if c.threshold_mode == "rel" else c.threshold
+    margin = jnp.where(jnp.isfinite(best), margin, 0.0)
+    improved = jnp.isfinite(x) & (sign * x < sign * best - margin)
+
+    in_cooldown = state.cooldown_count > 0
+    cooldown_count = jnp.where(in_cooldown, state.cooldown_count - 1, state.cooldown_count)
+    counting = ~improved & (cooldown_count == 0)
+    plateau_count = jnp.where(
+        counting, optax.safe_increment(jnp.where(in_cooldown, 0, state.plateau_count)), 0)
+    reduce = counting & (plateau_count >= c.patience) & (state.scale > c.min_scale)
+    reduced = state.scale * c.factor
+    reduced = jnp.where(reduced <= c.min_scale * (1 + FLOOR_RTOL), c.min_scale, reduced)
+    return state._replace(
+        scale=jnp.where(reduce, reduced, state.scale).astype(state.scale.dtype),
+        best_value=jnp.where(improved, x, best),
+        plateau_count=jnp.where(reduce, 0, plateau_count),
+        cooldown_count=jnp.where(reduce, c.cooldown, cooldown_count),
+    )
+
+
+def feed(state: ReduceOnPlateauState, value: Any) -> ReduceOnPlateauState:
+    """``state`` after the metric ``value`` (a real scalar, concrete or traced): accumulated,
+    and a decision taken every ``accumulation_size`` values. What ``update(..., value=value)``
+    does to the state; the state carries its configuration, so no transform is needed (this
+    is how :func:`jaxreg.train.fit` feeds every plateau it finds in an optimizer state).
+
+    Raises:
+        TypeError: ``value`` is not a real scalar (a string, a vector: the state's shapes
+            would silently change).
+    """
+    dtype = jnp.result_type(value) if hasattr(value, "dtype") or isinstance(
+        value, (int, float)) else None
+    require(dtype is not None and not isinstance(value, bool) and jnp.ndim(value) == 0 and (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)),
+        "value", "a real scalar (reduce_on_plateau's monitored metric)", value, TypeError)
+    k = state.config.accumulation_size
+    acc_dtype = state.accumulated_value.dtype
+    count = state.count + 1
+    total = state.accumulated_value + jnp.asarray(value, acc_dtype)
+    decided = _decide(state, total / k)._replace(
+        count=jnp.zeros_like(count), accumulated_value=jnp.zeros_like(total))
+    waiting = state._replace(count=count, accumulated_value=total)
+    return jax.tree.map(lambda d, w: jnp.where(count == k, d, w), decided, waiting)
 
 
 def reduce_on_plateau(
@@ -62,11 +135,26 @@ def reduce_on_plateau(
       ``plateau_count`` to 0.
     - if improved: :math:`b \leftarrow x`, ``plateau_count = 0``.
     - else, if no longer in cooldown: ``plateau_count += 1``; when it reaches ``patience`` and
-      ``scale > min_scale``: ``scale = max(scale * factor, min_scale)``,
-      ``cooldown_count = cooldown``, ``plateau_count = 0``.
+      ``scale > min_scale``: ``scale = max(scale * factor, min_scale)`` (set to ``min_scale``
+      exactly when within relative :data:`FLOOR_RTOL` of it), ``cooldown_count = cooldown``,
+      ``plateau_count = 0``.
 
     This is Keras's ``on_epoch_end`` step for step (its ``min_delta`` is ``threshold`` with
-    ``threshold_mode='abs'``; ``min_lr`` is ``min_scale`` times the base learning rate).
+    ``threshold_mode='abs'``; ``min_lr`` is ``min_scale`` times the base learning rate), with
+    one difference: Keras multiplies in float32, so ``0.1 * 0.1 = 0.010000001 > 0.01`` makes one
+    more 1-ulp "reduction" to a floor of 0.01 that resets ``wait`` and starts a cooldown; here
+    the clamp snaps to the floor instead.
+
+    Cooldown and patience at the floor follow Keras, not ``optax.contrib.reduce_on_plateau``:
+
+    - cooldown: the ``cooldown`` decisions after a reduction neither count toward patience nor
+      reduce, and ``plateau_count`` is 0 during them (both libraries agree);
+    - at the floor (``scale == min_scale``): nothing is reduced, so ``plateau_count`` keeps
+      growing past ``patience`` and no cooldown starts (Keras). optax instead resets the count
+      to 0 and starts a cooldown every ``patience`` bad decisions, as if it had reduced.
+
+    Feeding a vector or a string as ``value`` raises ``TypeError``; traced values are accepted
+    (a jitted or scanned metric), and their NaN/Inf follow the rule below.
 
     A non-finite :math:`x` (NaN or :math:`\pm\infty`, e.g. a diverged loss) is never an
     improvement: it counts toward ``patience`` like any bad epoch and never becomes
@@ -104,68 +192,35 @@ def reduce_on_plateau(
         with the updates' dtypes kept. ``value=None`` (static) leaves the statistics alone and
         only scales; ``updates=None`` returns ``(None, new_state)``.
     """
-    require(0.0 < factor < 1.0, "factor", "in (0, 1)", factor)  # also rejects NaN
+    factor = check_real("factor", factor)  # a real number, finite
+    require(0.0 < factor < 1.0, "factor", "in (0, 1)", factor)
     patience = check_int("patience", patience, 0)
     cooldown = check_int("cooldown", cooldown, 0)
     accumulation_size = check_int("accumulation_size", accumulation_size, 1)
-    check_real("min_scale", min_scale)
-    check_real("threshold", threshold)
+    min_scale = check_real("min_scale", min_scale)
+    threshold = check_real("threshold", threshold)
     check_choice("threshold_mode", threshold_mode, ("rel", "abs"))
     check_choice("mode", mode, ("min", "max"))
-    sign = 1.0 if mode == "min" else -1.0  # compare sign * value: 'max' becomes 'min'
+    config = PlateauConfig(factor, patience, cooldown, min_scale, threshold, threshold_mode, mode,
+                           accumulation_size)
 
     def init_fn(params) -> ReduceOnPlateauState:
         del params
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is enabled
         return ReduceOnPlateauState(
             scale=jnp.ones((), dtype),
-            best_value=jnp.asarray(sign * jnp.inf, dtype),
+            best_value=jnp.asarray(jnp.inf if mode == "min" else -jnp.inf, dtype),
             plateau_count=jnp.zeros((), jnp.int32),
             cooldown_count=jnp.zeros((), jnp.int32),
             count=jnp.zeros((), jnp.int32),
             accumulated_value=jnp.zeros((), dtype),
-        )
-
-    def decide(state: ReduceOnPlateauState, x: jax.Array) -> ReduceOnPlateauState:
-        best = state.best_value
-        margin = threshold * jnp.abs(best) if threshold_mode == "rel" else threshold
-        margin = jnp.where(jnp.isfinite(best), margin, 0.0)
-        improved = jnp.isfinite(x) & (sign * x < sign * best - margin)
-
-        in_cooldown = state.cooldown_count > 0
-        cooldown_count = jnp.where(in_cooldown, state.cooldown_count - 1, state.cooldown_count)
-        counting = ~improved & (cooldown_count == 0)
-        plateau_count = jnp.where(
-            counting,
-            optax.safe_increment(jnp.where(in_cooldown, 0, state.plateau_count)),
-            0,
-        )
-        reduce = counting & (plateau_count >= patience) & (state.scale > min_scale)
-        return state._replace(
-            scale=jnp.where(
-                reduce, jnp.maximum(state.scale * factor, min_scale), state.scale
-            ).astype(state.scale.dtype),
-            best_value=jnp.where(improved, x, best),
-            plateau_count=jnp.where(reduce, 0, plateau_count),
-            cooldown_count=jnp.where(reduce, cooldown, cooldown_count),
+            config=config,
         )
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
         del params, extra_args
         if value is not None:
-            acc_dtype = state.accumulated_value.dtype
-            count = state.count + 1
-            total = state.accumulated_value + jnp.asarray(value, acc_dtype)
-            ready = count == accumulation_size
-            decided = decide(state, total / accumulation_size)
-            waiting = state._replace(count=count, accumulated_value=total)
-            state = jax.tree.map(
-                lambda d, w: jnp.where(ready, d, w),
-                decided._replace(
-                    count=jnp.zeros_like(count), accumulated_value=jnp.zeros_like(total)
-                ),
-                waiting,
-            )
+            state = feed(state, value)
         scale = state.scale
         updates = jax.tree.map(lambda g: (scale * g).astype(g.dtype), updates)
         return updates, state

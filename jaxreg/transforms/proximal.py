@@ -13,7 +13,9 @@ with the soft-thresholding operator ``S(z, t) = sign(z) * max(|z| - t, 0)``:
   of ``l1 * sum |w| + l2/2 * sum w^2`` (:func:`jaxreg.penalties.elastic_net`).
 
 With ``optax.sgd(lr)`` before it and the same ``lr`` this is ISTA (proximal gradient descent),
-which converges to the minimizer of ``L(w) + penalty(w)``. Coordinates that the threshold
+which converges to the minimizer of ``L(w) + penalty(w)``. ``lr`` must be the step size
+actually applied: after a ``reduce_on_plateau`` with scale ``s``, ``s * lr``, else the problem
+solved has ``l1 / s`` (``jaxreg.train.make_optimizer`` passes ``s * lr``). Coordinates that the threshold
 clears come out exactly ``0.0`` (the update is ``-w``, and ``w + (-w) == 0`` exactly in floating
 point when updates and params share a dtype). With adaptive optimizers (Adam, ...) the scalar
 ``lr`` here is the base learning rate, and the step is the usual proximal heuristic.

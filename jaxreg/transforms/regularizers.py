@@ -19,15 +19,24 @@ transform                                          penalty ``R(w)``           gr
 Shared behaviour:
 
 * ``mask`` (default ``None``: :func:`jaxreg.masks.kernels_only`) picks the regularized leaves;
-  see :mod:`jaxreg.masks`. It is applied with :func:`optax.masked`; a mask that does not match
-  the params raises ``ValueError`` at ``init`` and at ``update``, before any state changes.
+  see :mod:`jaxreg.masks`. It is resolved on the params (so ``None`` update leaves, and
+  ``updates=None``, pass through as in :func:`optax.add_decayed_weights`); a mask that does not
+  match the params raises ``ValueError`` at ``init`` and at ``update``, before any state
+  changes. A callable pytree of bools is a pytree mask, as in :func:`optax.masked`.
 * Strengths are a non-negative float or an optax schedule ``count -> value``; with a schedule
   the state keeps the step ``count`` (:class:`ScheduleState`) and step ``t`` uses
   ``schedule(t)``. Negative/NaN/Inf strengths raise ``ValueError``, non-numbers ``TypeError``,
   at construction. Traced strengths (``jax.vmap``, ``optax.inject_hyperparams``) are accepted;
-  they are checked only when concrete. With ``optax.inject_hyperparams`` pass a callable mask
-  through ``static_args=("mask",)`` (inject_hyperparams treats callables as schedules).
-* Updates keep their dtype (bfloat16 stays bfloat16); ``params`` are required.
+  they are checked only when concrete (a traced ``batch_size`` is checked under
+  :func:`jax.experimental.checkify.checkify`, see :func:`batch_scaled_l2`). With ``optax.inject_hyperparams`` pass
+  a mask function through ``static_args=("mask",)``: inject_hyperparams takes callables for
+  schedules, and the value it would pass instead raises a ``ValueError``/``TypeError`` that
+  says so (never a silent no-op).
+* Updates keep their dtype (bfloat16 stays bfloat16); ``params`` are required. This is what
+  :func:`optax.add_decayed_weights` does with a Python float strength; with a float32 *array*
+  strength (``inject_hyperparams``, a schedule) optax promotes bfloat16 updates to float32,
+  while jaxreg computes in float32 and rounds back to the update's dtype (the values equal
+  optax's rounded to bfloat16). ``optax.apply_updates`` casts to the param dtype either way.
 * All return :class:`optax.GradientTransformationExtraArgs`, so they work inside
   :func:`optax.chain`, which forwards extra keyword arguments such as ``batch_size``.
 """
@@ -38,6 +47,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import optax
+from jax.experimental import checkify
 
 from jaxreg._validate import check_choice, check_hyperparam, require
 from jaxreg.transforms import masks
@@ -136,16 +146,32 @@ def batch_scaled_strength(strength: Any, batch_size: Any, convention: str = "hal
     return _CONVENTION_FACTOR[convention] * strength / batch_size
 
 
+_INT32_MAX = 2**31 - 1
+
+
 def _step_batch_size(batch_size=None, **extra_args):
-    """The ``batch_size`` keyword of ``update``, validated (a scalar, > 0 when concrete)."""
+    """The ``batch_size`` keyword of ``update``, validated: an integer scalar, in
+    ``[1, 2^31)`` when concrete, ``>= 1`` under :func:`jax.experimental.checkify.checkify`
+    when traced."""
     del extra_args
     if batch_size is None:
         raise TypeError("batch_scaled_l2 needs the batch size at every step: call "
                         "`tx.update(updates, state, params, batch_size=b)` (optax.chain "
-                        "forwards it).")
-    require(jnp.ndim(batch_size) == 0, "batch_size", "a scalar", batch_size, TypeError)
-    require(isinstance(batch_size, jax.core.Tracer) or batch_size > 0, "batch_size", "> 0",
-            batch_size)
+                        "forwards it). flax.training.train_state.TrainState.apply_gradients "
+                        "does not forward extra arguments (flax issue 4471): use "
+                        "jaxreg.train.TrainState.apply_gradients(tx, grads, batch_size=b), or "
+                        "tx.update(grads, opt_state, params, batch_size=b) directly.")
+    dtype = getattr(batch_size, "dtype", None)
+    integral = (isinstance(batch_size, int) and not isinstance(batch_size, bool)) or (
+        dtype is not None and jnp.issubdtype(dtype, jnp.integer))
+    require(integral and jnp.ndim(batch_size) == 0, "batch_size",
+            "an integer scalar (a Python int or an integer array)", batch_size, TypeError)
+    if isinstance(batch_size, jax.core.Tracer):
+        checkify.debug_check(batch_size >= 1, "`batch_size` must be >= 1; got batch_size={}",
+                             batch_size)
+    else:
+        require(1 <= batch_size <= _INT32_MAX, "batch_size", "in [1, 2^31) (it must fit in int32)",
+                batch_size)
     return batch_size
 
 
@@ -176,7 +202,14 @@ def batch_scaled_l2(strength: ScalarOrSchedule, mask: masks.Mask = None, *,
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`; its ``update`` requires the keyword
-      ``batch_size`` (``TypeError`` if missing, ``ValueError`` if a concrete value ``<= 0``).
+      ``batch_size``: an integer scalar (``TypeError`` if missing, a float, a bool or not a
+      scalar; ``ValueError`` if a concrete value is ``< 1``). A traced ``batch_size`` (an
+      argument of a jitted step) can only be checked when the step runs under
+      :func:`jax.experimental.checkify.checkify`, which then reports a value ``< 1``
+      (``checkify.debug_check``)::
+
+          err, out = checkify.checkify(jax.jit(step))(state, batch, b)
+          err.throw()
     """
     check_hyperparam("strength", strength)
     check_choice("convention", convention, _CONVENTION_FACTOR)

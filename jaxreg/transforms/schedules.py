@@ -9,6 +9,8 @@ docstring says why not. The tests check each one against its formula in float64.
 from __future__ import annotations
 
 import bisect
+import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -74,7 +76,10 @@ def linear_step(init_value: float, step_size: float, floor: float = 0.0) -> opta
     transition_steps=s * (1 - floor / eta0))`` equals it only in exact arithmetic. It evaluates
     :math:`(\eta_0 - \eta_{\min})(1 - t/T') + \eta_{\min}`, which rounds differently when
     ``floor > 0`` (most steps differ in the last bits) and needs a non-integer
-    ``transition_steps`` in general. With ``floor=0`` the two agree.
+    ``transition_steps`` in general. With ``floor=0`` the two agree to float rounding: bit for
+    bit when evaluated eagerly, but under ``jit`` XLA rewrites the two divisions differently
+    (``t / s`` as ``t * (1/s)``), so about half the steps differ by an ulp of
+    :math:`\eta_0` (up to ``4.75e-8`` for :math:`\eta_0 = 1`).
 
     Args:
         init_value: :math:`\eta_0 \ge 0`.
@@ -142,7 +147,8 @@ def batch_size_schedule(
         boundaries_and_scales: ``{b_i: f_i}``, the learning-rate decay being replaced, with the
             meaning of ``optax.piecewise_constant_schedule`` (``f_i`` applies from step ``b_i`` on);
             each ``f_i`` in ``(0, 1]``.
-        max_batch_size: :math:`B_{\max} \ge B_0`, or ``None`` for no cap.
+        max_batch_size: :math:`B_{\max} \ge B_0`, or ``None`` for no cap (then the batch size
+            must stay below :math:`2^{31}`: tiny factors raise ``ValueError``).
         init_value: :math:`\eta_0`; the default 1.0 makes ``learning_rate`` a multiplier.
 
     Returns:
@@ -152,8 +158,14 @@ def batch_size_schedule(
     if max_batch_size is not None:
         max_batch_size = check_int("max_batch_size", max_batch_size, init_batch_size)
     init_value = check_real("init_value", init_value)
+    require(isinstance(boundaries_and_scales, Mapping), "boundaries_and_scales",
+            "a dict {step: factor}", boundaries_and_scales, TypeError)
     for boundary, scale in boundaries_and_scales.items():
-        require(0 < scale <= 1, f"boundaries_and_scales[{boundary}]", "in (0, 1]", scale)
+        check_int("boundaries_and_scales step", boundary, 0)
+        name = f"boundaries_and_scales[{boundary}]"
+        require(isinstance(scale, numbers.Real) and not isinstance(scale, bool), name,
+                "a number in (0, 1]", scale, TypeError)
+        require(0 < scale <= 1, name, "in (0, 1]", scale)  # also rejects NaN
 
     boundaries = sorted(boundaries_and_scales)
     sizes = [init_batch_size]  # sizes[k]: batch size once the first k boundaries passed
@@ -161,9 +173,15 @@ def batch_size_schedule(
     decay = 1.0
     for b in boundaries:
         decay *= boundaries_and_scales[b]
-        size = round(init_batch_size / decay)
+        size = init_batch_size / decay if decay > 0 else math.inf
         if max_batch_size is not None:
             size = min(size, max_batch_size)
+        if not math.isfinite(size) or size > 2**31 - 1:
+            raise ValueError(
+                f"`boundaries_and_scales`: the factors up to step {b} (product {decay:.3g}) give "
+                f"a batch size {init_batch_size} / {decay:.3g} beyond int32; pass "
+                "max_batch_size to cap it")
+        size = round(size)
         lr_scales[b] = boundaries_and_scales[b] * size / sizes[-1]
         sizes.append(size)
 

@@ -37,8 +37,12 @@ class SettingResult(NamedTuple):
             (integer targets; means over the epoch's steps), ``skipped_steps``,
             ``epoch_seconds`` (of its chunk), ``learning_rate``, ``l2_strength`` (effective:
             divided by the batch size when batch-scaled), ``l1_strength``.
-        final: ``train_loss``, ``train_accuracy`` (the last epoch's means) and ``test_loss``,
-            ``test_accuracy`` (inference mode on the test split, when there is one).
+        final: ``last_epoch_loss``, ``last_epoch_accuracy`` (means over the last epoch's
+            training batches, in training mode: not :func:`jaxreg.train.fit`'s final-model
+            ``train_loss``), ``val_loss``, ``val_accuracy`` (inference mode on the held-out
+            ``validation_split``, when there is one: what to choose a setting by) and
+            ``test_loss``, ``test_accuracy`` (inference mode on the test split, when there is
+            one: to report, never to choose by).
         seconds: wall time of the chunk that trained it, compilation included (shared by the
             chunk's settings).
         params, batch_stats: the final values, as numpy arrays.
@@ -81,12 +85,13 @@ class GroupPlan(NamedTuple):
 
 
 class _Run(NamedTuple):
-    """What every group's run shares: the placed training data, the test data (``None``: not
-    evaluated), the data-order key, the loss, dtype and NaN-skipping of the steps, and the
+    """What every group's run shares: the placed training data, the validation and test data
+    (``None``: not evaluated), the data-order key, the loss, dtype and NaN-skipping of the steps, and the
     mesh's shardings (``None`` on one device)."""
 
     x: jax.Array
     y: jax.Array
+    validation: tuple[jax.Array, jax.Array] | None
     test_data: tuple[jax.Array, jax.Array] | None
     data_key: jax.Array
     loss_fn: Callable
@@ -108,6 +113,7 @@ def sweep(
     skip_nonfinite: bool = True,
     compute_dtype: Any = None,
     test: bool = True,
+    validation_split: float = 0.0,
     chunk_size: int | None = None,
     progress: bool = True,
     mesh: Mesh | None = None,
@@ -129,6 +135,9 @@ def sweep(
         mask: which parameters the penalties apply to (default kernels only).
         data_seed: the data order of every setting is that of ``fit(seed=data_seed)``.
         loss_fn, skip_nonfinite, compute_dtype: as for :func:`jaxreg.train.fit`.
+        validation_split: hold out the last fraction of the training data (as
+            :func:`jaxreg.train.fit`) and report ``val_loss``/``val_accuracy`` per setting:
+            choose settings by these, not by the test metrics.
         chunk_size: at most this many settings per compiled call (default: as many as fit in
             device memory, :func:`chunk_capacity`); rounded up to a multiple of the devices.
         progress: a tqdm bar over steps, and a line per group.
@@ -146,14 +155,16 @@ def sweep(
     """
     start = time.perf_counter()
     settings = expand(settings_or_grid, seeds, **defaults)
-    (x, y), _, test_data = _split_data(data, 0.0, None)
+    (x, y), validation, test_data = _split_data(data, validation_split, None)
     _check_fits_model_and_data(settings, model, len(x))
     mesh = _sweep_mesh(mesh)
     replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
     x, y = jax.device_put((x, y), replicated)
     if test and test_data is not None:
         test_data = jax.device_put(tuple(np.asarray(a) for a in test_data), replicated)
-    run = _Run(x, y, test_data if test else None, jax.random.fold_in(jax.random.key(data_seed), 1),
+    if validation is not None:
+        validation = jax.device_put(tuple(np.asarray(a) for a in validation), replicated)
+    run = _Run(x, y, validation, test_data if test else None, jax.random.fold_in(jax.random.key(data_seed), 1),
                default_loss(y) if loss_fn is None else loss_fn, compute_dtype, skip_nonfinite,
                None if mesh is None else NamedSharding(mesh, PartitionSpec("sweep")))
     plans = [_plan_group(model, key, members, settings, epochs, mask, run, mesh, chunk_size)
@@ -287,14 +298,17 @@ def _chunk_runner(plan: GroupPlan, run: _Run):
 
 
 def _final_metrics(history: dict, plan: GroupPlan, states: Any, run: _Run) -> dict[str, list[float]]:
-    """Per chunk member: the last epoch's training means and, with test data, the test
-    metrics from the same jitted evaluation as :func:`jaxreg.train.evaluate`, vmapped."""
-    final = {f"train_{k}": history[k][-1] for k in ("loss", "accuracy") if k in history}
-    if run.test_data is not None:
-        xt, yt = run.test_data
+    """Per chunk member: the last epoch's training means and, for the validation and test
+    data of ``run`` (when given), their metrics from the same jitted evaluation as
+    :func:`jaxreg.train.evaluate`, vmapped."""
+    final = {f"last_epoch_{k}": history[k][-1] for k in ("loss", "accuracy") if k in history}
+    for name, split in (("val", run.validation), ("test", run.test_data)):
+        if split is None:
+            continue
+        xs, ys = split
         evaluate = functools.partial(_evaluation_sums, plan.model, loss_fn=run.loss_fn,
-                                     batch_size=min(EVAL_BATCH, len(xt)), compute_dtype=run.compute_dtype)
+                                     batch_size=min(EVAL_BATCH, len(xs)), compute_dtype=run.compute_dtype)
         metrics = jax.device_get(jax.vmap(evaluate, in_axes=(0, 0, None, None))(
-            states.params, states.batch_stats, xt, yt))
-        final.update({f"test_{k}": [float(v) for v in vs] for k, vs in metrics.items()})
+            states.params, states.batch_stats, xs, ys))
+        final.update({f"{name}_{k}": [float(v) for v in vs] for k, vs in metrics.items()})
     return final

@@ -63,8 +63,8 @@ def _is_real(value: Any) -> bool:
 def _check_number(name: str, value: Any, kind: str) -> None:
     """TypeError naming ``name`` unless ``value`` is a real scalar (not a string, ``None``...).
     A bool passes here: the callers refuse it with a ``ValueError``."""
-    require(isinstance(value, (numbers.Real, np.ndarray, np.generic, jax.Array))
-            and np.ndim(value) == 0, name, kind, value, TypeError)
+    number = isinstance(value, (numbers.Real, np.ndarray, np.generic, jax.Array))
+    require(number and np.ndim(value) == 0, name, kind, value, TypeError)
 
 
 def _float_max() -> float:

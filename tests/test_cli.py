@@ -24,7 +24,16 @@ from jaxreg.cli import train as train_cli
 from jaxreg.cli.plots import plot_history
 from jaxreg.data import DataError, sources
 
-RUN_ARGS = ["--dataset", "digits", "--epochs", "2", "--batch-size", "32", "--plateau", "--no-progress"]
+RUN_ARGS = [
+    "--dataset",
+    "digits",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--plateau",
+    "--no-progress",
+]
 
 
 def run_main(argv):
@@ -100,7 +109,9 @@ def test_eval_reproduces_test_accuracy(run):
 
 def test_resume_of_finished_run_only_reports(run, monkeypatch):
     run_dir, metrics, _ = run
-    monkeypatch.setattr(train_cli, "fit", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    monkeypatch.setattr(
+        train_cli, "fit", lambda *a, **k: pytest.fail("a finished run was retrained")
+    )
     status, out, _ = run_main(["train", "--resume", "--out", str(run_dir)])
     assert status == 0
     assert "finished" in out and f"test acc {metrics['test_accuracy']:.4f}" in out
@@ -126,10 +137,29 @@ def test_resume_of_partial_run_continues_with_saved_config(run, tmp_path):
 def test_help_mentions_every_flag():
     status, out, _ = run_main(["train", "--help"])
     assert status == 0
-    flags = ["--dataset", "--data-dir", "--validation-split", "--model", "--epochs", "--batch-size",
-             "--seed", "--optimizer", "--lr", "--schedule", "--l2", "--batch-scaled", "--no-batch-scaled",
-             "--l1", "--proximal", "--plateau", "--plateau-factor", "--plateau-patience", "--out",
-             "--resume", "--no-progress"]
+    flags = [
+        "--dataset",
+        "--data-dir",
+        "--validation-split",
+        "--model",
+        "--epochs",
+        "--batch-size",
+        "--seed",
+        "--optimizer",
+        "--lr",
+        "--schedule",
+        "--l2",
+        "--batch-scaled",
+        "--no-batch-scaled",
+        "--l1",
+        "--proximal",
+        "--plateau",
+        "--plateau-factor",
+        "--plateau-patience",
+        "--out",
+        "--resume",
+        "--no-progress",
+    ]
     for flag in flags:
         assert flag in out, flag
     assert "(default: 10)" in out and "(default: 128)" in out and str(train_cli.DEFAULT_L2) in out
@@ -172,8 +202,17 @@ def test_bad_values_exit_2_with_one_line(argv, message):
 
 
 def test_corrupt_data_exits_2(corrupt_dir, tmp_path):
-    status, _, err = run_main(["train", "--dataset", "fashion-mnist", "--data-dir", str(corrupt_dir),
-                               "--out", str(tmp_path / "run")])
+    status, _, err = run_main(
+        [
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(corrupt_dir),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert status == 2 and len(err.splitlines()) == 1
     assert err.startswith("jaxreg train: error:") and "not an IDX file" in err
     assert not (tmp_path / "run").exists()
@@ -201,11 +240,29 @@ def test_compile_cache_is_populated(tmp_path):
     $XDG_CACHE_HOME/jaxreg/xla."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    proc = subprocess.run([sys.executable, "-m", "jaxreg.cli", "train", "--dataset", "digits", "--epochs", "1",
-                           "--no-progress", "--out", str(tmp_path / "run")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxreg.cli",
+            "train",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert len(list((tmp_path / "cache" / "jaxreg" / "xla").iterdir())) >= 3  # init, epoch, evaluation
+    assert (
+        len(list((tmp_path / "cache" / "jaxreg" / "xla").iterdir())) >= 3
+    )  # init, epoch, evaluation
 
 
 def test_compile_cache_setting_is_scoped(xdg_cache):
@@ -217,7 +274,10 @@ def test_compile_cache_setting_is_scoped(xdg_cache):
     assert jax.config.jax_compilation_cache_dir is None
     with cli.compile_cache(False):
         assert jax.config.jax_compilation_cache_dir is None
-    assert cli.build_parser().parse_args(["eval", "--run", ".", "--no-compile-cache"]).compile_cache is False
+    assert (
+        cli.build_parser().parse_args(["eval", "--run", ".", "--no-compile-cache"]).compile_cache
+        is False
+    )
     assert cli.build_parser().parse_args(["train"]).compile_cache is True
 
 
@@ -226,7 +286,10 @@ def test_subprocess_error_is_one_line():
     proc = subprocess.run([sys.executable, "-m", "jaxreg.cli", "train", "--batch-size", "-5"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr == "jaxreg train: error: argument --batch-size: expected a positive integer, got '-5'\n"
+    assert (
+        proc.stderr
+        == "jaxreg train: error: argument --batch-size: expected a positive integer, got '-5'\n"
+    )
 
 
 # ---- issue 18 / 14.6: panels with data, formulas in --help, divergence --------------------

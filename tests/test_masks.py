@@ -1,11 +1,11 @@
 """jaxreg.masks: kernels_only on real flax params, by_path, resolution of every mask form."""
 import re
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import chex
 import optax
 import pytest
 from flax import traverse_util

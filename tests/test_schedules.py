@@ -79,8 +79,10 @@ def test_float32_default():
         (lambda: schedules.linear_step(0.1, 10, -0.01), "floor"),
         (lambda: schedules.linear_step(0.1, 10, 0.2), "floor"),
         (lambda: schedules.batch_size_schedule(0, {10: 0.1}), "init_batch_size"),
-        (lambda: schedules.batch_size_schedule(math.nan, {10: 0.1}), "init_batch_size"),
-        (lambda: schedules.batch_size_schedule(32.5, {10: 0.1}), "init_batch_size"),
+        (lambda: schedules.batch_size_schedule(math.nan, {10: 0.1}),  # type: ignore[arg-type]
+         "init_batch_size"),
+        (lambda: schedules.batch_size_schedule(32.5, {10: 0.1}),  # type: ignore[arg-type]
+         "init_batch_size"),
         (lambda: schedules.batch_size_schedule(32, {10: 0.1}, max_batch_size=16), "max_batch_size"),
         (lambda: schedules.batch_size_schedule(32, {10: 0.0}), "boundaries_and_scales"),
         (lambda: schedules.batch_size_schedule(32, {10: 2.0}), "boundaries_and_scales"),

@@ -42,13 +42,17 @@ def test_batch_size_reaches_batch_scaled_l2(digits):
     scaled = one_step(model, make_optimizer("sgd", lr, l2=c, batch_scaled=True), x, y)
     expected = jax.tree_util.tree_map_with_path(
         lambda path, p, w: p - lr * c / 32 * w if path[-1].key == "kernel" else p, plain, init)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), scaled, expected)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), scaled, expected
+    )
 
 
 def test_history_reports_hyperparameters_and_plateau(digits):
     # 'skipped_steps' is 0 every epoch: never an improvement after the first, so with
     # patience 1 the scale halves after every later epoch
-    opt = make_optimizer("sgd", 0.05, l2=0.64, batch_scaled=True, plateau=dict(factor=0.5, patience=1))
+    opt = make_optimizer(
+        "sgd", 0.05, l2=0.64, batch_scaled=True, plateau=dict(factor=0.5, patience=1)
+    )
     h = fit(models.SeedMLP(), opt, digits, epochs=4, batch_size=64, monitor="skipped_steps",
             progress=False).history
     np.testing.assert_allclose(h["learning_rate"], [0.05, 0.05, 0.025, 0.0125], rtol=1e-6)
@@ -77,7 +81,9 @@ def test_schedules_by_name():
         np.testing.assert_allclose([sched(0), sched(100)], [0.1, 0.0], atol=1e-7)
     with pytest.raises(ValueError, match="total_steps"):
         learning_rate_schedule(0.1, "cosine")
-    with pytest.raises(ValueError, match="`schedule` must be one of 'fixed'.*got schedule='warmup'"):
+    with pytest.raises(
+        ValueError, match="`schedule` must be one of 'fixed'.*got schedule='warmup'"
+    ):
         learning_rate_schedule(0.1, "warmup", total_steps=10)
     with pytest.raises(ValueError, match="`name` must be one of 'adam'.*got name='lion'"):
         make_optimizer("lion")
@@ -93,7 +99,9 @@ def test_effective_l2_is_the_batch_scaled_strength_when_batch_scaled():
 
 def _ista(opt, X, y, steps, state=None):
     """``steps`` of ``opt`` on ``1/(2n) |y - X w|^2`` from ``state`` (default: w = 0)."""
-    loss = lambda p: 0.5 * jnp.mean((X @ p["w"] - y) ** 2)
+    def loss(p):
+        return 0.5 * jnp.mean((X @ p["w"] - y) ** 2)
+
     params = {"w": jnp.zeros(X.shape[1])} if state is None else state[0]
     opt_state = opt.tx.init(params) if state is None else state[1]
 

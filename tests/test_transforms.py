@@ -53,7 +53,7 @@ def problems(draw):
 def build(problem, away_from_zero):
     rng = np.random.default_rng(problem["seed"])
     params, coefs = {}, {}
-    for i, (name, shape) in enumerate(zip(problem["names"], problem["shapes"])):
+    for i, (name, shape) in enumerate(zip(problem["names"], problem["shapes"], strict=True)):
         w = rng.normal(size=shape)
         if away_from_zero:  # |w| >= 0.1: the L1 penalty is differentiable there
             w = np.sign(w + (w == 0)) * (0.1 + np.abs(w))
@@ -79,12 +79,13 @@ def test_update_is_gradient_of_penalized_loss(law, problem):
 
         def loss(p):
             return sum(jnp.sum(jnp.sin(w) * c) for w, c in zip(jax.tree.leaves(p),
-                                                                 jax.tree.leaves(coefs)))
+                                                                 jax.tree.leaves(coefs),
+                                                                 strict=True))
 
         expected = jax.grad(lambda p: loss(p) + penalty(p, strength, mask))(params)
         tx = optax.chain(make(strength, mask))
         got, _ = tx.update(jax.grad(loss)(params), tx.init(params), params, **kwargs)
-    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
         assert g.dtype == dtype
         np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(e, np.float64),
                                    rtol=rtol, atol=atol)

@@ -24,14 +24,8 @@ batch size of ``--batch-sizes`` (its own group) it trains a fixed-strength model
 ``b = 128``, the seed recipe's batch size), with the same learning rate and epochs, and writes
 ``study.json`` and ``study.png`` (test accuracy and kernel weight norm ``||W||_2`` against ``b``).
 
-Measured (Fashion-MNIST, SeedMLP, Adam 1e-3, 3 epochs, 2 seeds, b = 32..1024, CPU): the claim
-does not hold with Adam. With ``lambda = 1`` the fixed strength ``1/128`` keeps ``||W||_2``
-within 5.1..6.1 over all ``b``, while ``lambda/b`` moves it from 3.2 (b = 32) to 8.2
-(b = 1024) and costs 6 points of test accuracy at b = 32 (0.775 vs 0.812). Adam's coupled L2
-settles where the loss gradient balances ``lambda_eff * w`` at every step, whatever the number
-of steps, so the per-step strength, not the per-example one, sets the effect. With a weak
-``lambda = 0.025`` both give the same accuracy within 0.4 points at every ``b``; the
-batch size itself (steps per epoch) matters more.
+One such study's results (Fashion-MNIST, Adam) are in ``benchmarks/RESULTS.md`` ("Notes moved
+from docstrings"); "seed NNN": the project's numbered source documents, ``docs/formulas.md``.
 """
 from __future__ import annotations
 
@@ -76,14 +70,18 @@ def float_list(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
 
 
 def int_list(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -97,8 +95,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--l2", type=float_list, metavar="LIST",
                    help="L2 strengths lambda (default: 0,1e-5,1e-4,1e-3; study: one value, "
                         f"default {DEFAULT_L2})")
-    p.add_argument("--l1", type=float_list, default=[0.0], metavar="LIST", help="L1 strengths (default: 0)")
-    p.add_argument("--lr", type=float_list, default=[1e-3], metavar="LIST", help="learning rates (default: 1e-3)")
+    p.add_argument(
+        "--l1", type=float_list, default=[0.0], metavar="LIST", help="L1 strengths (default: 0)"
+    )
+    p.add_argument(
+        "--lr",
+        type=float_list,
+        default=[1e-3],
+        metavar="LIST",
+        help="learning rates (default: 1e-3)",
+    )
     p.add_argument("--batch-scaled", choices=("on", "off", "both"), default="on",
                    help="divide lambda by the batch size at each step (default: %(default)s)")
     p.add_argument("--seeds", type=positive_int, default=1,
@@ -107,11 +113,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="the first seed, as jaxreg train's --seed (default: %(default)s)")
     p.add_argument("--dataset", choices=DATASETS,
                    help="default: fashion-mnist if found locally, else digits")
-    p.add_argument("--data-dir", type=readable_dir, metavar="DIR", help="directory holding the IDX files")
-    p.add_argument("--model", choices=models.MODELS, default="seed-mlp", help="(default: %(default)s)")
-    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam", help="(default: %(default)s)")
+    p.add_argument(
+        "--data-dir", type=readable_dir, metavar="DIR", help="directory holding the IDX files"
+    )
+    p.add_argument(
+        "--model", choices=models.MODELS, default="seed-mlp", help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "--optimizer", choices=sorted(OPTIMIZERS), default="adam", help="(default: %(default)s)"
+    )
     p.add_argument("--epochs", type=positive_int, default=10, help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=128, metavar="B", help="(default: %(default)s)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=128, metavar="B", help="(default: %(default)s)"
+    )
     p.add_argument("--data-seed", type=seed_int, default=0,
                    help="data order of every setting (default: %(default)s)")
     p.add_argument("--validation-split", type=fraction, default=SWEEP_VALIDATION_SPLIT, metavar="F",
@@ -122,7 +136,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--study", choices=("batch-scaling",), help="run a study instead of a grid")
     p.add_argument("--batch-sizes", type=int_list, default=list(STUDY_BATCH_SIZES), metavar="LIST",
                    help="the study's batch sizes (default: 32,64,...,1024)")
-    p.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: runs/sweep-<UTC timestamp>)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="output directory (default: runs/sweep-<UTC timestamp>)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run_sweep, parser=p)
 
@@ -148,11 +167,13 @@ def summarize(result: SweepResult) -> list[dict[str, Any]]:
         by_setting.setdefault(tuple(r.setting[k] for k in HYPERPARAMETERS), []).append(r)
     rows = []
     for key, runs in by_setting.items():
-        row: dict[str, Any] = dict(zip(HYPERPARAMETERS, key))
+        row: dict[str, Any] = dict(zip(HYPERPARAMETERS, key, strict=True))
         row["seeds"] = [r.setting["seed"] for r in runs]
         for metric in runs[0].final:
             row[f"{metric}_mean"], row[f"{metric}_std"] = _stats([r.final[metric] for r in runs])
-        row["weight_norm_mean"], row["weight_norm_std"] = _stats([kernel_norm(r.params) for r in runs])
+        row["weight_norm_mean"], row["weight_norm_std"] = _stats(
+            [kernel_norm(r.params) for r in runs]
+        )
         row["seconds"] = float(np.mean([r.seconds for r in runs]))
         rows.append(row)
     return rows
@@ -180,12 +201,18 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     from jaxreg.cli.plots import figure_row  # matplotlib, only now
 
     fig, (ax,) = figure_row(1, PANEL_SIZE)
-    for other, curve in itertools.groupby(sorted(rows, key=lambda r: [r[k] for k in varying]),
+    for other, group in itertools.groupby(sorted(rows, key=lambda r: [r[k] for k in varying]),
                                           key=lambda r: tuple(r[k] for k in varying)):
-        curve = sorted(curve, key=lambda r: r["l2"])
-        label = ", ".join(f"{k}={v}" for k, v in zip(varying, other)) or None
-        ax.errorbar([r["l2"] for r in curve], [r[metric] for r in curve],
-                    yerr=[r[metric.replace("_mean", "_std")] for r in curve], marker="o", capsize=3, label=label)
+        curve = sorted(group, key=lambda r: r["l2"])
+        label = ", ".join(f"{k}={v}" for k, v in zip(varying, other, strict=True)) or None
+        ax.errorbar(
+            [r["l2"] for r in curve],
+            [r[metric] for r in curve],
+            yerr=[r[metric.replace("_mean", "_std")] for r in curve],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
     positive = [r["l2"] for r in rows if r["l2"] > 0]
     ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
     ax.set_xlabel("lambda (l2)")
@@ -203,12 +230,21 @@ def plot_study(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
     fig, axes = figure_row(2, PANEL_SIZE)
     for scaled, label in ((False, f"fixed lambda/{REFERENCE_BATCH}"), (True, "lambda/b")):
-        curve = sorted((r for r in rows if r["batch_scaled"] == scaled), key=lambda r: r["batch_size"])
+        curve = sorted(
+            (r for r in rows if r["batch_scaled"] == scaled), key=lambda r: r["batch_size"]
+        )
         b = [r["batch_size"] for r in curve]
-        for ax, m in zip(axes, (metric, "weight_norm_mean")):
-            ax.errorbar(b, [r[m] for r in curve], yerr=[r[m.replace("_mean", "_std")] for r in curve],
-                        marker="o", capsize=3, label=label)
-    for ax, name in zip(axes, (metric.removesuffix("_mean").replace("_", " "), "kernel norm ||W||_2")):
+        for ax, m in zip(axes, (metric, "weight_norm_mean"), strict=True):
+            ax.errorbar(
+                b,
+                [r[m] for r in curve],
+                yerr=[r[m.replace("_mean", "_std")] for r in curve],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+    names = (metric.removesuffix("_mean").replace("_", " "), "kernel norm ||W||_2")
+    for ax, name in zip(axes, names, strict=True):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size b")
         ax.set_ylabel(name)
@@ -241,24 +277,43 @@ def _run_sweep(args: argparse.Namespace, out: Path, seeds: list[int]) -> int:
         if args.l2 and len(args.l2) != 1:
             raise ValueError(f"--study batch-scaling takes one --l2 value; got {args.l2}")
         lam = args.l2[0] if args.l2 else DEFAULT_L2
-        grid = [{"batch_size": b, "l2": lam / REFERENCE_BATCH, "batch_scaled": False} for b in args.batch_sizes]
-        grid += [{"batch_size": b, "l2": lam, "batch_scaled": True} for b in args.batch_sizes]
-        grid = [{**s, "learning_rate": lr} for s in grid for lr in args.lr]
+        pairs = [{"batch_size": b, "l2": lam / REFERENCE_BATCH, "batch_scaled": False}
+                 for b in args.batch_sizes]
+        pairs += [{"batch_size": b, "l2": lam, "batch_scaled": True} for b in args.batch_sizes]
+        grid: list[dict[str, Any]] | dict[str, Any] = [
+            {**s, "learning_rate": lr} for s in pairs for lr in args.lr]
         name = "study"
     else:
         scaled = {"on": [True], "off": [False], "both": [False, True]}[args.batch_scaled]
-        grid = {"l2": args.l2 or list(DEFAULT_GRID_L2), "l1": args.l1, "learning_rate": args.lr, "batch_scaled": scaled}
+        grid = {
+            "l2": args.l2 or list(DEFAULT_GRID_L2),
+            "l1": args.l1,
+            "learning_rate": args.lr,
+            "batch_scaled": scaled,
+        }
         name = "sweep"
     result = sweep(model, data, grid, epochs=args.epochs, batch_size=args.batch_size, seeds=seeds,
                    optimizer=args.optimizer, data_seed=args.data_seed, chunk_size=args.chunk_size,
                    validation_split=args.validation_split,
                    progress=not args.no_progress)
     rows = summarize(result)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("run", "parser")}
-    report = {"config": {**config, "dataset": data.name, "data_source": data.source,
-                         "backend": jax.default_backend(), "devices": jax.device_count()},
-              "rows": rows, "groups": [{**g, "key": {k: str(v) for k, v in g["key"].items()}} for g in result.groups],
-              "seconds": result.seconds}
+    config = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("run", "parser")
+    }
+    report = {
+        "config": {
+            **config,
+            "dataset": data.name,
+            "data_source": data.source,
+            "backend": jax.default_backend(),
+            "devices": jax.device_count(),
+        },
+        "rows": rows,
+        "groups": [{**g, "key": {k: str(v) for k, v in g["key"].items()}} for g in result.groups],
+        "seconds": result.seconds,
+    }
     (out / f"{name}.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     title = f"{args.model} on {data.name}, {args.epochs} epochs, {args.seeds} seed(s)"
     (plot_study if args.study else plot_sweep)(rows, out / f"{name}.png", title)
@@ -269,9 +324,18 @@ def _run_sweep(args: argparse.Namespace, out: Path, seeds: list[int]) -> int:
     else:
         best, metric = chosen
         reported = [m for m in ("test_accuracy_mean", "test_loss_mean") if m in best][:1]
-        print("best by validation: " + ", ".join(f"{k}={best[k]}" for k in HYPERPARAMETERS) +
-              "".join(f": {m.removesuffix('_mean')} {best[m]:.4f} +- {best[m.replace('_mean', '_std')]:.4f}"
-                      for m in [metric, *reported]))
-    print(f"{len(result.results)} runs in {len(result.groups)} group(s), {result.seconds:.1f} s; wrote "
-          f"{out / (name + '.json')} and {out / (name + '.png')}")
+        print(
+            "best by validation: "
+            + ", ".join(f"{k}={best[k]}" for k in HYPERPARAMETERS)
+            + "".join(
+                f": {m.removesuffix('_mean')} {best[m]:.4f} "
+                f"+- {best[m.replace('_mean', '_std')]:.4f}"
+                for m in [metric, *reported]
+            )
+        )
+    print(
+        f"{len(result.results)} runs in {len(result.groups)} group(s), {result.seconds:.1f} s; "
+        f"wrote "
+        f"{out / (name + '.json')} and {out / (name + '.png')}"
+    )
     return 0

@@ -46,7 +46,9 @@ OPTIMIZERS = {
     "adam": optax.adam,
     "adamw": optax.adamw,  # weight_decay on make_optimizer's mask (kernels only by default)
     "sgd": optax.sgd,
-    "momentum": lambda learning_rate, momentum=0.9, **kw: optax.sgd(learning_rate, momentum=momentum, **kw),
+    "momentum": lambda learning_rate, momentum=0.9, **kw: optax.sgd(
+        learning_rate, momentum=momentum, **kw
+    ),
 }
 
 SCHEDULES = ("fixed", "poly", "step", "cosine")
@@ -80,8 +82,9 @@ class Optimizer(NamedTuple):
     batch_scaled: bool = False
 
 
-def learning_rate_schedule(learning_rate: float, schedule: str = "fixed", total_steps: int | None = None,
-                           **kwargs: Any) -> float | optax.Schedule:
+def learning_rate_schedule(
+    learning_rate: float, schedule: str = "fixed", total_steps: int | None = None, **kwargs: Any
+) -> float | optax.Schedule:
     """``schedule`` by name (formulas in :data:`SCHEDULE_FORMULAS`): ``fixed`` (the float
     itself), ``poly`` (:func:`jaxreg.schedules.poly_to_zero`, ``power=``:data:`POLY_POWER`),
     ``step`` (:func:`jaxreg.schedules.linear_step`, ``step_size=total_steps``) or ``cosine``
@@ -138,6 +141,18 @@ def make_optimizer(
     Raises:
         ValueError, TypeError: ``learning_rate`` not positive, ``l2`` or ``l1`` negative (or
             not numbers), ``name`` or ``schedule`` unknown.
+
+    Examples:
+      SGD at learning rate 0.1 after a batch-scaled L2 of 0.5, at batch size 10:
+
+      >>> import jax.numpy as jnp
+      >>> from jaxreg.train import make_optimizer
+      >>> opt = make_optimizer("sgd", 0.1, l2=0.5, batch_scaled=True)
+      >>> tx = opt.tx
+      >>> params = {"kernel": jnp.array([1.0, -2.0])}
+      >>> updates, _ = tx.update({"kernel": jnp.zeros(2)}, tx.init(params), params, batch_size=10)
+      >>> [round(float(u), 4) for u in updates["kernel"]]
+      [-0.005, 0.01]
     """
     check_choice("name", name, OPTIMIZERS)
     check_hyperparam("learning_rate", learning_rate, positive=True)  # a negative one ascends
@@ -147,7 +162,10 @@ def make_optimizer(
     plateau_tx = None if plateau is None else reduce_on_plateau(**plateau)
     if name == "adamw":
         optimizer_kwargs.setdefault("mask", lambda params: masks.resolve(mask, params))
-    l2_on, l1_on = l2 != 0, l1 != 0  # the chain's structure is fixed here; the values stay injectable
+    l2_on, l1_on = (
+        l2 != 0,
+        l1 != 0,
+    )  # the chain's structure is fixed here; the values stay injectable
 
     def chain(learning_rate, l2, l1):
         parts = []
@@ -227,7 +245,7 @@ def update_plateau(opt_state: Any, value: Any) -> Any:
 
 def _plateau_scale(opt_state: Any) -> jax.Array | float:
     """The product of the ``scale`` of every plateau state in ``opt_state`` (1 without one)."""
-    scale = 1.0
+    scale: jax.Array | float = 1.0
     for s in plateau_states(opt_state):
         scale = scale * s.scale
     return scale

@@ -21,7 +21,7 @@ ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
 class ScheduleState(NamedTuple):
     """State of a transform whose hyperparameters include a schedule: the step count."""
 
-    count: jax.Array  # int32 scalar
+    count: jax.Array  # type: ignore[assignment]  # int32 scalar; optax's name, shadows tuple.count
 
 
 def leafwise(

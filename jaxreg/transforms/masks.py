@@ -30,7 +30,7 @@ would silently regularize nothing); pass it with ``static_args=("mask",)``.
 import re
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import jax
 import numpy as np
@@ -94,6 +94,13 @@ def kernels_only(params: PyTree) -> PyTree:
 
     Returns:
       A pytree of bools with the structure of ``params``.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> params = {"Dense_0": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)},
+      ...           "BatchNorm_0": {"scale": jnp.ones(3), "bias": jnp.zeros(3)}}
+      >>> jaxreg.masks.kernels_only(params)
+      {'BatchNorm_0': {'bias': False, 'scale': False}, 'Dense_0': {'bias': False, 'kernel': True}}
     """
     return jax.tree_util.tree_map_with_path(_is_kernel, params)
 
@@ -131,7 +138,7 @@ _INJECT_HINT = ("optax.inject_hyperparams takes a mask function for a schedule a
                 "static_args=(\"mask\",))")
 
 
-def is_mask_fn(mask: Mask) -> bool:
+def is_mask_fn(mask: Mask) -> TypeGuard[Callable[[PyTree], PyTree]]:
     """Whether ``mask`` is a mask *function* rather than a (possibly callable) pytree of bools:
     optax's rule (``optax.masked``), every leaf of ``jax.tree.map(callable, mask)`` true."""
     flags = jax.tree.leaves(jax.tree.map(callable, mask))
@@ -176,7 +183,7 @@ def resolve(mask: Mask, params: PyTree) -> PyTree:
     if isinstance(tree, (bool, np.bool_)) and not tree:
         raise ValueError("`mask` is False: no parameter would be regularized (drop the "
                          "regularizer instead). If you passed a mask function, " + _INJECT_HINT)
-    mask_def = jax.tree.structure(tree)
+    mask_def: Any = jax.tree.structure(tree)  # a jaxlib PyTreeDef, opaque to mypy (no stubs)
     try:
         subtrees = mask_def.flatten_up_to(params)
     except (ValueError, TypeError) as err:
@@ -191,5 +198,5 @@ def resolve(mask: Mask, params: PyTree) -> PyTree:
                         f"{type(bad[0]).__name__}: {bad[0]!r}. If you passed a mask function, "
                         + _INJECT_HINT)
     return mask_def.unflatten(
-        [jax.tree.map(lambda _, m=bool(m): m, sub) for m, sub in zip(flags, subtrees)]
+        [jax.tree.map(lambda _, m=bool(m): m, sub) for m, sub in zip(flags, subtrees, strict=True)]
     )

@@ -55,7 +55,7 @@ class ReduceOnPlateauState(NamedTuple):
     best_value: jax.Array
     plateau_count: jax.Array
     cooldown_count: jax.Array
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # optax's name, shadows tuple.count
     accumulated_value: jax.Array
     config: PlateauConfig
 
@@ -191,6 +191,20 @@ def reduce_on_plateau(
         params=None, *, value=None, **extra_args)`` returns ``(scale * updates, new_state)``
         with the updates' dtypes kept. ``value=None`` (static) leaves the statistics alone and
         only scales; ``updates=None`` returns ``(None, new_state)``.
+
+    Examples:
+      The scale halves at the second value in a row without improvement (``patience=2``):
+
+      >>> import jax.numpy as jnp, jaxreg
+      >>> params = {"w": jnp.ones(2)}
+      >>> tx = jaxreg.reduce_on_plateau(factor=0.5, patience=2)
+      >>> state = tx.init(params)
+      >>> scales = []
+      >>> for value in (1.0, 0.9, 0.95, 0.95, 0.95):
+      ...     updates, state = tx.update({"w": jnp.ones(2)}, state, params, value=value)
+      ...     scales.append(float(updates["w"][0]))
+      >>> scales
+      [1.0, 1.0, 1.0, 0.5, 0.5]
     """
     factor = check_real("factor", factor)  # a real number, finite
     require(0.0 < factor < 1.0, "factor", "in (0, 1)", factor)

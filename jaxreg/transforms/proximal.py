@@ -15,10 +15,10 @@ with the soft-thresholding operator ``S(z, t) = sign(z) * max(|z| - t, 0)``:
 With ``optax.sgd(lr)`` before it and the same ``lr`` this is ISTA (proximal gradient descent),
 which converges to the minimizer of ``L(w) + penalty(w)``. ``lr`` must be the step size
 actually applied: after a ``reduce_on_plateau`` with scale ``s``, ``s * lr``, else the problem
-solved has ``l1 / s`` (``jaxreg.train.make_optimizer`` passes ``s * lr``). Coordinates that the threshold
-clears come out exactly ``0.0`` (the update is ``-w``, and ``w + (-w) == 0`` exactly in floating
-point when updates and params share a dtype). With adaptive optimizers (Adam, ...) the scalar
-``lr`` here is the base learning rate, and the step is the usual proximal heuristic.
+solved has ``l1 / s`` (``jaxreg.train.make_optimizer`` passes ``s * lr``). Coordinates that the
+threshold clears come out exactly ``0.0`` (the update is ``-w``, and ``w + (-w) == 0`` exactly in
+floating point when updates and params share a dtype). With adaptive optimizers (Adam, ...) the
+scalar ``lr`` here is the base learning rate, and the step is the usual proximal heuristic.
 
 Example: ``optax.chain(optax.sgd(lr), jaxreg.proximal_l1(alpha, lr))``.
 """
@@ -56,6 +56,16 @@ def proximal_elastic_net(l1: ScalarOrSchedule, l2: ScalarOrSchedule,
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` that requires ``params``.
+
+    Examples:
+      ``prox(w) = soft_threshold(w, eta l1) / (1 + eta l2)``, here with ``eta = 0.1``:
+
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> params = {"kernel": jnp.array([1.0, 0.05, -0.5])}
+      >>> tx = optax.chain(optax.sgd(0.1), jaxreg.proximal_elastic_net(1.0, 1.0, learning_rate=0.1))
+      >>> updates, _ = tx.update({"kernel": jnp.zeros(3)}, tx.init(params), params)
+      >>> [round(float(w), 4) for w in optax.apply_updates(params, updates)["kernel"]]
+      [0.8182, 0.0, -0.3636]
     """
     for name, value in (("l1", l1), ("l2", l2), ("learning_rate", learning_rate)):
         check_hyperparam(name, value)
@@ -79,6 +89,17 @@ def proximal_l1(strength: ScalarOrSchedule, learning_rate: ScalarOrSchedule,
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` that requires ``params``.
+
+    Examples:
+      After a plain SGD step, soft-thresholding by ``strength * learning_rate = 0.1`` sets the
+      small weight to exactly zero and shrinks the others:
+
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> params = {"kernel": jnp.array([1.0, 0.05, -0.5])}
+      >>> tx = optax.chain(optax.sgd(0.1), jaxreg.proximal_l1(1.0, learning_rate=0.1))
+      >>> updates, _ = tx.update({"kernel": jnp.zeros(3)}, tx.init(params), params)
+      >>> [round(float(w), 3) for w in optax.apply_updates(params, updates)["kernel"]]
+      [0.9, 0.0, -0.4]
     """
     check_hyperparam("strength", strength)
     check_hyperparam("learning_rate", learning_rate)

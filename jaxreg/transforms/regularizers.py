@@ -28,10 +28,10 @@ Shared behaviour:
   ``schedule(t)``. Negative/NaN/Inf strengths raise ``ValueError``, non-numbers ``TypeError``,
   at construction. Traced strengths (``jax.vmap``, ``optax.inject_hyperparams``) are accepted;
   they are checked only when concrete (a traced ``batch_size`` is checked under
-  :func:`jax.experimental.checkify.checkify`, see :func:`batch_scaled_l2`). With ``optax.inject_hyperparams`` pass
-  a mask function through ``static_args=("mask",)``: inject_hyperparams takes callables for
-  schedules, and the value it would pass instead raises a ``ValueError``/``TypeError`` that
-  says so (never a silent no-op).
+  :func:`jax.experimental.checkify.checkify`, see :func:`batch_scaled_l2`). With
+  ``optax.inject_hyperparams`` pass a mask function through ``static_args=("mask",)``:
+  inject_hyperparams takes callables for schedules, and the value it would pass instead raises
+  a ``ValueError``/``TypeError`` that says so (never a silent no-op).
 * Updates keep their dtype (bfloat16 stays bfloat16); ``params`` are required. This is what
   :func:`optax.add_decayed_weights` does with a Python float strength; with a float32 *array*
   strength (``inject_hyperparams``, a schedule) optax promotes bfloat16 updates to float32,
@@ -78,6 +78,17 @@ def add_l2(strength: ScalarOrSchedule, mask: masks.Mask = None
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
+
+    Examples:
+      The gradient gains ``strength * w`` on the kernel; the bias is not regularized:
+
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> params = {"kernel": jnp.array([1.0, -2.0]), "bias": jnp.array([3.0])}
+      >>> grads = {"kernel": jnp.zeros(2), "bias": jnp.zeros(1)}
+      >>> tx = jaxreg.add_l2(0.1)
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> [round(float(u), 3) for u in updates["kernel"]], [float(u) for u in updates["bias"]]
+      ([0.1, -0.2], [0.0])
     """
     check_hyperparam("strength", strength)
     return _add_penalty_gradient("add_l2", lambda w: w, strength, mask)
@@ -90,6 +101,14 @@ def add_l1(strength: ScalarOrSchedule, mask: masks.Mask = None
     ``sign(0) = 0``, so weights at exactly zero get no push. Subgradient steps hover around
     zero rather than reach it; for exact zeros use :func:`jaxreg.proximal_l1`. Arguments and
     result as for :func:`add_l2`.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> params = {"kernel": jnp.array([1.5, 0.0, -0.2])}
+      >>> tx = jaxreg.add_l1(0.1)
+      >>> updates, _ = tx.update({"kernel": jnp.zeros(3)}, tx.init(params), params)
+      >>> [round(float(u), 3) for u in updates["kernel"]]
+      [0.1, 0.0, -0.1]
     """
     check_hyperparam("strength", strength)
     return _add_penalty_gradient("add_l1", jnp.sign, strength, mask)
@@ -117,6 +136,16 @@ def data_scaled_l2(strength: ScalarOrSchedule, num_examples: int, mask: masks.Ma
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`.
+
+    Examples:
+      With ``lambda = 2`` and ``m = 100`` training examples the gradient gains ``0.02 * w``:
+
+      >>> import jax.numpy as jnp, jaxreg
+      >>> params = {"kernel": jnp.array([1.0, -3.0])}
+      >>> tx = jaxreg.data_scaled_l2(2.0, num_examples=100)
+      >>> updates, _ = tx.update({"kernel": jnp.zeros(2)}, tx.init(params), params)
+      >>> [round(float(u), 4) for u in updates["kernel"]]
+      [0.02, -0.06]
     """
     return _data_scaled("data_scaled_l2", lambda w: w, strength, num_examples, mask)
 
@@ -125,6 +154,14 @@ def data_scaled_l1(strength: ScalarOrSchedule, num_examples: int, mask: masks.Ma
                    ) -> optax.GradientTransformationExtraArgs:
     """Seed 002's L1 term ``lambda/m * sum |w|``: adds ``lambda/m * sign(w)``. Arguments and
     result as for :func:`data_scaled_l2`.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> params = {"kernel": jnp.array([1.0, 0.0, -3.0])}
+      >>> tx = jaxreg.data_scaled_l1(2.0, num_examples=100)
+      >>> updates, _ = tx.update({"kernel": jnp.zeros(3)}, tx.init(params), params)
+      >>> [round(float(u), 4) for u in updates["kernel"]]
+      [0.02, 0.0, -0.02]
     """
     return _data_scaled("data_scaled_l1", jnp.sign, strength, num_examples, mask)
 
@@ -142,6 +179,11 @@ def batch_scaled_strength(strength: Any, batch_size: Any, convention: str = "hal
       strength: ``lambda``, a number or an array.
       batch_size: ``b``, a number or an array.
       convention: ``"half"`` or ``"seed"`` (see :func:`batch_scaled_l2`).
+
+    Examples:
+      >>> import jaxreg
+      >>> jaxreg.batch_scaled_strength(0.5, 100), jaxreg.batch_scaled_strength(0.5, 100, "seed")
+      (0.005, 0.01)
     """
     return _CONVENTION_FACTOR[convention] * strength / batch_size
 
@@ -210,6 +252,23 @@ def batch_scaled_l2(strength: ScalarOrSchedule, mask: masks.Mask = None, *,
 
           err, out = checkify.checkify(jax.jit(step))(state, batch, b)
           err.throw()
+
+    Examples:
+      The batch size comes with every ``update``; chained with SGD it is forwarded:
+
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> params = {"kernel": jnp.array([1.0, -2.0])}
+      >>> tx = jaxreg.batch_scaled_l2(0.5)
+      >>> state = tx.init(params)
+      >>> for b in (10, 50):
+      ...     updates, state = tx.update({"kernel": jnp.zeros(2)}, state, params, batch_size=b)
+      ...     print(b, [round(float(u), 3) for u in updates["kernel"]])
+      10 [0.05, -0.1]
+      50 [0.01, -0.02]
+      >>> sgd = optax.chain(jaxreg.batch_scaled_l2(0.5), optax.sgd(1.0))
+      >>> updates, _ = sgd.update({"kernel": jnp.zeros(2)}, sgd.init(params), params, batch_size=10)
+      >>> [round(float(u), 3) for u in updates["kernel"]]
+      [-0.05, 0.1]
     """
     check_hyperparam("strength", strength)
     check_choice("convention", convention, _CONVENTION_FACTOR)

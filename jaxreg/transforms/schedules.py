@@ -28,6 +28,12 @@ def fixed(learning_rate: float) -> optax.Schedule:
 
     Returns:
         ``optax.constant_schedule(learning_rate)``.
+
+    Examples:
+      >>> import jaxreg
+      >>> schedule = jaxreg.schedules.fixed(0.1)
+      >>> [round(float(schedule(t)), 6) for t in (0, 1000)]
+      [0.1, 0.1]
     """
     return optax.constant_schedule(check_real("learning_rate", learning_rate))
 
@@ -54,6 +60,12 @@ def poly_to_zero(init_value: float, total_steps: float, power: float) -> optax.S
 
     Returns:
         An ``optax.Schedule``.
+
+    Examples:
+      >>> import jaxreg
+      >>> schedule = jaxreg.schedules.poly_to_zero(0.1, total_steps=100, power=2.0)
+      >>> [round(float(schedule(t)), 6) for t in (0, 50, 100, 150)]
+      [0.1, 0.025, 0.0, 0.0]
     """
     init_value = check_real("init_value", init_value)
     total_steps = check_real("total_steps", total_steps, positive=True)
@@ -88,6 +100,12 @@ def linear_step(init_value: float, step_size: float, floor: float = 0.0) -> opta
 
     Returns:
         An ``optax.Schedule``.
+
+    Examples:
+      >>> import jaxreg
+      >>> schedule = jaxreg.schedules.linear_step(0.1, step_size=100, floor=0.01)
+      >>> [round(float(schedule(t)), 6) for t in (0, 50, 95, 200)]
+      [0.1, 0.05, 0.01, 0.01]
     """
     init_value = check_real("init_value", init_value)
     step_size = check_real("step_size", step_size, positive=True)
@@ -153,6 +171,16 @@ def batch_size_schedule(
 
     Returns:
         A ``BatchSizeSchedule(batch_size, learning_rate)``.
+
+    Examples:
+      Halving the learning rate at steps 100 and 200 becomes doubling the batch size there, until
+      the cap of 256; past it the learning rate takes the rest of the decay:
+
+      >>> import jaxreg
+      >>> s = jaxreg.schedules.batch_size_schedule(64, {100: 0.5, 200: 0.5, 300: 0.5},
+      ...                                          max_batch_size=256, init_value=0.1)
+      >>> [(s.batch_size(t), round(float(s.learning_rate(t)), 4)) for t in (0, 100, 200, 300)]
+      [(64, 0.1), (128, 0.1), (256, 0.1), (256, 0.05)]
     """
     init_batch_size = check_int("init_batch_size", init_batch_size, 1)
     if max_batch_size is not None:

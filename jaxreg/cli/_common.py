@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxreg.data import DataError, Dataset, load
-from jaxreg.train import distributed
+from jaxreg.train import distributed, models, models_nnx
 
 DEFAULT_L2 = 0.025
 """Default L2 strength, batch-scaled: the penalty gradient is ``(0.025 / 128) w`` (about
@@ -58,6 +58,15 @@ def load_dataset(name: str | None, data_dir: Path | None) -> tuple[Dataset, str]
         reason = str(e).splitlines()[0]
         return load("digits"), (f"dataset: digits (default fallback: fashion-mnist is not usable "
                                 f"without a download: {reason}; --dataset fashion-mnist may download it)")
+
+
+def build_model(config: dict[str, Any], data: Dataset) -> Any:
+    """The run's model: ``config["model"]`` from :data:`jaxreg.train.models.MODELS` (linen), or
+    with ``config["api"] == "nnx"`` its NNX form (:mod:`jaxreg.train.models_nnx`), built for
+    ``data``'s input shape with ``nnx.Rngs(config["seed"])``."""
+    if config.get("api", "linen") == "nnx":
+        return models_nnx.get(config["model"], data.x_train.shape[1:], data.num_classes, config["seed"])
+    return models.get(config["model"], data.num_classes)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 
 from jaxreg.cli._common import (
     DEFAULT_L2,
+    build_model,
     fraction,
     load_dataset,
     mesh_spec,
@@ -78,6 +79,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                           help="seed-mlp: Dense(50)+BN+Dense; keras-mlp: Dense(128)+BN, "
                                "Dense(64)+BN; small-cnn: 2 conv blocks + Dense(128); linear "
                                "(default: %(default)s)")
+    training.add_argument("--api", choices=("linen", "nnx"), default="linen",
+                          help="the model's flax API: linen, or nnx (jaxreg.train.models_nnx, "
+                               "the same architecture as an nnx.Module) (default: %(default)s)")
     training.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default: %(default)s)")
     training.add_argument("--batch-size", type=positive_int, default=128, metavar="B",
                           help="examples per step; the last partial batch is dropped (default: %(default)s)")
@@ -153,7 +157,7 @@ def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
     plateau = dict(factor=args.plateau_factor, patience=args.plateau_patience) if args.plateau else None
     return dict(
         dataset=data.name, data_dir=None if args.data_dir is None else str(args.data_dir.absolute()),
-        model=args.model, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+        model=args.model, api=args.api, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
         validation_split=validation_split,
         optimizer=dict(name=args.optimizer, learning_rate=args.lr, schedule=args.schedule, l2=l2,
                        l1=args.l1, batch_scaled=args.batch_scaled, proximal=args.proximal,
@@ -164,8 +168,7 @@ def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
 def _fit(config: dict[str, Any], data: Dataset, run_dir: Path, *, epochs: int, resume: bool,
          progress: bool, mesh: Any = None):
     """``fit`` with the run's settings, checkpointing to (and resuming from) ``run_dir``."""
-    model = models.get(config["model"], data.num_classes)
-    return fit(model, config["optimizer"], data, epochs=epochs, batch_size=config["batch_size"],
+    return fit(build_model(config, data), config["optimizer"], data, epochs=epochs, batch_size=config["batch_size"],
                seed=config["seed"], validation_split=config["validation_split"],
                checkpoint_dir=str(run_dir / "checkpoints"), resume=resume, progress=progress, mesh=mesh)
 

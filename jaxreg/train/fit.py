@@ -32,7 +32,7 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxreg._validate import require
-from jaxreg.train import checkpoint, distributed
+from jaxreg.train import checkpoint, distributed, nnx_bridge
 from jaxreg.train.epoch import scan_epoch, stream_epoch
 from jaxreg.train.optimizer import (
     Optimizer,
@@ -53,12 +53,15 @@ Callback = Callable[[int, TrainState, dict[str, float]], Any]
 class FitResult(NamedTuple):
     """``state``: the final state. ``history``: per-epoch lists (see :func:`fit`). ``test``: test
     metrics (``loss``, ``accuracy``) at the end, or ``None``. ``evaluate(state, x, y)``: the
-    metrics of a state on other data, with the model, loss and dtype of the run."""
+    metrics of a state on other data, with the model, loss and dtype of the run. ``model``: for
+    an ``nnx.Module``, the trained module (``nnx.merge`` of the final state, in ``.eval()``
+    mode); for a linen module, the module given."""
 
     state: TrainState
     history: dict[str, list]
     test: dict[str, float] | None
     evaluate: Callable[[TrainState, Any, Any], dict[str, float]]
+    model: Any = None
 
 
 def _split_data(data: Any, validation_split: float, validation_data: Any) -> tuple:
@@ -168,7 +171,14 @@ def fit(
     mesh: jax.sharding.Mesh | None = None,
     accumulate: int = 1,
 ) -> FitResult:
-    """Trains ``model`` (a linen module called as ``model.apply(vars, x, train=...)``).
+    """Trains ``model``: a linen module called as ``model.apply(vars, x, train=...)``, or a flax
+    ``nnx.Module`` called as ``model(x)`` with ``.train()``/``.eval()`` modes.
+
+    An NNX module is split once (:mod:`jaxreg.train.nnx_bridge`): its ``nnx.Param`` variables
+    are the trained parameters, the rest (batch statistics, ``nnx.Rngs`` state for dropout)
+    is carried through the steps, and the epoch is the same ``lax.scan`` as for linen. It
+    trains from its own initial weights (``seed`` then fixes the data order only);
+    ``FitResult.model`` is the trained module. The module passed in is not modified.
 
     Args:
         optimizer: an :class:`Optimizer`, a plain optax transformation, or keyword arguments of
@@ -220,6 +230,7 @@ def fit(
         (times the plateau scale), ``l2_strength`` (divided by the batch size when batch-scaled),
         ``l1_strength``, ``skipped_steps`` and ``epoch_seconds``.
     """
+    model = nnx_bridge.wrap(model)
     (x, y), validation, test_data = _split_data(data, validation_split, validation_data)
     steps = len(x) // batch_size
     require(steps > 0, "batch_size", f"at most the {len(x)} training examples", batch_size)
@@ -291,4 +302,5 @@ def fit(
         mngr.close()
 
     test_metrics = eval_fn(state, *test_data) if test and test_data is not None else None
-    return FitResult(state=state, history=history, test=test_metrics, evaluate=eval_fn)
+    return FitResult(state=state, history=history, test=test_metrics, evaluate=eval_fn,
+                     model=nnx_bridge.merge(model, state))

@@ -112,7 +112,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         "nnx_loop": timed("nnx_loop", lambda: nnx_tutorial_loop(ds, epochs)),
     }, repeats=repeats, warmup=0)
     load = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"
-    extra = dict(load_average=load, devices=str(jax.devices()[0]))
+    extra = {"load_average": load, "devices": str(jax.devices()[0])}
     return [
         row("nnx_training", f"{config}, fit(nnx.Module)", times["fit_nnx"],
             "flax NNX tutorial loop (nnx.Optimizer, @nnx.jit step, host batches)", times["nnx_loop"],

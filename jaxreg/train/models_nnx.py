@@ -14,6 +14,7 @@ and is called as ``model(x)``, in ``.train()`` or ``.eval()`` mode::
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -40,7 +41,7 @@ class MLP(nnx.Module):
                  rngs: nnx.Rngs):
         hidden = self.HIDDEN if hidden is None else (hidden,) if isinstance(hidden, int) else tuple(hidden)
         sizes = [math.prod(input_shape), *hidden]
-        self.dense = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+        self.dense = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
         self.norm = nnx.List([_batch_norm(b, bn_momentum, rngs) for b in hidden])
         self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
 
@@ -74,7 +75,7 @@ class SmallCNN(nnx.Module):
                  bn_momentum: float = BN_MOMENTUM, rngs: nnx.Rngs):
         height, width, in_channels = input_shape
         sizes = [in_channels, *channels]
-        self.conv = nnx.List([nnx.Conv(a, b, (3, 3), rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+        self.conv = nnx.List([nnx.Conv(a, b, (3, 3), rngs=rngs) for a, b in itertools.pairwise(sizes)])
         self.norm = nnx.List([_batch_norm(c, bn_momentum, rngs) for c in channels])
         for _ in channels:
             height, width = height // 2, width // 2

@@ -83,14 +83,17 @@ class NNXModel:
         in ``rest``."""
         del rngs
         module = self.module(variables)
-        module.train() if train else module.eval()
+        if train:
+            module.train()
+        else:
+            module.eval()
         if capture_intermediates:
             outputs, *intermediates = nnx.capture(module, method_outputs=nnx.Intermediate)(x)
         else:
             outputs, intermediates = module(x), None
         if not mutable:
             return outputs
-        _, _, rest = nnx.split(module, nnx.Param, ...)
+        _, _, rest = nnx.split(module, nnx.Param, ...)  # type: ignore[misc]
         updates = {"batch_stats": _key_data(rest)}
         return outputs, updates if intermediates is None else {**updates, "intermediates": intermediates}
 
@@ -99,7 +102,7 @@ def wrap(model: Any) -> Any:
     """An ``nnx.Module`` as an :class:`NNXModel` (split once); anything else unchanged."""
     if not isinstance(model, nnx.Module):
         return model
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     impls = tuple((path, jax.random.key_impl(v.get_value()))
                   for path, v in nnx.to_flat_state(rest) if isinstance(v, nnx.RngKey))
     # copies: the engine donates its state's buffers, which must not be the module's

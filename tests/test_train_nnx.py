@@ -55,11 +55,17 @@ def copy_from_linen(module, variables):
         norm.mean[...], norm.var[...] = stats[k]["mean"], stats[k]["var"]
 
 
+TWINS = {  # linen model, its NNX twin (small widths: compiling convolutions is slow on CPU)
+    "seed-mlp": (lambda: models.SeedMLP(num_classes=3), lambda: models_nnx.SeedMLP(SHAPE, 3, rngs=nnx.Rngs(1))),
+    "small-cnn": (lambda: models.SmallCNN(num_classes=3, channels=(4,), hidden=8),
+                  lambda: models_nnx.SmallCNN(SHAPE, 3, channels=(4,), hidden=8, rngs=nnx.Rngs(1))),
+}
+
+
 @pytest.mark.parametrize("name, validation_split", [("seed-mlp", 0.25), ("small-cnn", 0.0)])
 def test_nnx_and_linen_twins_give_the_same_history(data, name, validation_split):
     """Same initial weights -> same loss history, test metrics and final parameters."""
-    linen = models.get(name, 3)
-    nnx_model = models_nnx.get(name, SHAPE, 3, seed=1)
+    linen, nnx_model = (make() for make in TWINS[name])
     kw = {"epochs": 2, "batch_size": 32, "validation_split": validation_split, "progress": False, "seed": 3}
     ref = fit(linen, {"name": "adam", "learning_rate": 1e-2, "l2": 1e-3}, data, **kw)
     # fit(seed=) initializes a linen model with jax.random.split(key(seed))[0]: use those weights
@@ -70,7 +76,7 @@ def test_nnx_and_linen_twins_give_the_same_history(data, name, validation_split)
     for k in ("loss", "accuracy", "val_loss", "val_accuracy")[:4 if validation_split else 2]:
         np.testing.assert_allclose(res.history[k], ref.history[k], rtol=2e-5, atol=1e-6)
     assert isinstance(res.model, type(nnx_model))
-    trained = models_nnx.get(name, SHAPE, 3)
+    trained = TWINS[name][1]()
     copy_from_linen(trained, {"params": ref.state.params, "batch_stats": ref.state.batch_stats})
     for a, b in zip(jax.tree.leaves(nnx.state(res.model)), jax.tree.leaves(nnx.state(trained))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

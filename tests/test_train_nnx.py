@@ -161,7 +161,8 @@ def test_wrap_is_hashable_by_architecture():
     assert wrap(linen) is linen
 
 
-def test_cli_train_and_eval_api_nnx(tmp_path, capsys):
+def test_cli_train_and_eval_api_nnx(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # not ~/.cache
     run_dir = tmp_path / "run"
     argv = ["train", "--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--api", "nnx",
             "--no-progress", "--out", str(run_dir)]
@@ -173,3 +174,10 @@ def test_cli_train_and_eval_api_nnx(tmp_path, capsys):
     assert main(["eval", "--run", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert f"test acc {metrics['test_accuracy']:.4f}" in out
+
+
+def test_cli_api_flag_help_and_bad_value(capsys):
+    assert main(["train", "--help"]) == 0
+    assert "--api {linen,nnx}" in capsys.readouterr().out
+    assert main(["train", "--api", "torch"]) == 2
+    assert "--api: invalid choice" in capsys.readouterr().err

@@ -4,7 +4,9 @@ Modules, lowest first: ``state`` (the pytree) -> ``step`` (one pure step, evalua
 ``epoch`` (scan / streamed epoch) -> ``optimizer`` (the optax chain) -> ``checkpoint``
 (orbax) -> ``fit`` (the loop) -> ``sweep`` (many settings at once, vmapped: a subpackage,
 settings / memory / run). ``models`` holds the models the CLI and benchmarks train
-(:data:`jaxreg.train.models.MODELS`); ``distributed`` the meshes and multi-process start.
+(:data:`jaxreg.train.models.MODELS`), ``models_nnx`` the same as ``nnx.Module``s;
+``nnx_bridge`` lets every entry point take an ``nnx.Module``; ``distributed`` the meshes and
+multi-process start.
 """
 from jaxreg.train.epoch import prefetch, scan_epoch, stream_epoch
 from jaxreg.train.fit import FitResult, fit

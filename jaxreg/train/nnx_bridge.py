@@ -15,7 +15,8 @@ differentiating it. Inside the jitted step, :meth:`NNXModel.apply` merges
 training, splits the updated ``rest`` out again: batch statistics update as in
 ``nnx.BatchNorm``, and each ``nnx.Dropout`` draws from its own ``nnx.Rngs`` stream, whose
 count advances by one per call (per step, or per micro-batch with ``accumulate``), exactly
-as in an ``@nnx.jit`` loop. RNG keys travel as their raw ``uint32`` data
+as in an ``@nnx.jit`` loop (a step skipped as non-finite keeps all of ``rest``, so its
+draw is repeated by the next step). RNG keys travel as their raw ``uint32`` data
 (``jax.random.key_data``), since the engine casts and selects that state like any array.
 
 The whole epoch is then the engine's one ``lax.scan`` over pure arrays, with no graph

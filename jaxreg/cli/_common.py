@@ -11,7 +11,7 @@ from typing import Any
 
 from jaxreg._validate import SEED_LIMIT
 from jaxreg.data import DataError, Dataset, load, sources
-from jaxreg.train import distributed
+from jaxreg.train import distributed, models, models_nnx
 
 DEFAULT_L2 = 0.025
 """Default L2 strength, batch-scaled: the penalty gradient is ``(0.025 / 128) w`` (about
@@ -68,6 +68,15 @@ def load_dataset(name: str | None, data_dir: Path | None) -> tuple[Dataset, str]
                                 f"without a download: {reason}; --dataset fashion-mnist may download it)")
     data = load("fashion-mnist", download=False)
     return data, f"dataset: fashion-mnist (default; files found in {data.source})"
+
+
+def build_model(config: dict[str, Any], data: Dataset) -> Any:
+    """The run's model: ``config["model"]`` from :data:`jaxreg.train.models.MODELS` (linen), or
+    with ``config["api"] == "nnx"`` its NNX form (:mod:`jaxreg.train.models_nnx`), built for
+    ``data``'s input shape with ``nnx.Rngs(config["seed"])``."""
+    if config.get("api", "linen") == "nnx":
+        return models_nnx.get(config["model"], data.x_train.shape[1:], data.num_classes, config["seed"])
+    return models.get(config["model"], data.num_classes)
 
 
 def write_json(path: Path, obj: Any) -> None:

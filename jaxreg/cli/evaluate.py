@@ -10,13 +10,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from jaxreg.cli._common import check_run_data, read_config, readable_dir, write_json
+from jaxreg.cli._common import build_model, check_run_data, read_config, readable_dir, write_json
 from jaxreg.data import DATASETS, load
 from jaxreg.train import (
     create_train_state,
     evaluate,
     make_optimizer,
-    models,
 )
 from jaxreg.train.fit import _split_data
 from jaxreg.train.step import default_loss
@@ -50,7 +49,7 @@ def evaluate_run(run_dir: Path, dataset: str | None = None, data_dir: Path | Non
         raise ValueError(f"{run_dir}: no checkpoints directory")
     data = load(dataset or config["dataset"], data_dir=data_dir or config["data_dir"])
     check_run_data(config, data, run_dir)  # other data, or shapes the model cannot take
-    model = models.get(config["model"], data.num_classes)
+    model = build_model(config, data)
     (x, y), _, (x_test, y_test) = _split_data(data, config["validation_split"], None)
     total_steps = config["epochs"] * (len(x) // config["batch_size"])
     tx = make_optimizer(**{"total_steps": total_steps, **config["optimizer"]}).tx

@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 
 from jaxreg.cli._common import (
     DEFAULT_L2,
+    build_model,
     check_run_data,
     fraction,
     load_dataset,
@@ -54,13 +55,13 @@ PLATEAU_VALIDATION_SPLIT = 0.1
 """``--validation-split`` default with ``--plateau`` (which monitors ``val_loss``); without
 it the default is 0, training on the whole training split as seed 004 does."""
 
-DEFAULTS = dict(model="seed-mlp", epochs=10, batch_size=128, seed=0, optimizer="adam", lr=1e-3,
+DEFAULTS = dict(model="seed-mlp", api="linen", epochs=10, batch_size=128, seed=0, optimizer="adam", lr=1e-3,
                 schedule="fixed", batch_scaled=True, l1=0.0, proximal=False, plateau=False,
                 plateau_factor=0.5, plateau_patience=2, lr_power=POLY_POWER)
 """Defaults of the flags that set a run's config. Their argparse default is ``None``, so that
 a flag given (even at its default value) can be told from one left out: ``--resume`` refuses
 the first, and ``--plateau-*`` without ``--plateau`` is refused."""
-RUN_SETTINGS = ("dataset", "validation_split", "model", "batch_size", "seed", "optimizer", "lr",
+RUN_SETTINGS = ("dataset", "validation_split", "model", "api", "batch_size", "seed", "optimizer", "lr",
                 "schedule", "lr_power", "weight_decay", "l2", "batch_scaled", "l1", "proximal",
                 "plateau", "plateau_factor", "plateau_patience")
 """The flags (argparse ``dest``) stored in config.json, which ``--resume`` cannot change;
@@ -108,6 +109,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                           help="seed-mlp: Dense(50)+BN+Dense; keras-mlp: Dense(128)+BN, "
                                "Dense(64)+BN; small-cnn: 2 conv blocks + Dense(128); linear "
                                f"(default: {DEFAULTS['model']})")
+    training.add_argument("--api", choices=("linen", "nnx"),
+                          help="the model's flax API: linen, or nnx (jaxreg.train.models_nnx, "
+                               f"the same architecture as an nnx.Module) (default: {DEFAULTS['api']})")
     training.add_argument("--epochs", type=positive_int,
                           help=f"training epochs (default: {DEFAULTS['epochs']}); with --resume, "
                                f"more epochs train a run further")
@@ -223,7 +227,8 @@ def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
         dataset=data.name,
         data_dir=None if args.data_dir is None else str(args.data_dir.absolute()),
         fingerprint=data.fingerprint, input_shape=list(data.x_train.shape[1:]),
-        num_classes=data.num_classes, model=setting(args, "model"), epochs=setting(args, "epochs"),
+        num_classes=data.num_classes, model=setting(args, "model"), api=setting(args, "api"),
+        epochs=setting(args, "epochs"),
         batch_size=setting(args, "batch_size"), seed=setting(args, "seed"),
         validation_split=validation_split, checkpoint_every=args.checkpoint_every,
         optimizer=dict(name=optimizer, learning_rate=setting(args, "lr"), schedule=schedule,
@@ -238,7 +243,7 @@ def check_config(config: dict[str, Any], data: Dataset) -> None:
     """Raises what ``fit`` would raise for the run ``config`` on ``data``, without training
     (:func:`jaxreg.train._inputs.check_fit_inputs`, :func:`make_optimizer`): run before a
     run directory is written or changed."""
-    model = models.get(config["model"], data.num_classes)
+    model = build_model(config, data)
     check_fit_inputs(model, config["optimizer"], data, epochs=config["epochs"],
                      batch_size=config["batch_size"], seed=config["seed"],
                      validation_split=config["validation_split"], validation_data=None, test=True,
@@ -251,8 +256,7 @@ def check_config(config: dict[str, Any], data: Dataset) -> None:
 def _fit(config: dict[str, Any], data: Dataset, run_dir: Path, *, epochs: int, resume: bool,
          progress: bool, mesh: Any = None, callbacks=()):
     """``fit`` with the run's settings, checkpointing to (and resuming from) ``run_dir``."""
-    model = models.get(config["model"], data.num_classes)
-    return fit(model, config["optimizer"], data, epochs=epochs, batch_size=config["batch_size"],
+    return fit(build_model(config, data), config["optimizer"], data, epochs=epochs, batch_size=config["batch_size"],
                seed=config["seed"], validation_split=config["validation_split"],
                checkpoint_dir=str(run_dir / "checkpoints"), resume=resume,
                checkpoint_every=config.get("checkpoint_every", 1), progress=progress, mesh=mesh,

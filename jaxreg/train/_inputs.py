@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from jaxreg._validate import check_int, check_seed, message, require
+from jaxreg.train import nnx_bridge
 
 HISTORY_KEYS = ("loss", "accuracy", "learning_rate", "l2_strength", "l1_strength",
                 "skipped_steps", "epoch_seconds")
@@ -144,7 +145,8 @@ def check_fit_inputs(
             f"at most the {len(x) - n_val} training examples"
             + (f" left by validation_split={validation_split}" if n_val else ""), batch_size)
 
-    require(hasattr(model, "init_with_output"), "model", "a flax linen module",
+    model = nnx_bridge.wrap(model)  # an nnx.Module is checked as the engine will call it
+    require(hasattr(model, "init_with_output"), "model", "a flax linen or NNX module",
             type(model).__name__, TypeError)
     outputs = _outputs(model, x)
     if loss_fn is None and np.issubdtype(y.dtype, np.integer):  # default loss: cross-entropy

@@ -41,7 +41,7 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxreg._validate import check_int, require
-from jaxreg.train import distributed, interrupt
+from jaxreg.train import distributed, interrupt, nnx_bridge
 from jaxreg.train._inputs import check_fit_inputs
 from jaxreg.train.epoch import scan_epoch, stream_epoch
 from jaxreg.train.optimizer import (
@@ -84,12 +84,15 @@ def monitor_mode(monitor: str) -> str:
 class FitResult(NamedTuple):
     """``state``: the final state. ``history``: per-epoch lists (see :func:`fit`). ``test``: test
     metrics (``loss``, ``accuracy``) at the end, or ``None``. ``evaluate(state, x, y)``: the
-    metrics of a state on other data, with the model, loss and dtype of the run."""
+    metrics of a state on other data, with the model, loss and dtype of the run. ``model``: for
+    an ``nnx.Module``, the trained module (``nnx.merge`` of the final state, in ``.eval()``
+    mode); for a linen module, the module given."""
 
     state: TrainState
     history: dict[str, list]
     test: dict[str, float] | None
     evaluate: Callable[[TrainState, Any, Any], dict[str, float]]
+    model: Any = None
 
 
 def _split_data(data: Any, validation_split: float, validation_data: Any) -> tuple:
@@ -231,7 +234,14 @@ def fit(
     accumulate: int = 1,
     max_consecutive_skips: int | None = MAX_CONSECUTIVE_SKIPS,
 ) -> FitResult:
-    """Trains ``model`` (a linen module called as ``model.apply(vars, x, train=...)``).
+    """Trains ``model``: a linen module called as ``model.apply(vars, x, train=...)``, or a flax
+    ``nnx.Module`` called as ``model(x)`` with ``.train()``/``.eval()`` modes.
+
+    An NNX module is split once (:mod:`jaxreg.train.nnx_bridge`): its ``nnx.Param`` variables
+    are the trained parameters, the rest (batch statistics, ``nnx.Rngs`` state for dropout)
+    is carried through the steps, and the epoch is the same ``lax.scan`` as for linen. It
+    trains from its own initial weights (``seed`` then fixes the data order only);
+    ``FitResult.model`` is the trained module. The module passed in is not modified.
 
     Args:
         optimizer: an :class:`Optimizer`, a plain optax transformation, or keyword arguments of
@@ -312,6 +322,7 @@ def fit(
         ValueError: bad arguments (see above), a plateau that cannot be fed or whose mode
             contradicts ``monitor``.
     """
+    model = nnx_bridge.wrap(model)
     check_fit_inputs(model, optimizer, data, epochs=epochs, batch_size=batch_size, seed=seed,
                      validation_split=validation_split, validation_data=validation_data, test=test,
                      monitor=monitor, accumulate=accumulate, unroll=unroll, loss_fn=loss_fn)
@@ -412,7 +423,8 @@ def fit(
     # leaving the block closed the manager: every checkpoint is complete on disk
 
     test_metrics = eval_fn(state, *test_data) if test and test_data is not None else None
-    return FitResult(state=state, history=history, test=test_metrics, evaluate=eval_fn)
+    return FitResult(state=state, history=history, test=test_metrics, evaluate=eval_fn,
+                     model=nnx_bridge.merge(model, state))
 
 
 def _tree_signature(tree: Any) -> str:

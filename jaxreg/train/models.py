@@ -82,7 +82,7 @@ _NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", 
 
 def im2col_conv(lhs: jax.Array, rhs: jax.Array, window_strides, padding, *, lhs_dilation=None,
                 rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
-                precision=None) -> jax.Array:
+                precision=None, out_sharding=None) -> jax.Array:
     """``lax.conv_general_dilated`` for stride-1 2-D NHWC convolutions, as one matmul (im2col).
 
     ``y[n, h, w, o] = sum_{i, j, c} xpad[n, h + i, w + j, c] rhs[i, j, c, o]``: the ``kh * kw``
@@ -97,9 +97,9 @@ def im2col_conv(lhs: jax.Array, rhs: jax.Array, window_strides, padding, *, lhs_
     Args:
       lhs: ``[N, H, W, C]``. rhs: ``[kh, kw, C, O]``.
       window_strides: ``(1, 1)``. padding: ``"SAME"``, ``"VALID"`` or ``((lo, hi), (lo, hi))``.
-      lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, precision: as in
-        ``lax.conv_general_dilated``; only no dilation, NHWC/HWIO/NHWC and one group are
-        supported.
+      lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, precision,
+        out_sharding: as in ``lax.conv_general_dilated``; only no dilation, NHWC/HWIO/NHWC, one
+        group and no output sharding are supported.
 
     Returns:
       ``[N, H', W', O]``.
@@ -115,6 +115,7 @@ def im2col_conv(lhs: jax.Array, rhs: jax.Array, window_strides, padding, *, lhs_
         "rhs_dilation": (tuple(rhs_dilation or (1, 1)), (1, 1)),
         "dimension_numbers": (dims, _NHWC),
         "feature_group_count": (feature_group_count, 1),
+        "out_sharding": (out_sharding, None),  # flax.nnx.Conv passes it
     }
     for name, (value, supported) in unsupported.items():
         if value != supported:

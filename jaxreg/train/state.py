@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxreg.train import nnx_bridge
+
 
 @struct.dataclass
 class TrainState:
@@ -60,12 +62,17 @@ def _init_variables(model: nn.Module, key: jax.Array, sample_x: Any) -> Any:
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, sample_x: Any, seed: int
+    model: Any, tx: optax.GradientTransformation, sample_x: Any, seed: int
 ) -> TrainState:
     """Initializes ``model`` on ``sample_x`` (a batch of inputs; only its shape and dtype
-    matter) and ``tx`` on its parameters, with keys derived from ``seed``."""
+    matter) and ``tx`` on its parameters, with keys derived from ``seed``. An ``nnx.Module``
+    (or its :class:`jaxreg.train.nnx_bridge.NNXModel`) gives its own variables instead."""
     init_key, step_key = jax.random.split(jax.random.key(seed))
-    variables = _init_variables(model, init_key, sample_x)
+    model = nnx_bridge.wrap(model)
+    if isinstance(model, nn.Module):
+        variables = _init_variables(model, init_key, sample_x)
+    else:
+        variables = model.init(init_key, sample_x, train=False)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros([], jnp.int32),

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxreg._validate import require
+from jaxreg.train import nnx_bridge
 from jaxreg.train.state import TrainState
 from jaxreg.transforms import ReduceOnPlateauState
 
@@ -181,8 +183,8 @@ def _evaluation_sums(model, params, batch_stats, x, y, *, loss_fn, batch_size, c
 
 
 def evaluate(
-    model: nn.Module,
-    state: TrainState,
+    model: Any,
+    state: TrainState | None,
     x: Any,
     y: Any,
     *,
@@ -191,9 +193,19 @@ def evaluate(
     compute_dtype: Any = None,
 ) -> dict[str, float]:
     """Mean loss (and accuracy for integer labels) of ``model`` in inference mode (running
-    batch statistics) over all of ``(x, y)``, in one dispatch of ``batch_size`` chunks."""
+    batch statistics) over all of ``(x, y)``, in one dispatch of ``batch_size`` chunks.
+
+    ``model`` is a linen module or an ``nnx.Module`` (evaluated in ``.eval()`` mode); ``state``
+    may be ``None`` for an ``nnx.Module``, which is then evaluated with its own weights."""
+    model = nnx_bridge.wrap(model)
+    if state is None:
+        require(isinstance(model, nnx_bridge.NNXModel), "state",
+                "a TrainState (only an nnx.Module carries its own weights)", state)
+        variables = model.variables
+    else:
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
     sums = _evaluation_sums(
-        model, state.params, state.batch_stats, jnp.asarray(x), jnp.asarray(y),
+        model, variables["params"], variables["batch_stats"], jnp.asarray(x), jnp.asarray(y),
         loss_fn=loss_fn, batch_size=min(batch_size, len(x)), compute_dtype=compute_dtype,
     )
     return {k: float(v) for k, v in sums.items()}

@@ -17,6 +17,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxreg._validate import require
+from jaxreg.train import nnx_bridge
 from jaxreg.train.epoch import scan_epoch
 from jaxreg.train.fit import _epoch_logs, _split_data
 from jaxreg.train.optimizer import effective_l2, make_optimizer
@@ -122,7 +123,8 @@ def sweep(
     """Trains every setting of ``settings_or_grid`` (see :mod:`jaxreg.train.sweep` for how).
 
     Args:
-        model: a linen module, as for :func:`jaxreg.train.fit`.
+        model: a linen module or an ``nnx.Module``, as for :func:`jaxreg.train.fit` (an NNX
+            module starts every setting from its own weights and ``nnx.Rngs`` streams).
         data: a :class:`jaxreg.data.Dataset` (test split evaluated at the end when ``test``)
             or ``(x, y)`` training arrays; they must fit on the device (an epoch is a
             ``lax.scan`` over device-resident data, :func:`jaxreg.train.scan_epoch`).
@@ -154,6 +156,7 @@ def sweep(
             training examples, ``bn_momentum`` for a model without that field.
     """
     start = time.perf_counter()
+    model = nnx_bridge.wrap(model)
     settings = expand(settings_or_grid, seeds, **defaults)
     (x, y), validation, test_data = _split_data(data, validation_split, None)
     _check_fits_model_and_data(settings, model, len(x))

@@ -1,0 +1,124 @@
+"""Training an NNX model: ``jaxreg.train.fit`` on an ``nnx.Module`` vs flax's NNX loop and vs
+``fit`` on the linen twin.
+
+The recipe (seed 004): the NNX ``SeedMLP`` (``jaxreg.train.models_nnx``: Linear(50) ->
+jaxreg.nnx.BatchNorm -> relu -> Linear(10)), Adam 1e-3, batch size 128, softmax cross-entropy,
+Fashion-MNIST for 10 epochs (digits when its files are absent; --quick: digits, 2 epochs), then
+the test split. Every timed call starts from the same freshly built model and includes all its
+compilation, i.e. what a script waits for.
+
+Rows:
+
+- ``fit(nnx.Module)`` vs the loop flax's NNX documentation teaches (the MNIST tutorial):
+  ``nnx.Optimizer(model, tx, wrt=nnx.Param)``, an ``@nnx.jit`` train step updating
+  ``nnx.MultiMetric`` loss/accuracy, host-side batches from a numpy permutation, per-epoch
+  ``metrics.compute()``, then an ``@nnx.jit`` evaluation of the test split. Target: at least 4x
+  faster (ratio <= 0.25) at equal test accuracy (both are in the row).
+- ``fit(nnx.Module)`` vs ``fit(linen SeedMLP)``: what the NNX bridge costs. Target <= 1.05.
+
+All three are timed in alternation in one process (:func:`benchmarks.timing.interleaved_medians`);
+the machine's load average before and after is in the rows.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+import jaxreg.data
+from benchmarks.timing import interleaved_medians, row
+from jaxreg.data import DataError
+from jaxreg.train import fit, models, models_nnx
+
+BATCH_SIZE, LEARNING_RATE, SEED = 128, 1e-3, 0
+
+
+def _data(quick: bool) -> tuple[Any, str]:
+    if not quick:
+        try:
+            ds = jaxreg.data.load("fashion-mnist", download=False)
+            return ds, f"Fashion-MNIST {len(ds.x_train)}"
+        except DataError:
+            pass
+    ds = jaxreg.data.load("digits")
+    return ds, f"digits {len(ds.x_train)}"
+
+
+def nnx_tutorial_loop(ds: Any, epochs: int) -> float:
+    """flax's NNX training loop (MNIST tutorial) on the NNX SeedMLP; returns the test accuracy."""
+    model = models_nnx.get("seed-mlp", ds.x_train.shape[1:], 10, seed=SEED)
+    optimizer = nnx.Optimizer(model, optax.adam(LEARNING_RATE), wrt=nnx.Param)
+    metrics = nnx.MultiMetric(accuracy=nnx.metrics.Accuracy(), loss=nnx.metrics.Average("loss"))
+
+    def loss_fn(model, x, y):
+        logits = model(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+    @nnx.jit
+    def train_step(model, optimizer, metrics, x, y):
+        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, x, y)
+        metrics.update(loss=loss, logits=logits, labels=y)
+        optimizer.update(model, grads)
+
+    @nnx.jit
+    def eval_step(model, metrics, x, y):
+        loss, logits = loss_fn(model, x, y)
+        metrics.update(loss=loss, logits=logits, labels=y)
+
+    rng = np.random.default_rng(SEED)
+    x, y = ds.x_train, ds.y_train
+    steps = len(x) // BATCH_SIZE
+    for _ in range(epochs):
+        model.train()
+        perm = rng.permutation(len(x))
+        for i in range(steps):
+            idx = perm[i * BATCH_SIZE:(i + 1) * BATCH_SIZE]
+            train_step(model, optimizer, metrics, x[idx], y[idx])
+        metrics.compute()  # the epoch's logs, as the tutorial prints them
+        metrics.reset()
+    model.eval()
+    for i in range(0, len(ds.x_test), 1000):
+        eval_step(model, metrics, ds.x_test[i:i + 1000], ds.y_test[i:i + 1000])
+    return float(metrics.compute()["accuracy"])
+
+
+def _fit(model: Any, ds: Any, epochs: int) -> float:
+    result = fit(model, optax.adam(LEARNING_RATE), ds, epochs=epochs, batch_size=BATCH_SIZE, seed=SEED,
+                 progress=False)
+    return result.test["accuracy"]
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    ds, name = _data(quick)
+    epochs = 2 if quick else 10
+    repeats = 1 if quick else 3
+    config = f"seed 004 MLP (NNX), {name}, {epochs} epochs, batch {BATCH_SIZE}, incl. compile"
+    shape = ds.x_train.shape[1:]
+    accuracy: dict[str, float] = {}
+
+    def timed(key: str, fn: Any) -> Any:
+        def call() -> None:
+            accuracy[key] = fn()
+        return call
+
+    load_before = os.getloadavg()[0]
+    times = interleaved_medians({
+        "fit_nnx": timed("fit_nnx", lambda: _fit(models_nnx.get("seed-mlp", shape, 10, seed=SEED), ds, epochs)),
+        "fit_linen": timed("fit_linen", lambda: _fit(models.SeedMLP(), ds, epochs)),
+        "nnx_loop": timed("nnx_loop", lambda: nnx_tutorial_loop(ds, epochs)),
+    }, repeats=repeats, warmup=0)
+    load = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"
+    extra = {"load_average": load, "devices": str(jax.devices()[0])}
+    return [
+        row("nnx_training", f"{config}, fit(nnx.Module)", times["fit_nnx"],
+            "flax NNX tutorial loop (nnx.Optimizer, @nnx.jit step, host batches)", times["nnx_loop"],
+            "<= 0.25 (4x)", test_accuracy=accuracy["fit_nnx"], reference_test_accuracy=accuracy["nnx_loop"],
+            **extra),
+        row("nnx_training", f"{config}, fit(nnx.Module)", times["fit_nnx"],
+            "fit(linen SeedMLP)", times["fit_linen"], "<= 1.05",
+            test_accuracy=accuracy["fit_nnx"], reference_test_accuracy=accuracy["fit_linen"], **extra),
+    ]

@@ -87,8 +87,16 @@ def nnx_tutorial_loop(ds: Any, epochs: int) -> float:
 
 
 def _fit(model: Any, ds: Any, epochs: int) -> float:
-    result = fit(model, optax.adam(LEARNING_RATE), ds, epochs=epochs, batch_size=BATCH_SIZE, seed=SEED,
-                 progress=False)
+    result = fit(
+        model,
+        optax.adam(LEARNING_RATE),
+        ds,
+        epochs=epochs,
+        batch_size=BATCH_SIZE,
+        seed=SEED,
+        progress=False,
+    )
+    assert result.test is not None  # fit evaluates the test split by default
     return result.test["accuracy"]
 
 
@@ -106,19 +114,41 @@ def run(quick: bool) -> list[dict[str, Any]]:
         return call
 
     load_before = os.getloadavg()[0]
-    times = interleaved_medians({
-        "fit_nnx": timed("fit_nnx", lambda: _fit(models_nnx.get("seed-mlp", shape, 10, seed=SEED), ds, epochs)),
-        "fit_linen": timed("fit_linen", lambda: _fit(models.SeedMLP(), ds, epochs)),
-        "nnx_loop": timed("nnx_loop", lambda: nnx_tutorial_loop(ds, epochs)),
-    }, repeats=repeats, warmup=0)
+    times = interleaved_medians(
+        {
+            "fit_nnx": timed(
+                "fit_nnx",
+                lambda: _fit(models_nnx.get("seed-mlp", shape, 10, seed=SEED), ds, epochs),
+            ),
+            "fit_linen": timed("fit_linen", lambda: _fit(models.SeedMLP(), ds, epochs)),
+            "nnx_loop": timed("nnx_loop", lambda: nnx_tutorial_loop(ds, epochs)),
+        },
+        repeats=repeats,
+        warmup=0,
+    )
     load = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"
     extra = {"load_average": load, "devices": str(jax.devices()[0])}
     return [
-        row("nnx_training", f"{config}, fit(nnx.Module)", times["fit_nnx"],
-            "flax NNX tutorial loop (nnx.Optimizer, @nnx.jit step, host batches)", times["nnx_loop"],
-            "<= 0.25 (4x)", test_accuracy=accuracy["fit_nnx"], reference_test_accuracy=accuracy["nnx_loop"],
-            **extra),
-        row("nnx_training", f"{config}, fit(nnx.Module)", times["fit_nnx"],
-            "fit(linen SeedMLP)", times["fit_linen"], "<= 1.05",
-            test_accuracy=accuracy["fit_nnx"], reference_test_accuracy=accuracy["fit_linen"], **extra),
+        row(
+            "nnx_training",
+            f"{config}, fit(nnx.Module)",
+            times["fit_nnx"],
+            "flax NNX tutorial loop (nnx.Optimizer, @nnx.jit step, host batches)",
+            times["nnx_loop"],
+            "<= 0.25 (4x)",
+            test_accuracy=accuracy["fit_nnx"],
+            reference_test_accuracy=accuracy["nnx_loop"],
+            **extra,
+        ),
+        row(
+            "nnx_training",
+            f"{config}, fit(nnx.Module)",
+            times["fit_nnx"],
+            "fit(linen SeedMLP)",
+            times["fit_linen"],
+            "<= 1.05",
+            test_accuracy=accuracy["fit_nnx"],
+            reference_test_accuracy=accuracy["fit_linen"],
+            **extra,
+        ),
     ]

@@ -11,9 +11,19 @@ import re
 from pathlib import Path
 
 API = Path(__file__).resolve().parents[1] / "docs" / "api"
-MODULES = ("jaxreg", "jaxreg.transforms.masks", "jaxreg.transforms.penalties",
-           "jaxreg.transforms.schedules", "jaxreg.nn", "jaxreg.nnx", "jaxreg.data",
-           "jaxreg.train.models", "jaxreg.train.models_nnx", "jaxreg.train", "jaxreg.train.distributed")
+MODULES = (
+    "jaxreg",
+    "jaxreg.transforms.masks",
+    "jaxreg.transforms.penalties",
+    "jaxreg.transforms.schedules",
+    "jaxreg.nn",
+    "jaxreg.nnx",
+    "jaxreg.data",
+    "jaxreg.train.models",
+    "jaxreg.train.models_nnx",
+    "jaxreg.train",
+    "jaxreg.train.distributed",
+)
 
 
 def resolve(path: str):

@@ -46,7 +46,9 @@ def copy_from_linen(module, variables):
     layers = list(getattr(module, "conv", []))
     layers += list(module.dense) if isinstance(module.dense, nnx.List) else [module.dense]
     layers += [module.head] if hasattr(module, "head") else []
-    linen = [params[k] for prefix in ("Conv", "Dense") for k in sorted(params) if k.startswith(prefix)]
+    linen = [
+        params[k] for prefix in ("Conv", "Dense") for k in sorted(params) if k.startswith(prefix)
+    ]
     for layer, p in zip(layers, linen, strict=True):
         layer.kernel[...], layer.bias[...] = p["kernel"], p["bias"]
     norms = [k for k in sorted(params) if k.startswith("BatchNorm")]
@@ -56,9 +58,14 @@ def copy_from_linen(module, variables):
 
 
 TWINS = {  # linen model, its NNX twin (small widths: compiling convolutions is slow on CPU)
-    "seed-mlp": (lambda: models.SeedMLP(num_classes=3), lambda: models_nnx.SeedMLP(SHAPE, 3, rngs=nnx.Rngs(1))),
-    "small-cnn": (lambda: models.SmallCNN(num_classes=3, channels=(4,), hidden=8),
-                  lambda: models_nnx.SmallCNN(SHAPE, 3, channels=(4,), hidden=8, rngs=nnx.Rngs(1))),
+    "seed-mlp": (
+        lambda: models.SeedMLP(num_classes=3),
+        lambda: models_nnx.SeedMLP(SHAPE, 3, rngs=nnx.Rngs(1)),
+    ),
+    "small-cnn": (
+        lambda: models.SmallCNN(num_classes=3, channels=(4,), hidden=8),
+        lambda: models_nnx.SmallCNN(SHAPE, 3, channels=(4,), hidden=8, rngs=nnx.Rngs(1)),
+    ),
 }
 
 
@@ -66,7 +73,13 @@ TWINS = {  # linen model, its NNX twin (small widths: compiling convolutions is 
 def test_nnx_and_linen_twins_give_the_same_history(data, name, validation_split):
     """Same initial weights -> same loss history, test metrics and final parameters."""
     linen, nnx_model = (make() for make in TWINS[name])
-    kw = {"epochs": 2, "batch_size": 32, "validation_split": validation_split, "progress": False, "seed": 3}
+    kw = {
+        "epochs": 2,
+        "batch_size": 32,
+        "validation_split": validation_split,
+        "progress": False,
+        "seed": 3,
+    }
     ref = fit(linen, {"name": "adam", "learning_rate": 1e-2, "l2": 1e-3}, data, **kw)
     # fit(seed=) initializes a linen model with jax.random.split(key(seed))[0]: use those weights
     init_key = jax.random.split(jax.random.key(3))[0]
@@ -78,17 +91,24 @@ def test_nnx_and_linen_twins_give_the_same_history(data, name, validation_split)
     assert isinstance(res.model, type(nnx_model))
     trained = TWINS[name][1]()
     copy_from_linen(trained, {"params": ref.state.params, "batch_stats": ref.state.batch_stats})
-    for a, b in zip(jax.tree.leaves(nnx.state(res.model)), jax.tree.leaves(nnx.state(trained))):
+    for a, b in zip(jax.tree.leaves(nnx.state(res.model)), jax.tree.leaves(nnx.state(trained)),
+                    strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_fit_returns_trained_module_and_evaluate_takes_it(data):
     module = DropMLP(nnx.Rngs(0))
     before = np.asarray(module.head.kernel[...]).copy()
-    res = fit(module, {"name": "sgd", "learning_rate": 0.1}, data, epochs=2, batch_size=32, progress=False)
+    res = fit(
+        module, {"name": "sgd", "learning_rate": 0.1}, data, epochs=2, batch_size=32, progress=False
+    )
     np.testing.assert_array_equal(module.head.kernel[...], before)  # the input is not modified
     trained = res.model
-    assert isinstance(trained, DropMLP) and trained.drop.deterministic and trained.norm.use_running_average
+    assert (
+        isinstance(trained, DropMLP)
+        and trained.drop.deterministic
+        and trained.norm.use_running_average
+    )
     assert not np.allclose(trained.head.kernel[...], before)
     # 2 epochs x 8 steps: the dropout stream drew once per step
     assert int(trained.drop.rngs.count[...]) == 16
@@ -122,10 +142,14 @@ def test_matches_plain_nnx_optimizer_loop(data):
         opt.update(model, grads)
         return loss
 
-    perm = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 1), 0), N))
+    perm = np.asarray(
+        jax.random.permutation(jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 1), 0), N)
+    )
     losses = [float(step(model, opt, x[i], y[i])) for i in perm[: 8 * 32].reshape(8, 32)]
     np.testing.assert_allclose(res.history["loss"], [np.mean(losses)], rtol=1e-5)
-    np.testing.assert_allclose(res.model.head.kernel[...], model.head.kernel[...], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        res.model.head.kernel[...], model.head.kernel[...], rtol=1e-4, atol=1e-6
+    )
     np.testing.assert_allclose(res.model.norm.var[...], model.norm.var[...], rtol=1e-5)
 
 
@@ -134,21 +158,41 @@ def test_resume_is_bit_exact(data, tmp_path):
     full = fit(DropMLP(nnx.Rngs(0)), {"name": "adam"}, data, **kw)
     fit(DropMLP(nnx.Rngs(0)), {"name": "adam"}, data, checkpoint_dir=str(tmp_path), **kw,
         callbacks=[lambda epoch, state, logs: epoch == 1])
-    resumed = fit(DropMLP(nnx.Rngs(0)), {"name": "adam"}, data, checkpoint_dir=str(tmp_path), resume=True, **kw)
+    resumed = fit(
+        DropMLP(nnx.Rngs(0)),
+        {"name": "adam"},
+        data,
+        checkpoint_dir=str(tmp_path),
+        resume=True,
+        **kw,
+    )
     assert resumed.history == {k: v for k, v in full.history.items()} | {
         "epoch_seconds": resumed.history["epoch_seconds"]}
-    for a, b in zip(jax.tree.leaves(nnx.state(resumed.model)), jax.tree.leaves(nnx.state(full.model))):
-        np.testing.assert_array_equal(jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
-                                      else a, jax.random.key_data(b) if jnp.issubdtype(
-                                          b.dtype, jax.dtypes.prng_key) else b)
+    for a, b in zip(jax.tree.leaves(nnx.state(resumed.model)),
+                    jax.tree.leaves(nnx.state(full.model)), strict=True):
+        np.testing.assert_array_equal(
+            jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a,
+            jax.random.key_data(b) if jnp.issubdtype(b.dtype, jax.dtypes.prng_key) else b,
+        )
 
 
 def test_sweep_with_nnx_model(data):
     module = models_nnx.get("seed-mlp", SHAPE, 3)
-    result = sweep(module, data, {"learning_rate": [1e-3, 1e-1]}, epochs=1, batch_size=64, progress=False)
+    result = sweep(
+        module, data, {"learning_rate": [1e-3, 1e-1]}, epochs=1, batch_size=64, progress=False
+    )
     assert result.results[0].history["loss"][0] != result.results[1].history["loss"][0]
-    ref = fit(module, {"name": "adam", "learning_rate": 1e-1}, data, epochs=1, batch_size=64, progress=False)
-    np.testing.assert_allclose(result.results[1].history["loss"][0], ref.history["loss"][0], rtol=1e-5)
+    ref = fit(
+        module,
+        {"name": "adam", "learning_rate": 1e-1},
+        data,
+        epochs=1,
+        batch_size=64,
+        progress=False,
+    )
+    np.testing.assert_allclose(
+        result.results[1].history["loss"][0], ref.history["loss"][0], rtol=1e-5
+    )
     with pytest.raises(ValueError, match="bn_momentum"):
         sweep(module, data, {"bn_momentum": [0.9]}, epochs=1, batch_size=64, progress=False)
 

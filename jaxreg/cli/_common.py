@@ -64,8 +64,10 @@ def load_dataset(name: str | None, data_dir: Path | None) -> tuple[Dataset, str]
         sources.locate("fashion-mnist", download=False)
     except DataError as e:  # not found locally; files found but bad are an error, below
         reason = str(e).splitlines()[0]
-        return load("digits"), (f"dataset: digits (default fallback: fashion-mnist is not usable "
-                                f"without a download: {reason}; --dataset fashion-mnist may download it)")
+        return load("digits"), (
+            f"dataset: digits (default fallback: fashion-mnist is not usable "
+            f"without a download: {reason}; --dataset fashion-mnist may download it)"
+        )
     data = load("fashion-mnist", download=False)
     return data, f"dataset: fashion-mnist (default; files found in {data.source})"
 
@@ -75,7 +77,9 @@ def build_model(config: dict[str, Any], data: Dataset) -> Any:
     with ``config["api"] == "nnx"`` its NNX form (:mod:`jaxreg.train.models_nnx`), built for
     ``data``'s input shape with ``nnx.Rngs(config["seed"])``."""
     if config.get("api", "linen") == "nnx":
-        return models_nnx.get(config["model"], data.x_train.shape[1:], data.num_classes, config["seed"])
+        return models_nnx.get(
+            config["model"], data.x_train.shape[1:], data.num_classes, config["seed"]
+        )
     return models.get(config["model"], data.num_classes)
 
 

@@ -36,13 +36,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_eval, parser=parser)
 
 
-def evaluate_run(run_dir: Path, dataset: str | None = None, data_dir: Path | None = None) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path, dataset: str | None = None, data_dir: Path | None = None
+) -> dict[str, Any]:
     """Test metrics of the latest checkpoint in ``run_dir`` (on ``dataset`` if given, else
     the run's), also written to ``run_dir/eval.json``.
 
     Refused (ValueError): the run's dataset with another fingerprint than the run's, another
-    dataset whose examples the model cannot take. The restore template is the run's initial state (model and optimizer from ``config.json``,
-    so the optimizer state has the checkpoint's structure); only its shapes are used.
+    dataset whose examples the model cannot take. The restore template is the run's initial
+    state (model and optimizer from ``config.json``, so the optimizer state has the checkpoint's
+    structure); only its shapes are used.
     """
     config = read_config(run_dir)
     if not (run_dir / "checkpoints").is_dir():
@@ -57,7 +60,9 @@ def evaluate_run(run_dir: Path, dataset: str | None = None, data_dir: Path | Non
 
     mngr = checkpoint.manager(run_dir / "checkpoints")
     try:
-        restored = checkpoint.restore_latest(mngr, create_train_state(model, tx, x[:1], config["seed"]))
+        restored = checkpoint.restore_latest(
+            mngr, create_train_state(model, tx, x[:1], config["seed"])
+        )
     finally:
         mngr.close()
     if restored is None:

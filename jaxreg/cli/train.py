@@ -10,11 +10,13 @@ A run directory (``--out``, default ``runs/<UTC timestamp>``) holds::
     .lock          held while a run trains: a second run on the same directory is refused
     metrics.json   written when training finishes: config, data source, timings, final test
                    and training metrics, per-epoch history, jax version and backend
-    curves.png     loss, accuracy and learning rate per epoch (:func:`jaxreg.cli.plots.plot_history`)
+    curves.png     loss, accuracy and learning rate per epoch
+                   (:func:`jaxreg.cli.plots.plot_history`)
     eval.json      written by ``jaxreg eval`` (:mod:`jaxreg.cli.evaluate`)
 
 With no flags, ``jaxreg train`` is seed 004's recipe (SeedMLP, Adam 1e-3, batch 128, 10 epochs)
 plus a batch-scaled L2 penalty of strength :data:`DEFAULT_L2` (``DEFAULT_L2 / 128`` per step).
+"Seed NNN" is one of the project's numbered source documents (``docs/formulas.md``).
 """
 from __future__ import annotations
 
@@ -55,15 +57,46 @@ PLATEAU_VALIDATION_SPLIT = 0.1
 """``--validation-split`` default with ``--plateau`` (which monitors ``val_loss``); without
 it the default is 0, training on the whole training split as seed 004 does."""
 
-DEFAULTS = dict(model="seed-mlp", api="linen", epochs=10, batch_size=128, seed=0, optimizer="adam", lr=1e-3,
-                schedule="fixed", batch_scaled=True, l1=0.0, proximal=False, plateau=False,
-                plateau_factor=0.5, plateau_patience=2, lr_power=POLY_POWER)
+DEFAULTS = dict(
+    model="seed-mlp",
+    api="linen",
+    epochs=10,
+    batch_size=128,
+    seed=0,
+    optimizer="adam",
+    lr=1e-3,
+    schedule="fixed",
+    batch_scaled=True,
+    l1=0.0,
+    proximal=False,
+    plateau=False,
+    plateau_factor=0.5,
+    plateau_patience=2,
+    lr_power=POLY_POWER,
+)
 """Defaults of the flags that set a run's config. Their argparse default is ``None``, so that
 a flag given (even at its default value) can be told from one left out: ``--resume`` refuses
 the first, and ``--plateau-*`` without ``--plateau`` is refused."""
-RUN_SETTINGS = ("dataset", "validation_split", "model", "api", "batch_size", "seed", "optimizer", "lr",
-                "schedule", "lr_power", "weight_decay", "l2", "batch_scaled", "l1", "proximal",
-                "plateau", "plateau_factor", "plateau_patience")
+RUN_SETTINGS = (
+    "dataset",
+    "validation_split",
+    "model",
+    "api",
+    "batch_size",
+    "seed",
+    "optimizer",
+    "lr",
+    "schedule",
+    "lr_power",
+    "weight_decay",
+    "l2",
+    "batch_scaled",
+    "l1",
+    "proximal",
+    "plateau",
+    "plateau_factor",
+    "plateau_patience",
+)
 """The flags (argparse ``dest``) stored in config.json, which ``--resume`` cannot change;
 ``--epochs`` it can (to train a run further), ``--data-dir`` too (the same data elsewhere:
 the fingerprint must match), and the flags of the run group and of devices and processes."""
@@ -109,9 +142,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                           help="seed-mlp: Dense(50)+BN+Dense; keras-mlp: Dense(128)+BN, "
                                "Dense(64)+BN; small-cnn: 2 conv blocks + Dense(128); linear "
                                f"(default: {DEFAULTS['model']})")
-    training.add_argument("--api", choices=("linen", "nnx"),
-                          help="the model's flax API: linen, or nnx (jaxreg.train.models_nnx, "
-                               f"the same architecture as an nnx.Module) (default: {DEFAULTS['api']})")
+    training.add_argument(
+        "--api",
+        choices=("linen", "nnx"),
+        help="the model's flax API: linen, or nnx (jaxreg.train.models_nnx, "
+        f"the same architecture as an nnx.Module) (default: {DEFAULTS['api']})",
+    )
     training.add_argument("--epochs", type=positive_int,
                           help=f"training epochs (default: {DEFAULTS['epochs']}); with --resume, "
                                f"more epochs train a run further")
@@ -170,13 +206,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                           "run is otherwise only re-reported")
     run.add_argument("--checkpoint-every", type=positive_int, default=1, metavar="N",
                      help="checkpoint every N epochs (and after the last; default: %(default)s)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar (default: a tqdm bar on stderr)")
+    run.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (default: a tqdm bar on stderr)"
+    )
 
     scale = parser.add_argument_group(
-        "devices and processes", "Data-parallel training (jaxreg.train.distributed): each batch is split "
+        "devices and processes",
+        "Data-parallel training (jaxreg.train.distributed): each batch is split "
         "over the devices. Several processes (hosts) each run the same command with their own "
         "--process-id; process 0 writes config.json, metrics.json and curves.png, all write the "
-        "checkpoints; --out must be a directory every process reaches.")
+        "checkpoints; --out must be a directory every process reaches.",
+    )
     devices = scale.add_mutually_exclusive_group()
     devices.add_argument("--devices", type=positive_int, metavar="N",
                          help="train on the first N devices (default: all devices)")
@@ -187,7 +227,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                        help="process 0's address, reachable by all processes, to join a "
                             "multi-process run; 'auto' detects it, the process count and id "
                             "(Cloud TPU pod slices, Slurm, Open MPI)")
-    scale.add_argument("--num-processes", type=positive_int, metavar="P", help="with --coordinator: processes in all")
+    scale.add_argument(
+        "--num-processes",
+        type=positive_int,
+        metavar="P",
+        help="with --coordinator: processes in all",
+    )
     scale.add_argument("--process-id", type=non_negative_int, metavar="I",
                        help="with --coordinator: this process, 0 to P-1")
 
@@ -256,11 +301,21 @@ def check_config(config: dict[str, Any], data: Dataset) -> None:
 def _fit(config: dict[str, Any], data: Dataset, run_dir: Path, *, epochs: int, resume: bool,
          progress: bool, mesh: Any = None, callbacks=()):
     """``fit`` with the run's settings, checkpointing to (and resuming from) ``run_dir``."""
-    return fit(build_model(config, data), config["optimizer"], data, epochs=epochs, batch_size=config["batch_size"],
-               seed=config["seed"], validation_split=config["validation_split"],
-               checkpoint_dir=str(run_dir / "checkpoints"), resume=resume,
-               checkpoint_every=config.get("checkpoint_every", 1), progress=progress, mesh=mesh,
-               callbacks=callbacks)
+    return fit(
+        build_model(config, data),
+        config["optimizer"],
+        data,
+        epochs=epochs,
+        batch_size=config["batch_size"],
+        seed=config["seed"],
+        validation_split=config["validation_split"],
+        checkpoint_dir=str(run_dir / "checkpoints"),
+        resume=resume,
+        checkpoint_every=config.get("checkpoint_every", 1),
+        progress=progress,
+        mesh=mesh,
+        callbacks=callbacks,
+    )
 
 
 def _join_and_mesh(args: argparse.Namespace) -> Any:
@@ -268,7 +323,9 @@ def _join_and_mesh(args: argparse.Namespace) -> Any:
     mesh (``None``: ``fit``'s default, all devices). Runs before any other JAX call."""
     if args.coordinator is not None:
         auto = args.coordinator == "auto"
-        distributed.initialize(None if auto else args.coordinator, args.num_processes, args.process_id)
+        distributed.initialize(
+            None if auto else args.coordinator, args.num_processes, args.process_id
+        )
     elif args.num_processes is not None or args.process_id is not None:
         raise ValueError("--num-processes and --process-id need --coordinator")
     if jax.process_count() > 1 and args.out is None:
@@ -282,16 +339,26 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
               progress: bool = True, mesh: Any = None) -> dict[str, Any]:
     """Trains the run ``config`` describes on ``data`` (continuing from the latest checkpoint
     in ``run_dir`` when ``resume``) on ``mesh`` (see ``fit``), writes ``metrics.json`` and
-    ``curves.png`` (process 0 only), and returns the metrics. ``train_seconds`` is the wall time of this call's ``fit`` (compilation,
-    epochs, validation, checkpoints, test evaluation); a resumed run counts only its own part,
-    from ``resumed_from_epoch`` on."""
+    ``curves.png`` (process 0 only), and returns the metrics. ``train_seconds`` is the wall time
+    of this call's ``fit`` (compilation, epochs, validation, checkpoints, test evaluation); a
+    resumed run counts only its own part, from ``resumed_from_epoch`` on."""
     ran: list[int] = []
     t0 = time.perf_counter()
-    result = _fit(config, data, run_dir, epochs=config["epochs"], resume=resume, progress=progress, mesh=mesh,
-                  callbacks=[lambda epoch, state, logs: ran.append(epoch)])
+    result = _fit(
+        config,
+        data,
+        run_dir,
+        epochs=config["epochs"],
+        resume=resume,
+        progress=progress,
+        mesh=mesh,
+        callbacks=[lambda epoch, state, logs: ran.append(epoch)],
+    )
     train_seconds = time.perf_counter() - t0
     start = len(result.history.get("loss", [])) - len(ran)  # the epochs restored
-    (x_fit, y_fit), _, _ = _split_data(data, config["validation_split"], None)  # fit's training part
+    (x_fit, y_fit), _, _ = _split_data(
+        data, config["validation_split"], None
+    )  # fit's training part
     train = result.evaluate(result.state, x_fit, y_fit)
     metrics = dict(
         config, data_source=data.source, epochs_completed=len(result.history.get("loss", [])),
@@ -314,7 +381,12 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
     """The one-line report of a finished run."""
     def score(split: str) -> str:
         accuracy = metrics[f"{split}_accuracy"]
-        return f"{split} loss {metrics[f'{split}_loss']:.4g}" if accuracy is None else f"{split} acc {accuracy:.4f}"
+        return (
+            f"{split} loss {metrics[f'{split}_loss']:.4g}"
+            if accuracy is None
+            else f"{split} acc {accuracy:.4f}"
+        )
+
     skipped = sum(metrics["history"].get("skipped_steps", []))
     return (f"{metrics['dataset']}: {metrics['epochs_completed']} epochs, {score('test')}, "
             f"{score('train')}, {skipped} skipped steps, {metrics['train_seconds']:.1f} s, "

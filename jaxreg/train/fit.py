@@ -1,20 +1,19 @@
 """``fit``: train a flax model for some epochs, with validation, history and checkpoints.
 
-Per epoch ``e`` (0-based): shuffle with ``fold_in(fold_in(key(seed), 1), e)`` and step
-through the batches (one ``lax.scan`` on device, or streamed from the host: see
-:mod:`jaxreg.train.epoch`), evaluate on the validation data, record the history, feed the
-plateau transform the monitored metric, checkpoint (every ``checkpoint_every`` epochs), call
-the callbacks. The seed recipe
-(seed 004) is ``fit(SeedMLP(), dict(name="adam"), mnist, epochs=10, batch_size=128)``.
+Per epoch ``e`` (0-based): shuffle with ``fold_in(fold_in(key(seed), 1), e)`` and step through the
+batches (one ``lax.scan`` on device, or streamed from the host: see :mod:`jaxreg.train.epoch`),
+evaluate on the validation data, record the history, feed the plateau transform the monitored
+metric, checkpoint (every ``checkpoint_every`` epochs), call the callbacks. Seed 004's recipe (one
+of the project's numbered source documents: ``docs/formulas.md``) is ``fit(SeedMLP(),
+dict(name="adam"), mnist, epochs=10, batch_size=128)``.
 
-Compilation: a call compiles the model's initializer (once per model and input shape in a
-process), the epoch (every call: its step closes over the optimizer built for the call), the
-evaluation (once per model and data shape in a process: validation, test) and, with a plateau,
-its update; a few tiny eager ops aside, that is all. For the seed recipe on a 2-core CPU the
-initializer and the epoch take about 1 s each, the epoch twice a hand-written loop's jitted
-step (see ``benchmarks/RESULTS.md``). ``fit`` leaves JAX's configuration alone; to keep
-compiled programs across calls and processes, enable JAX's persistent compilation cache first,
-as the ``jaxreg`` command does::
+Compilation: a call compiles the model's initializer (once per model and input shape in a process),
+the epoch (every call: its step closes over the optimizer built for the call), the evaluation (once
+per model and data shape in a process: validation, test) and, with a plateau, its update; a few tiny
+eager ops aside, that is all. The compile times are measured in ``benchmarks/RESULTS.md`` ("Notes
+moved from docstrings"). ``fit`` leaves JAX's configuration alone; to keep compiled programs across
+calls and processes, enable JAX's persistent compilation cache first, as the ``jaxreg`` command
+does::
 
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/jaxreg/xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # default: only >= 1 s
@@ -201,9 +200,17 @@ def _epoch_runner(step: Callable, place: _Placement, *, on_device: bool, batch_s
     device-resident data (:func:`scan_epoch`), or a jitted step fed batches from the host
     (:func:`stream_epoch`, which takes ``on_step=``); the state's buffers are donated."""
     if on_device:
-        return jax.jit(functools.partial(scan_epoch, step=step, batch_size=batch_size, unroll=unroll,
-                                         batch_sharding=place.batch_sharding),
-                       donate_argnums=0, **place.sharded)
+        return jax.jit(
+            functools.partial(
+                scan_epoch,
+                step=step,
+                batch_size=batch_size,
+                unroll=unroll,
+                batch_sharding=place.batch_sharding,
+            ),
+            donate_argnums=0,
+            **place.sharded,
+        )
     return functools.partial(stream_epoch, step=jax.jit(step, donate_argnums=0, **place.sharded),
                              batch_size=batch_size, put=place.put_batch)
 
@@ -338,8 +345,15 @@ def fit(
     require(batch_size % (accumulate * devices) == 0, "batch_size",
             f"a multiple of accumulate={accumulate} times the {devices} devices", batch_size)
 
-    step = functools.partial(train_step, model=model, tx=opt.tx, loss_fn=loss_fn, compute_dtype=compute_dtype,
-                             accumulate=accumulate, skip_nonfinite=skip_nonfinite)
+    step = functools.partial(
+        train_step,
+        model=model,
+        tx=opt.tx,
+        loss_fn=loss_fn,
+        compute_dtype=compute_dtype,
+        accumulate=accumulate,
+        skip_nonfinite=skip_nonfinite,
+    )
     place = _placement(functools.partial(create_train_state, model, opt.tx, x[:1], seed), mesh)
     state = place.state
     has_plateau = _check_plateau_mode(state.opt_state, monitor)
@@ -350,7 +364,9 @@ def fit(
         on_device = x.nbytes + y.nbytes <= DEVICE_DATA_BYTES
     if on_device:
         x, y = place.put_data(x), place.put_data(y)
-    run_epoch = _epoch_runner(step, place, on_device=on_device, batch_size=batch_size, unroll=unroll)
+    run_epoch = _epoch_runner(
+        step, place, on_device=on_device, batch_size=batch_size, unroll=unroll
+    )
     evaluate_run = functools.partial(evaluate, model, loss_fn=loss_fn, compute_dtype=compute_dtype)
 
     def eval_fn(state, x, y):
@@ -360,8 +376,10 @@ def fit(
     if validation is not None:  # placed once, not at every epoch's evaluation
         validation = tuple(place.put_data(np.asarray(a)) for a in validation)
 
-    feed_plateau = jax.jit(update_plateau,
-                           **({} if mesh is None else dict(out_shardings=place.state_sharding.opt_state)))
+    feed_plateau = jax.jit(
+        update_plateau,
+        **({} if mesh is None else dict(out_shardings=place.state_sharding.opt_state)),
+    )
     history: dict[str, list] = {}
     start = 0
     data_key = jax.random.fold_in(jax.random.key(seed), 1)
@@ -373,11 +391,18 @@ def fit(
         if checkpoint_dir is not None:
             from jaxreg.train import checkpoint  # orbax, only when checkpointing
             run = checkpoint.fingerprint(
-                model=model, optimizer=optimizer if isinstance(optimizer, dict) else type(optimizer).__name__,
+                model=model,
+                optimizer=optimizer if isinstance(optimizer, dict) else type(optimizer).__name__,
                 optimizer_state=_tree_signature(state.opt_state),
-                batch_size=batch_size, seed=seed, train_data=(x, y), validation_data=validation)
+                batch_size=batch_size,
+                seed=seed,
+                train_data=(x, y),
+                validation_data=validation,
+            )
             mngr = _open_checkpoints(checkpoint_dir, resume, stack)
-            if resume and (restored := checkpoint.restore_latest(mngr, state, run=run, set_aside=True)):
+            if resume and (
+                restored := checkpoint.restore_latest(mngr, state, run=run, set_aside=True)
+            ):
                 start, state, history = restored
         interrupt.check()
         bar = stack.enter_context(tqdm(total=epochs * steps, initial=start * steps, unit="step",
@@ -413,7 +438,9 @@ def fit(
             if saved:
                 checkpoint.save(mngr, epoch + 1, state, history, run)
             bar.update(steps if on_device else 0)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if "loss" in k or "accuracy" in k})
+            bar.set_postfix(
+                {k: f"{v:.4g}" for k, v in logs.items() if "loss" in k or "accuracy" in k}
+            )
             stop = any([_stops(cb(epoch, state, logs)) for cb in callbacks])
             if mngr is not None and not saved and (stop or interrupt.requested()):
                 checkpoint.save(mngr, epoch + 1, state, history, run)
@@ -429,7 +456,9 @@ def fit(
 
 def _tree_signature(tree: Any) -> str:
     """A short digest of a pytree's structure and its leaves' shapes and dtypes."""
-    text = f"{jax.tree.structure(tree)} {[(np.shape(a), str(a.dtype)) for a in jax.tree.leaves(tree)]}"
+    text = (
+        f"{jax.tree.structure(tree)} {[(np.shape(a), str(a.dtype)) for a in jax.tree.leaves(tree)]}"
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,13 @@ class MLP(nnx.Module):
     def __init__(self, input_shape: Sequence[int], num_classes: int = 10,
                  hidden: int | Sequence[int] | None = None, *, bn_momentum: float = BN_MOMENTUM,
                  rngs: nnx.Rngs):
-        hidden = self.HIDDEN if hidden is None else (hidden,) if isinstance(hidden, int) else tuple(hidden)
+        hidden = (
+            self.HIDDEN
+            if hidden is None
+            else (hidden,)
+            if isinstance(hidden, int)
+            else tuple(hidden)
+        )
         sizes = [math.prod(input_shape), *hidden]
         self.dense = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
         self.norm = nnx.List([_batch_norm(b, bn_momentum, rngs) for b in hidden])
@@ -48,7 +55,7 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         x = x.reshape(x.shape[0], -1)
-        for dense, norm in zip(self.dense, self.norm):
+        for dense, norm in zip(self.dense, self.norm, strict=True):
             x = nnx.relu(norm(dense(x)))
         return self.head(x)
 
@@ -77,7 +84,8 @@ class SmallCNN(nnx.Module):
         height, width, in_channels = input_shape
         sizes = [in_channels, *channels]
         # the linen model's CPU path (see jaxreg.train.models.SmallCNN): im2col convolutions
-        conv = {"conv_general_dilated": im2col_conv} if jax.default_backend() == "cpu" else {}
+        conv: dict[str, Any] = (
+            {"conv_general_dilated": im2col_conv} if jax.default_backend() == "cpu" else {})
         self.conv = nnx.List([nnx.Conv(a, b, (3, 3), rngs=rngs, **conv)
                               for a, b in itertools.pairwise(sizes)])
         self.norm = nnx.List([_batch_norm(c, bn_momentum, rngs) for c in channels])
@@ -87,7 +95,7 @@ class SmallCNN(nnx.Module):
         self.head = nnx.Linear(hidden, num_classes, rngs=rngs)
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        for conv, norm in zip(self.conv, self.norm):
+        for conv, norm in zip(self.conv, self.norm, strict=True):
             x = max_pool_2x2(nnx.relu(norm(conv(x))))
         x = nnx.relu(self.dense(x.reshape(x.shape[0], -1)))
         return self.head(x)
@@ -112,8 +120,11 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
 """The NNX forms of :data:`jaxreg.train.models.MODELS`, under the same names."""
 
 
-def get(name: str, input_shape: Sequence[int], num_classes: int | None = 10, seed: int = 0) -> nnx.Module:
+def get(
+    name: str, input_shape: Sequence[int], num_classes: int | None = 10, seed: int = 0
+) -> nnx.Module:
     """The registered model ``name`` for inputs of ``input_shape`` with ``num_classes`` outputs
     (``None``: one), its weights drawn from ``nnx.Rngs(seed)``."""
-    return MODELS[check_choice("name", name, MODELS)](tuple(input_shape), num_classes=num_classes or 1,
-                                                       rngs=nnx.Rngs(seed))
+    return MODELS[check_choice("name", name, MODELS)](
+        tuple(input_shape), num_classes=num_classes or 1, rngs=nnx.Rngs(seed)
+    )

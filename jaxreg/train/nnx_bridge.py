@@ -102,7 +102,10 @@ class NNXModel:
             return outputs
         _, _, rest = nnx.split(module, nnx.Param, ...)  # type: ignore[misc]
         updates = {"batch_stats": _key_data(rest)}
-        return outputs, updates if intermediates is None else {**updates, "intermediates": intermediates}
+        return outputs, updates if intermediates is None else {
+            **updates,
+            "intermediates": intermediates,
+        }
 
 
 def wrap(model: Any) -> Any:

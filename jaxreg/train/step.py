@@ -51,7 +51,9 @@ def _cast(tree: Any, dtype: Any) -> Any:
     """Floating leaves of ``tree`` cast to ``dtype`` (``None``: unchanged)."""
     if dtype is None:
         return tree
-    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+    )
 
 
 def _metrics(outputs: jax.Array, targets: jax.Array, losses: jax.Array) -> dict[str, jax.Array]:
@@ -103,10 +105,10 @@ def train_step(
     the result as well catches what finite gradients do not: a NaN or overflowing learning
     rate (``1e30``) gives finite gradients but non-finite updates. These are
     :func:`optax.apply_if_finite`'s semantics (:func:`jaxreg.train.fit` stops after
-    ``max_consecutive_skips`` in a row), written as a select rather than by wrapping ``tx``: apply_if_finite
-    chooses between its two branches with ``lax.cond``, which keeps XLA from fusing the
-    update into the rest of the step; inside the scanned epoch that cost 25% of the epoch
-    time on CPU (seed 004 MLP), against a select that fuses with the update's last pass.
+    ``max_consecutive_skips`` in a row), written as a select rather than by wrapping ``tx``:
+    apply_if_finite chooses between its two branches with ``lax.cond``, which keeps XLA from
+    fusing the update into the rest of the step, while a select fuses with the update's last
+    pass (the measured cost: ``benchmarks/RESULTS.md``, "Notes moved from docstrings").
     """
     dropout_key = jax.random.fold_in(state.key, state.step)
 
@@ -114,12 +116,17 @@ def train_step(
         def objective(params):
             variables = {"params": _cast(params, compute_dtype), "batch_stats": batch_stats}
             outputs, updates = model.apply(
-                variables, _cast(x, compute_dtype), train=True, mutable=["batch_stats"], rngs={"dropout": key},
+                variables,
+                _cast(x, compute_dtype),
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": key},
             )
             outputs = outputs.astype(jnp.float32)
             losses = loss_fn(outputs, y)
-            new_stats = jax.tree.map(lambda new, old: new.astype(old.dtype), updates.get("batch_stats", {}),
-                                     batch_stats)
+            new_stats = jax.tree.map(
+                lambda new, old: new.astype(old.dtype), updates.get("batch_stats", {}), batch_stats
+            )
             return losses.mean(), (_metrics(outputs, y, losses), new_stats)
 
         (_, (metrics, new_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
@@ -134,14 +141,21 @@ def train_step(
         def accumulate_micro(carry, batch):
             batch_stats, grad_sum = carry
             xm, ym, j = batch
-            grads, metrics, batch_stats = grads_and_stats(batch_stats, xm, ym, jax.random.fold_in(dropout_key, j))
+            grads, metrics, batch_stats = grads_and_stats(
+                batch_stats, xm, ym, jax.random.fold_in(dropout_key, j)
+            )
             return (batch_stats, jax.tree.map(jnp.add, grad_sum, grads)), metrics
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         (batch_stats, grad_sum), metrics = jax.lax.scan(
-            accumulate_micro, (state.batch_stats, zeros), (micro(x), micro(y), jnp.arange(accumulate)))
+            accumulate_micro,
+            (state.batch_stats, zeros),
+            (micro(x), micro(y), jnp.arange(accumulate)),
+        )
         grads = jax.tree.map(lambda g: g / accumulate, grad_sum)
-    new_state = state.apply_gradients(tx, grads, batch_size=x.shape[0]).replace(batch_stats=batch_stats)
+    new_state = state.apply_gradients(tx, grads, batch_size=x.shape[0]).replace(
+        batch_stats=batch_stats
+    )
     finite = jnp.array(True)
     if skip_nonfinite:
         # a plateau's best_value is legitimately +-inf before its first decision
@@ -175,7 +189,10 @@ def _evaluation_sums(model, params, batch_stats, x, y, *, loss_fn, batch_size, c
     def chunk_sums(batch_and_mask):
         (xb, yb), mask = batch_and_mask
         outputs = model.apply(variables, _cast(xb, compute_dtype), train=False).astype(jnp.float32)
-        return {k: jnp.where(mask, v, 0.0).sum(-1) for k, v in _metrics(outputs, yb, loss_fn(outputs, yb)).items()}
+        return {
+            k: jnp.where(mask, v, 0.0).sum(-1)
+            for k, v in _metrics(outputs, yb, loss_fn(outputs, yb)).items()
+        }
 
     mask = (jnp.arange(chunks * batch_size) < n).reshape(chunks, batch_size)
     sums = jax.lax.map(chunk_sums, ((xs, ys), mask))

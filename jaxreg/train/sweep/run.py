@@ -87,8 +87,8 @@ class GroupPlan(NamedTuple):
 
 class _Run(NamedTuple):
     """What every group's run shares: the placed training data, the validation and test data
-    (``None``: not evaluated), the data-order key, the loss, dtype and NaN-skipping of the steps, and the
-    mesh's shardings (``None`` on one device)."""
+    (``None``: not evaluated), the data-order key, the loss, dtype and NaN-skipping of the steps,
+    and the mesh's shardings (``None`` on one device)."""
 
     x: jax.Array
     y: jax.Array
@@ -167,13 +167,23 @@ def sweep(
         test_data = jax.device_put(tuple(np.asarray(a) for a in test_data), replicated)
     if validation is not None:
         validation = jax.device_put(tuple(np.asarray(a) for a in validation), replicated)
-    run = _Run(x, y, validation, test_data if test else None, jax.random.fold_in(jax.random.key(data_seed), 1),
-               default_loss(y) if loss_fn is None else loss_fn, compute_dtype, skip_nonfinite,
-               None if mesh is None else NamedSharding(mesh, PartitionSpec("sweep")))
+    run = _Run(
+        x,
+        y,
+        validation,
+        test_data if test else None,
+        jax.random.fold_in(jax.random.key(data_seed), 1),
+        default_loss(y) if loss_fn is None else loss_fn,
+        compute_dtype,
+        skip_nonfinite,
+        None if mesh is None else NamedSharding(mesh, PartitionSpec("sweep")),
+    )
     plans = [_plan_group(model, key, members, settings, epochs, mask, run, mesh, chunk_size)
              for key, members in group(settings).items()]
 
-    bar = tqdm(total=sum(p.chunks * epochs * p.steps for p in plans), unit="step", disable=not progress)
+    bar = tqdm(
+        total=sum(p.chunks * epochs * p.steps for p in plans), unit="step", disable=not progress
+    )
     say = tqdm.write if progress else log.info
     results: list[SettingResult | None] = [None] * len(settings)
     group_info = []
@@ -183,10 +193,19 @@ def sweep(
             f"{len(plan.members)} settings in {plan.chunks} chunk(s) of {plan.chunk_size}")
         for i, result in _run_group(plan, settings, epochs, run, mesh, bar):
             results[i] = result
-        group_info.append({"key": dict(plan.key), "settings": len(plan.members), "chunks": plan.chunks,
-                           "chunk_size": plan.chunk_size, "seconds": time.perf_counter() - t_group})
+        group_info.append(
+            {
+                "key": dict(plan.key),
+                "settings": len(plan.members),
+                "chunks": plan.chunks,
+                "chunk_size": plan.chunk_size,
+                "seconds": time.perf_counter() - t_group,
+            }
+        )
     bar.close()
-    return SweepResult(results=results, groups=group_info, seconds=time.perf_counter() - start)
+    finished = [r for r in results if r is not None]
+    assert len(finished) == len(settings)  # every setting is in exactly one group
+    return SweepResult(results=finished, groups=group_info, seconds=time.perf_counter() - start)
 
 
 def _check_fits_model_and_data(settings: list[Setting], model: Any, n_train: int) -> None:
@@ -205,7 +224,9 @@ def _sweep_mesh(mesh: Mesh | None) -> Mesh | None:
         if jax.local_device_count() == 1:
             return None
         return jax.make_mesh((jax.local_device_count(),), ("sweep",), axis_types=(AxisType.Auto,))
-    require("sweep" in mesh.axis_names, "mesh", "a mesh with an axis named 'sweep'", mesh.axis_names)
+    require(
+        "sweep" in mesh.axis_names, "mesh", "a mesh with an axis named 'sweep'", mesh.axis_names
+    )
     return mesh
 
 
@@ -222,9 +243,16 @@ def _plan_group(model: Any, key: tuple, members: list[int], settings: list[Setti
     if first.bn_momentum is not None:
         model = model.clone(bn_momentum=first.bn_momentum)
     opt = make_optimizer(
-        first.optimizer, first.learning_rate, schedule=first.schedule, total_steps=epochs * steps,
-        l2=float(any(settings[i].l2 for i in members)), l1=float(any(settings[i].l1 for i in members)),
-        proximal=first.proximal, mask=mask, schedule_kwargs=dict(first.schedule_kwargs))
+        first.optimizer,
+        first.learning_rate,
+        schedule=first.schedule,
+        total_steps=epochs * steps,
+        l2=float(any(settings[i].l2 for i in members)),
+        l1=float(any(settings[i].l1 for i in members)),
+        proximal=first.proximal,
+        mask=mask,
+        schedule_kwargs=dict(first.schedule_kwargs),
+    )
     num_devices = 1 if mesh is None else mesh.shape["sweep"]
     device = jax.devices()[0] if mesh is None else mesh.devices.flat[0]
     capacity = chunk_capacity(setting_bytes(model, opt.tx, run.x, b), run.x.nbytes + run.y.nbytes,
@@ -250,10 +278,17 @@ def _run_group(plan: GroupPlan, settings: list[Setting], epochs: int, run: _Run,
         host = jax.device_get((states.params, states.batch_stats))
         seconds = time.perf_counter() - t0
         for j, i in enumerate(chunk):
-            yield i, SettingResult(
-                setting=settings[i], history={k: [e[j] for e in v] for k, v in history.items()},
-                final={k: v[j] for k, v in final.items()}, seconds=seconds,
-                params=jax.tree.map(lambda a: a[j], host[0]), batch_stats=jax.tree.map(lambda a: a[j], host[1]))
+            yield (
+                i,
+                SettingResult(
+                    setting=settings[i],
+                    history={k: [e[j] for e in v] for k, v in history.items()},
+                    final={k: v[j] for k, v in final.items()},
+                    seconds=seconds,
+                    params=jax.tree.map(lambda a, j=j: a[j], host[0]),
+                    batch_stats=jax.tree.map(lambda a, j=j: a[j], host[1]),
+                ),
+            )
 
 
 def _chunk_runner(plan: GroupPlan, run: _Run):
@@ -265,12 +300,22 @@ def _chunk_runner(plan: GroupPlan, run: _Run):
         """Op by op, not jitted: compiling the vmapped initializers takes seconds, while their
         eager kernels are compiled once per shape and reused by every later sweep."""
         states = jax.vmap(lambda seed: create_train_state(model, tx, sample_x, seed))(seeds)
-        states = states.replace(opt_state=optax.tree_utils.tree_set(states.opt_state, **hyperparams))
+        states = states.replace(
+            opt_state=optax.tree_utils.tree_set(states.opt_state, **hyperparams)
+        )
         return states if run.stacked is None else jax.device_put(states, run.stacked)
 
-    step = jax.vmap(functools.partial(train_step, model=model, tx=tx, loss_fn=run.loss_fn,
-                                      compute_dtype=run.compute_dtype, skip_nonfinite=run.skip_nonfinite),
-                    in_axes=(0, None, None))
+    step = jax.vmap(
+        functools.partial(
+            train_step,
+            model=model,
+            tx=tx,
+            loss_fn=run.loss_fn,
+            compute_dtype=run.compute_dtype,
+            skip_nonfinite=run.skip_nonfinite,
+        ),
+        in_axes=(0, None, None),
+    )
     run_epoch = jax.jit(functools.partial(scan_epoch, step=step, batch_size=b), donate_argnums=0)
 
     def run_chunk(settings, epochs, bar):
@@ -283,15 +328,23 @@ def _chunk_runner(plan: GroupPlan, run: _Run):
         history: dict[str, list] = {}
         for epoch in range(epochs):
             t0 = time.perf_counter()
-            states, metrics = run_epoch(states, run.x, run.y, jax.random.fold_in(run.data_key, epoch))
+            states, metrics = run_epoch(
+                states, run.x, run.y, jax.random.fold_in(run.data_key, epoch)
+            )
             metrics = jax.device_get(metrics)
-            logs = [_epoch_logs({k: v[:, j] for k, v in metrics.items()}) for j in range(len(settings))]
+            logs = [
+                _epoch_logs({k: v[:, j] for k, v in metrics.items()}) for j in range(len(settings))
+            ]
             seconds = time.perf_counter() - t0
             hp = jax.device_get(optax.tree_utils.tree_get(states.opt_state, "hyperparams"))
             for k in logs[0]:
                 history.setdefault(k, []).append([log_[k] for log_ in logs])
             history.setdefault("epoch_seconds", []).append([seconds] * len(settings))
-            for name, k in (("learning_rate", "learning_rate"), ("l2_strength", "l2"), ("l1_strength", "l1")):
+            for name, k in (
+                ("learning_rate", "learning_rate"),
+                ("l2_strength", "l2"),
+                ("l1_strength", "l1"),
+            ):
                 history.setdefault(name, []).append([float(v) for v in hp[k]])
             bar.update(plan.steps)
             bar.set_postfix(loss=f"{np.mean(history['loss'][-1]):.4g}")
@@ -300,7 +353,9 @@ def _chunk_runner(plan: GroupPlan, run: _Run):
     return run_chunk
 
 
-def _final_metrics(history: dict, plan: GroupPlan, states: Any, run: _Run) -> dict[str, list[float]]:
+def _final_metrics(
+    history: dict, plan: GroupPlan, states: Any, run: _Run
+) -> dict[str, list[float]]:
     """Per chunk member: the last epoch's training means and, for the validation and test
     data of ``run`` (when given), their metrics from the same jitted evaluation as
     :func:`jaxreg.train.evaluate`, vmapped."""
@@ -309,8 +364,13 @@ def _final_metrics(history: dict, plan: GroupPlan, states: Any, run: _Run) -> di
         if split is None:
             continue
         xs, ys = split
-        evaluate = functools.partial(_evaluation_sums, plan.model, loss_fn=run.loss_fn,
-                                     batch_size=min(EVAL_BATCH, len(xs)), compute_dtype=run.compute_dtype)
+        evaluate = functools.partial(
+            _evaluation_sums,
+            plan.model,
+            loss_fn=run.loss_fn,
+            batch_size=min(EVAL_BATCH, len(xs)),
+            compute_dtype=run.compute_dtype,
+        )
         metrics = jax.device_get(jax.vmap(evaluate, in_axes=(0, 0, None, None))(
             states.params, states.batch_stats, xs, ys))
         final.update({f"{name}_{k}": [float(v) for v in vs] for k, vs in metrics.items()})

@@ -97,9 +97,9 @@ def im2col_conv(lhs: jax.Array, rhs: jax.Array, window_strides, padding, *, lhs_
     Args:
       lhs: ``[N, H, W, C]``. rhs: ``[kh, kw, C, O]``.
       window_strides: ``(1, 1)``. padding: ``"SAME"``, ``"VALID"`` or ``((lo, hi), (lo, hi))``.
-      lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, precision,
-        out_sharding: as in ``lax.conv_general_dilated``; only no dilation, NHWC/HWIO/NHWC, one
-        group and no output sharding are supported.
+      lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, precision, out_sharding:
+        as in ``lax.conv_general_dilated``; only no dilation, NHWC/HWIO/NHWC, one group and no
+        output sharding are supported.
 
     Returns:
       ``[N, H', W', O]``.

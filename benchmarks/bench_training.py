@@ -32,9 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax.training import train_state
 
 import jaxreg.data
+from benchmarks import flax_loop
 from benchmarks.timing import interleaved_medians, row
 from jaxreg.train import create_train_state, fit, scan_epoch, train_step
 from jaxreg.train.models import SeedMLP
@@ -60,24 +60,9 @@ def _targets() -> tuple[str, str]:
 
 # --- the reference: a flax user's per-step loop -------------------------------------------------
 
-class FlaxState(train_state.TrainState):
-    """flax's ``TrainState`` with the ``batch_stats`` collection, as in flax's examples."""
-
-    batch_stats: Any
-
-
-def flax_step(
-    state: FlaxState, x: jax.Array, y: jax.Array
-) -> tuple[FlaxState, dict[str, jax.Array]]:
-    def loss_fn(params):
-        logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x,
-                                         train=True, mutable=["batch_stats"])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, (logits, updates["batch_stats"])
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads).replace(batch_stats=batch_stats)
-    return state, {"loss": loss, "accuracy": (logits.argmax(-1) == y).mean()}
+# flax_loop's state (flax's TrainState with batch_stats) and its step, the code a flax user writes
+FlaxState = flax_loop.State
+flax_step = flax_loop.step
 
 
 def _flax_train(

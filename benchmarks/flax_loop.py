@@ -83,6 +83,23 @@ def step(state: State, x: jax.Array, y: jax.Array) -> tuple[State, dict[str, jax
     return state, {"loss": loss, "accuracy": (logits.argmax(-1) == y).mean()}
 
 
+def run_epochs(step: Any, state: State, x: np.ndarray, y: np.ndarray, epochs: int) -> State:
+    """``epochs`` passes of ``step`` over batches of a numpy permutation per epoch (seed
+    ``SEED``, the last partial batch dropped), the epoch's metrics fetched once per epoch, as a
+    user prints them."""
+    rng = np.random.default_rng(SEED)
+    steps = len(x) // BATCH_SIZE
+    for _ in range(epochs):
+        perm = rng.permutation(len(x))
+        metrics = []
+        for i in range(steps):
+            idx = perm[i * BATCH_SIZE:(i + 1) * BATCH_SIZE]
+            state, m = step(state, x[idx], y[idx])
+            metrics.append(m)
+        jax.device_get(metrics)
+    return state
+
+
 def train(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
           epochs: int) -> float:
     """Trains the recipe for ``epochs`` and returns the test accuracy."""
@@ -94,17 +111,7 @@ def train(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
                      optax.adam(LEARNING_RATE))
     state = State.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                          batch_stats=variables["batch_stats"])
-    jit_step = jax.jit(step, donate_argnums=0)
-    rng = np.random.default_rng(SEED)
-    steps = len(x) // BATCH_SIZE
-    for _ in range(epochs):
-        perm = rng.permutation(len(x))
-        metrics = []
-        for i in range(steps):
-            idx = perm[i * BATCH_SIZE:(i + 1) * BATCH_SIZE]
-            state, m = jit_step(state, x[idx], y[idx])
-            metrics.append(m)
-        jax.device_get(metrics)
+    state = run_epochs(jax.jit(step, donate_argnums=0), state, x, y, epochs)
     logits = cast(jax.Array, model.apply({"params": state.params, "batch_stats": state.batch_stats},
                                          x_test, train=False))
     return float((jnp.argmax(logits, -1) == y_test).mean())

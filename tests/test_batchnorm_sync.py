@@ -7,12 +7,10 @@ absolute differences against the single-device result on the whole (concatenated
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from devices import run_on_cpu_devices
 
 SCRIPT = textwrap.dedent(
     """
@@ -96,12 +94,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def sync_result():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(run_on_cpu_devices(SCRIPT).strip().splitlines()[-1])
 
 
 def test_devices_hold_unequal_numbers_of_valid_elements(sync_result):

@@ -14,7 +14,6 @@ O(lr) differences: a property of Adam there, not of the sharding.)
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from devices import cpu_devices_env
 
 from jaxreg import models
 from jaxreg.train import distributed, fit, make_optimizer, train_step
@@ -87,11 +87,7 @@ def _script(body: str) -> str:
 
 
 def _env(devices: int, port: int | None = None) -> dict[str, str]:
-    env = dict(
-        os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_PLATFORMS="cpu",
-    )
+    env = cpu_devices_env(devices)
     if port is not None:  # the coordinator listens on loopback only
         env["JAX_COORDINATOR_BIND_ADDRESS"] = f"127.0.0.1:{port}"
     return env

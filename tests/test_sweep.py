@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from types import SimpleNamespace
 
@@ -12,6 +9,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from devices import run_on_cpu_devices
 
 from jaxreg.data import load
 from jaxreg.nn import BatchNorm
@@ -122,15 +120,7 @@ def test_eight_devices_match_one(tmp_path, swept):
         np.savez({str(tmp_path / "out.npz")!r}, *leaves,
                  test=[res.final["test_loss"] for res in r.results])
     """)
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_cpu_devices(script)
     out = np.load(tmp_path / "out.npz")
     expected = [a for res in swept.results for a in leaves((res.params, res.batch_stats))]
     for i, a in enumerate(expected):

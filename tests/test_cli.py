@@ -327,3 +327,48 @@ def test_diverged_run_exits_1_and_keeps_the_checkpoint(tmp_path, monkeypatch):
 
 def test_summary_reports_skipped_steps(run):
     assert " 0 skipped steps, " in run[2].splitlines()[-1]
+
+
+# ---- issue 17: the whole process (background imports, the plot beside the evaluation, gc) ------
+
+def test_background_import_keeps_errors_to_itself(capsys):
+    from jaxreg.cli._common import import_in_background
+
+    thread = import_in_background("jaxreg_no_such_module_xyz", "json")
+    thread.join(timeout=60)
+    assert not thread.is_alive() and thread.daemon
+    assert capsys.readouterr().err == ""  # no thread traceback: the command's own import raises
+    with pytest.raises(ModuleNotFoundError, match="jaxreg_no_such_module_xyz"):
+        __import__("jaxreg_no_such_module_xyz")
+
+
+def test_plot_error_fails_the_command_after_the_evaluation(tmp_path, monkeypatch):
+    """The plot runs in a thread beside the training-set evaluation; its error is the command's."""
+    import jaxreg.cli.plots
+
+    def broken_plot(*args, **kwargs):
+        raise OSError("disk full while writing curves.png")
+
+    monkeypatch.setattr(jaxreg.cli.plots, "plot_history", broken_plot)
+    run_dir = tmp_path / "run"
+    status, _, err = run_main(["train", "--dataset", "digits", "--epochs", "1", "--no-progress",
+                               "--out", str(run_dir)])
+    assert status == 2 and "disk full while writing curves.png" in err
+    assert not (run_dir / "metrics.json").exists()  # written only after a successful plot
+
+
+def test_console_script_freezes_the_collector_and_main_does_not():
+    import gc
+
+    from jaxreg import __main__ as entry
+
+    frozen = gc.get_freeze_count()
+    assert run_main(["--help"])[0] == 0 and entry.main(["--help"]) == 0
+    assert gc.get_freeze_count() == frozen and gc.isenabled()  # calls from Python: untouched
+    proc = subprocess.run(
+        [sys.executable, "-c", "import gc, sys; from jaxreg.__main__ import command; "
+         "sys.argv = ['jaxreg', '--help']; status = command(); "
+         "print(status, gc.isenabled(), gc.get_freeze_count() > 100_000)"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "0 True True"

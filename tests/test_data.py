@@ -275,3 +275,24 @@ def test_nothing_found_lists_places_and_remedies(tmp_path, monkeypatch):
         (tmp_path / "no-mirror").as_uri() + "/", sources.IDX_SOURCES["mnist"].sha256))
     with pytest.raises(DataError, match=r"(?s)searched:.*download of file://.* failed"):
         data.load("mnist")
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 5, 1), (1, 28, 28, 1), (0, 4), (2048,)])
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_scaled_float32_equals_numpy_division_and_is_aligned(shape, threads):
+    values = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
+    out = data._scale_to_float32(values, 255, threads=threads)
+    reference = values.astype(np.float32)
+    reference /= np.float32(255)  # what the loader computed before: float32 division
+    assert out.dtype == np.float32 and out.shape == values.shape and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, reference)
+    assert out.size == 0 or out.ctypes.data % data._ALIGNMENT == 0
+
+
+def test_loaded_images_are_aligned_float32_in_unit_interval(tmp_path, unverified):
+    write_dataset(tmp_path, marker=51)
+    ds = data.load("fashion-mnist", data_dir=tmp_path)
+    for x in (ds.x_train, ds.x_test):
+        assert x.dtype == np.float32 and x.ctypes.data % data._ALIGNMENT == 0
+        assert x.min() == 0.0 and x.max() == 1.0
+    assert ds.x_train[0, 0, 0, 0] == np.float32(51) / np.float32(255)

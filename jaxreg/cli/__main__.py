@@ -1,6 +1,6 @@
 """``python -m jaxreg.cli``: the ``jaxreg`` command."""
 import sys
 
-from jaxreg.cli import main
+from jaxreg.__main__ import command
 
-sys.exit(main())
+sys.exit(command())

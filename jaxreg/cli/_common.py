@@ -3,9 +3,12 @@ and a run directory's JSON files."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,25 @@ open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 readable_dir = _checked(Path, lambda p: p.is_dir() and os.access(p, os.R_OK | os.X_OK),
                         "a readable directory")
 mesh_spec = _checked(distributed.parse_mesh, bool, "a mesh like data=8 or data=4,fsdp=2")
+
+
+def import_in_background(*modules: str) -> threading.Thread:
+    """Starts importing ``modules``, in order, in a daemon thread, and returns the thread.
+
+    A command calls it for the modules it will need later (orbax for its checkpoints,
+    matplotlib for its plot): importing them is Python work holding the GIL, ~0.65 s on a
+    2-core CPU, which then overlaps the data loading (gzip, sha256 and numpy release the GIL)
+    instead of adding to it. The command's own later ``import`` waits for this one (Python's
+    per-module import locks) and raises any error itself: the thread keeps errors to itself.
+    """
+    def run() -> None:
+        for module in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(module)
+
+    thread = threading.Thread(target=run, name="jaxreg-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def load_dataset(name: str | None, data_dir: Path | None) -> tuple[Dataset, str]:

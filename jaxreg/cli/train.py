@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from jaxreg.cli._common import (
     build_model,
     check_run_data,
     fraction,
+    import_in_background,
     load_dataset,
     mesh_spec,
     non_negative_float,
@@ -359,7 +361,11 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
     (x_fit, y_fit), _, _ = _split_data(
         data, config["validation_split"], None
     )  # fit's training part
-    train = result.evaluate(result.state, x_fit, y_fit)
+    with ThreadPoolExecutor(1) as pool:  # the plot (Python) overlaps the evaluation (XLA)
+        plotted = pool.submit(_plot, config, result, run_dir) if distributed.is_primary() else None
+        train = result.evaluate(result.state, x_fit, y_fit)
+        if plotted is not None:
+            plotted.result()  # its error, if any, is raised here
     metrics = dict(
         config, data_source=data.source, epochs_completed=len(result.history.get("loss", [])),
         resumed_from_epoch=start, train_seconds=train_seconds,
@@ -369,12 +375,16 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
         devices=[str(d) for d in jax.devices()],
     )
     if distributed.is_primary():
-        from jaxreg.cli.plots import plot_history  # matplotlib, only now
-
-        plot_history(result.history, run_dir / "curves.png",
-                     title=f"{config['model']} on {config['dataset']}", test=result.test)
         write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _plot(config: dict[str, Any], result: Any, run_dir: Path) -> None:
+    """Draws ``curves.png``: :func:`jaxreg.cli.plots.plot_history` of the run."""
+    from jaxreg.cli.plots import plot_history  # matplotlib, only now
+
+    plot_history(result.history, run_dir / "curves.png",
+                 title=f"{config['model']} on {config['dataset']}", test=result.test)
 
 
 def summary(metrics: dict[str, Any], run_dir: Path) -> str:
@@ -427,6 +437,7 @@ def run_train(args: argparse.Namespace) -> int:
     run, unless resumed; removed again if the command fails before writing there) and locked
     for the run's life."""
     mesh = _join_and_mesh(args)
+    import_in_background("jaxreg.train.checkpoint", "jaxreg.cli.plots")  # used after the data
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out DIR, the run to continue")
     run_dir = args.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")

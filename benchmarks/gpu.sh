@@ -8,9 +8,10 @@
 # a global 420 s budget: the benchmark cases at their GPU sizes (update 1x100M / 100x1M /
 # 1000x100k; training: seed recipe vs flax loop and torch; batchnorm 128x56x56x256 fp32/bf16
 # vs flax and torch; sweep K=16; cnn: SmallCNN steps), SmallCNN's 10-epoch accuracy
-# (`jaxreg train --model small-cnn`), and the GPU correctness tests (distributed/sharded fit,
-# BatchNorm and its sync, SmallCNN pieces, train step and fit). Not yet here: a timed
-# one-device sharded-vs-unsharded row (no benchmark case measures it yet). Writes DIR/results.json (environment, every row, each part's exit
+# (`jaxreg train --model small-cnn --schedule cosine --l2 0.5`, the recipe chosen on CPU), and
+# the GPU correctness tests (distributed/sharded fit, BatchNorm and its sync, SmallCNN pieces,
+# train step and fit). Not yet here: a timed one-device sharded-vs-unsharded row (no benchmark
+# case measures it yet). Writes DIR/results.json (environment, every row, each part's exit
 # status and seconds) and DIR/results.md (the table). A part that fails or times out is
 # recorded as such and the others still run; the exit status is 1 if any part failed.
 #
@@ -81,7 +82,7 @@ else
 fi
 [ $DRY = 1 ] && CNN_DATA=digits
 part cnn_accuracy 90 "$PY" -m jaxreg.cli train --model small-cnn --dataset "$CNN_DATA" \
-  --epochs "$EPOCHS" --no-progress --out "$OUT/cnn_run"
+  --schedule cosine --l2 0.5 --epochs "$EPOCHS" --no-progress --out "$OUT/cnn_run"
 
 TESTS=(tests/test_distributed.py tests/test_batchnorm.py tests/test_batchnorm_sync.py
        tests/test_small_cnn_cpu.py tests/test_train_step.py tests/test_train_fit.py)

@@ -231,6 +231,7 @@ def test_default_dataset_falls_back_to_digits(corrupt_dir, tmp_path, monkeypatch
     data, why = train_cli.load_dataset(None, None)
     assert data.name == "digits"
     assert why.startswith("dataset: digits (default fallback") and "no directory holds" in why
+    assert f"searched {sources.cache_dir('fashion-mnist')}, {tmp_path / 'none'};" in why  # named
     with pytest.raises(DataError, match="not an IDX file"):
         train_cli.load_dataset(None, corrupt_dir)
 

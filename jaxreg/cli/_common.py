@@ -84,11 +84,11 @@ def load_dataset(name: str | None, data_dir: Path | None) -> tuple[Dataset, str]
         return data, f"dataset: fashion-mnist (default, from --data-dir {data.source})"
     try:
         sources.locate("fashion-mnist", download=False)
-    except DataError as e:  # not found locally; files found but bad are an error, below
-        reason = str(e).splitlines()[0]
+    except DataError:  # not found locally; files found but bad are an error, below
+        searched = ", ".join(map(str, sources.search_dirs("fashion-mnist")))
         return load("digits"), (
-            f"dataset: digits (default fallback: fashion-mnist is not usable "
-            f"without a download: {reason}; --dataset fashion-mnist may download it)"
+            f"dataset: digits (default fallback: no directory holds the four fashion-mnist "
+            f"files, searched {searched}; --dataset fashion-mnist may download them)"
         )
     data = load("fashion-mnist", download=False)
     return data, f"dataset: fashion-mnist (default; files found in {data.source})"

@@ -9,7 +9,8 @@
 
 Images are float32 in [0, 1] with shape ``[N, H, W, 1]`` (NHWC, so a CNN takes them as they
 are; an MLP flattens them), labels int32. The whole dataset is returned in memory: these are
-small enough to sit on the device at once, which is what an epoch-on-device loop wants.
+small enough to sit on the device at once, which is what an epoch-on-device loop wants. The IDX
+images are 64-byte aligned, so that on CPU ``jax.device_put`` uses them in place (no copy).
 This layer imports numpy (and scikit-learn for ``digits``) only, never the training loop.
 """
 

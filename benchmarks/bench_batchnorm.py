@@ -16,7 +16,7 @@ on the next one; that page-fault time can be half of a call and makes ratios swi
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as fnn
@@ -35,6 +35,22 @@ def _sizes(quick: bool) -> tuple[int, int, int, int]:
     return (128, 56, 56, 256) if jax.default_backend() == "gpu" else (64, 28, 28, 128)
 
 
+def inputs(quick: bool) -> Iterator[tuple[str, jax.Array, jax.Array]]:
+    """For float32, then bfloat16: the row's config and the layer's NHWC inputs, ordinary
+    (``3 z + 1``) and ill-conditioned (``z + 1e4``: |mean|/std = 1e4), ``z`` standard normal.
+    Shared with ``bench_nnx_batchnorm``."""
+    shape = _sizes(quick)
+    z = jax.random.normal(jax.random.key(2), shape)
+    for dtype in (jnp.float32, jnp.bfloat16):
+        config = f"fwd+bwd train {'x'.join(map(str, shape))} {jnp.dtype(dtype).name}"
+        yield config, (z * 3 + 1).astype(dtype), (z + 1e4).astype(dtype)
+
+
+def repeats(quick: bool) -> int:
+    """Timed calls per implementation (``interleaved_medians``)."""
+    return 51 if quick else 41
+
+
 def _jax_step(module: fnn.Module, x: jax.Array) -> Callable[[], Any]:
     variables = module.init(jax.random.key(0), x)
     params, stats = variables["params"], variables["batch_stats"]
@@ -48,7 +64,7 @@ def _jax_step(module: fnn.Module, x: jax.Array) -> Callable[[], Any]:
     return lambda: step(params, x)
 
 
-def _torch_step(shape: tuple[int, int, int, int], dtype_name: str) -> Callable[[], Any] | None:
+def _torch_step(shape: tuple[int, ...], dtype_name: str) -> Callable[[], Any] | None:
     """``BatchNorm2d`` forward+backward on an NCHW tensor stored channels_last, or None."""
     try:
         import torch
@@ -73,15 +89,8 @@ def _torch_step(shape: tuple[int, int, int, int], dtype_name: str) -> Callable[[
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    shape = _sizes(quick)
-    repeats = 51 if quick else 41
     rows = []
-    for dtype in (jnp.float32, jnp.bfloat16):
-        name = jnp.dtype(dtype).name
-        config = f"fwd+bwd train {'x'.join(map(str, shape))} {name}"
-        z = jax.random.normal(jax.random.key(2), shape)
-        x = (z * 3 + 1).astype(dtype)
-        x_ill = (z + 1e4).astype(dtype)
+    for config, x, x_ill in inputs(quick):
         fns = {
             "jaxreg": _jax_step(BatchNorm(use_running_average=False), x),
             "flax": _jax_step(fnn.BatchNorm(use_running_average=False), x),
@@ -90,10 +99,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
             "jaxreg_ill": _jax_step(BatchNorm(use_running_average=False), x_ill),
             "flax_ill": _jax_step(fnn.BatchNorm(use_running_average=False), x_ill),
         }
-        torch_step = _torch_step(shape, name)
+        torch_step = _torch_step(x.shape, x.dtype.name)
         if torch_step is not None:
             fns["torch"] = torch_step
-        times = interleaved_medians(fns, repeats=repeats, warmup=2)
+        times = interleaved_medians(fns, repeats=repeats(quick), warmup=2)
         rows.append(row("batchnorm", config, times["jaxreg"], "flax.linen.BatchNorm",
                         times["flax"], TARGET))
         rows.append(row("batchnorm", config, times["jaxreg"],

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from benchmarks.bench_batchnorm import _sizes
+from benchmarks.bench_batchnorm import inputs, repeats
 from benchmarks.timing import interleaved_medians, row
 from jaxreg import nnx as jnnx
 
@@ -39,20 +39,15 @@ def _nnx_step(cls: type, x: jax.Array, **kwargs: Any) -> Callable[[], Any]:
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    shape = _sizes(quick)
-    repeats = 51 if quick else 41
     rows = []
-    for dtype in (jnp.float32, jnp.bfloat16):
-        name = jnp.dtype(dtype).name
-        config = f"nnx fwd+bwd train {'x'.join(map(str, shape))} {name}"
-        z = jax.random.normal(jax.random.key(2), shape)
-        x = (z * 3 + 1).astype(dtype)
+    for linen_config, x, x_ill in inputs(quick):
+        config = f"nnx {linen_config}"
         fns = {
-            "jaxreg": _nnx_step(jnnx.BatchNorm, x, dtype=dtype),
-            "flax": _nnx_step(nnx.BatchNorm, x, dtype=dtype),
-            "jaxreg_ill": _nnx_step(jnnx.BatchNorm, (z + 1e4).astype(dtype), dtype=dtype),
+            "jaxreg": _nnx_step(jnnx.BatchNorm, x, dtype=x.dtype),
+            "flax": _nnx_step(nnx.BatchNorm, x, dtype=x.dtype),
+            "jaxreg_ill": _nnx_step(jnnx.BatchNorm, x_ill, dtype=x.dtype),
         }
-        times = interleaved_medians(fns, repeats=repeats, warmup=2)
+        times = interleaved_medians(fns, repeats=repeats(quick), warmup=2)
         rows.append(row("nnx_batchnorm", config, times["jaxreg"], "flax.nnx.BatchNorm",
                         times["flax"], TARGET))
         rows.append(row("nnx_batchnorm", config + " |mean|/std=1e4", times["jaxreg_ill"],

@@ -12,11 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import jax
 import matplotlib.image
 import numpy as np
 import pytest
+from test_data import write_dataset
 
 from jaxreg import cli
 from jaxreg.cli import main
@@ -332,15 +334,35 @@ def test_summary_reports_skipped_steps(run):
 
 # ---- issue 17: the whole process (background imports, the plot beside the evaluation, gc) ------
 
-def test_background_import_keeps_errors_to_itself(capsys):
-    from jaxreg.cli._common import import_in_background
+def test_imports_alongside_keep_errors_to_themselves_and_end_with_the_block(capsys):
+    from jaxreg.cli._common import imported_alongside
 
-    thread = import_in_background("jaxreg_no_such_module_xyz", "json")
-    thread.join(timeout=60)
-    assert not thread.is_alive() and thread.daemon
+    with imported_alongside(["jaxreg_no_such_module_xyz", "json"]):
+        pass
+    assert not [t for t in threading.enumerate() if t.name == "jaxreg-imports"]  # joined
     assert capsys.readouterr().err == ""  # no thread traceback: the command's own import raises
     with pytest.raises(ModuleNotFoundError, match="jaxreg_no_such_module_xyz"):
         __import__("jaxreg_no_such_module_xyz")
+
+
+def test_modules_are_imported_alongside_idx_data_only(tmp_path, monkeypatch):
+    """Digits imports scikit-learn: nothing is imported beside it (concurrent imports of modules
+    that import each other can deadlock); an IDX dataset, which imports nothing, gets them."""
+    from jaxreg.cli import _common
+
+    seen = []
+
+    @contextlib.contextmanager
+    def recorded(modules):
+        seen.append(modules)
+        yield
+
+    monkeypatch.setattr(_common, "imported_alongside", recorded)
+    _common.load_dataset("digits", None, import_alongside=["json"])
+    write_dataset(tmp_path, marker=3)
+    monkeypatch.setattr(sources, "verify", lambda name, stem, path, raw, content: "unverified")
+    data, why = _common.load_dataset(None, tmp_path, import_alongside=["json"])
+    assert seen == [["json"]] and data.name == "fashion-mnist" and str(tmp_path) in why
 
 
 def test_plot_error_fails_the_command_after_the_evaluation(tmp_path, monkeypatch):

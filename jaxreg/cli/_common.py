@@ -9,6 +9,7 @@ import json
 import math
 import os
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +51,18 @@ readable_dir = _checked(Path, lambda p: p.is_dir() and os.access(p, os.R_OK | os
 mesh_spec = _checked(distributed.parse_mesh, bool, "a mesh like data=8 or data=4,fsdp=2")
 
 
-def import_in_background(*modules: str) -> threading.Thread:
-    """Starts importing ``modules``, in order, in a daemon thread, and returns the thread.
+@contextlib.contextmanager
+def imported_alongside(modules: Sequence[str]) -> Iterator[None]:
+    """Imports ``modules``, in order, in a daemon thread while the block runs; waits for the
+    thread when the block ends.
 
-    A command calls it for the modules it will need later (orbax for its checkpoints,
-    matplotlib for its plot): importing them is Python work holding the GIL, ~0.65 s on a
-    2-core CPU, which then overlaps the data loading (gzip, sha256 and numpy release the GIL)
-    instead of adding to it. The command's own later ``import`` waits for this one (Python's
-    per-module import locks) and raises any error itself: the thread keeps errors to itself.
+    For the modules a command needs after the block (orbax for its checkpoints, matplotlib for
+    its plot): importing them is Python work holding the GIL, ~0.65 s on a 2-core CPU, which
+    then overlaps the block's GIL-free work (reading an IDX dataset: gzip, sha256 and numpy
+    release it) instead of adding to it. **The block must import nothing**: two threads
+    importing at once can deadlock on modules that import each other, which Python reports as
+    an error in one of them. The thread keeps its own errors to itself: the command's later
+    ``import`` raises them.
     """
     def run() -> None:
         for module in modules:
@@ -66,32 +71,44 @@ def import_in_background(*modules: str) -> threading.Thread:
 
     thread = threading.Thread(target=run, name="jaxreg-imports", daemon=True)
     thread.start()
-    return thread
+    try:
+        yield
+    finally:
+        thread.join()
 
 
-def load_dataset(name: str | None, data_dir: Path | None) -> tuple[Dataset, str]:
+def load_dataset(name: str | None, data_dir: Path | None,
+                 import_alongside: Sequence[str] = ()) -> tuple[Dataset, str]:
     """The dataset ``name`` and a line saying which and why. ``None``: Fashion-MNIST from
     ``data_dir`` if given (used or refused, never replaced: not digits instead), else
-    Fashion-MNIST if its files are found without downloading, else digits."""
+    Fashion-MNIST if its files are found without downloading, else digits.
+
+    ``import_alongside``: modules imported while an IDX dataset loads, which imports nothing
+    (:func:`imported_alongside`); digits imports scikit-learn, so they are not imported then.
+    """
     if data_dir is not None and name is not None and name not in sources.IDX_SOURCES:
         raise ValueError(f"--data-dir applies to the IDX datasets "
                          f"({', '.join(sources.IDX_SOURCES)}), not {name}")
+    download = True
     if name is not None:
-        data = load(name, data_dir=data_dir)
-        return data, f"dataset: {name}, from {data.source}"
-    if data_dir is not None:
-        data = load("fashion-mnist", data_dir=data_dir)
-        return data, f"dataset: fashion-mnist (default, from --data-dir {data.source})"
-    try:
-        sources.locate("fashion-mnist", download=False)
-    except DataError:  # not found locally; files found but bad are an error, below
-        searched = ", ".join(map(str, sources.search_dirs("fashion-mnist")))
-        return load("digits"), (
-            f"dataset: digits (default fallback: no directory holds the four fashion-mnist "
-            f"files, searched {searched}; --dataset fashion-mnist may download them)"
-        )
-    data = load("fashion-mnist", download=False)
-    return data, f"dataset: fashion-mnist (default; files found in {data.source})"
+        why = f"dataset: {name}, from {{source}}"
+    elif data_dir is not None:
+        name, why = "fashion-mnist", "dataset: fashion-mnist (default, from --data-dir {source})"
+    else:
+        try:
+            sources.locate("fashion-mnist", download=False)
+        except DataError:  # not found locally; files found but bad are an error, below
+            searched = ", ".join(map(str, sources.search_dirs("fashion-mnist")))
+            name, why = "digits", (
+                f"dataset: digits (default fallback: no directory holds the four fashion-mnist "
+                f"files, searched {searched}; --dataset fashion-mnist may download them)")
+        else:
+            name, download = "fashion-mnist", False
+            why = "dataset: fashion-mnist (default; files found in {source})"
+    idx = name in sources.IDX_SOURCES
+    with imported_alongside(import_alongside) if idx else contextlib.nullcontext():
+        data = load(name, data_dir=data_dir, download=download)
+    return data, why.format(source=data.source)
 
 
 def build_model(config: dict[str, Any], data: Dataset) -> Any:

@@ -36,7 +36,6 @@ from jaxreg.cli._common import (
     build_model,
     check_run_data,
     fraction,
-    import_in_background,
     load_dataset,
     mesh_spec,
     non_negative_float,
@@ -54,6 +53,10 @@ from jaxreg.train import distributed, fit, make_optimizer, models, rundir
 from jaxreg.train._inputs import check_fit_inputs
 from jaxreg.train.fit import _split_data
 from jaxreg.train.optimizer import OPTIMIZERS, POLY_POWER, SCHEDULE_FORMULAS, SCHEDULES
+
+LATER_IMPORTS = ("jaxreg.train.checkpoint", "jaxreg.cli.plots")
+"""What a run imports after loading its data (orbax, matplotlib): imported while an IDX dataset
+loads (:func:`jaxreg.cli._common.imported_alongside`)."""
 
 PLATEAU_VALIDATION_SPLIT = 0.1
 """``--validation-split`` default with ``--plateau`` (which monitors ``val_loss``); without
@@ -361,8 +364,14 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
     (x_fit, y_fit), _, _ = _split_data(
         data, config["validation_split"], None
     )  # fit's training part
+    plotted = None
     with ThreadPoolExecutor(1) as pool:  # the plot (Python) overlaps the evaluation (XLA)
-        plotted = pool.submit(_plot, config, result, run_dir) if distributed.is_primary() else None
+        if distributed.is_primary():
+            from jaxreg.cli.plots import plot_history  # matplotlib: here, not in the thread
+
+            plotted = pool.submit(plot_history, result.history, run_dir / "curves.png",
+                                  title=f"{config['model']} on {config['dataset']}",
+                                  test=result.test)
         train = result.evaluate(result.state, x_fit, y_fit)
         if plotted is not None:
             plotted.result()  # its error, if any, is raised here
@@ -377,14 +386,6 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
     if distributed.is_primary():
         write_json(run_dir / "metrics.json", metrics)
     return metrics
-
-
-def _plot(config: dict[str, Any], result: Any, run_dir: Path) -> None:
-    """Draws ``curves.png``: :func:`jaxreg.cli.plots.plot_history` of the run."""
-    from jaxreg.cli.plots import plot_history  # matplotlib, only now
-
-    plot_history(result.history, run_dir / "curves.png",
-                 title=f"{config['model']} on {config['dataset']}", test=result.test)
 
 
 def summary(metrics: dict[str, Any], run_dir: Path) -> str:
@@ -437,7 +438,6 @@ def run_train(args: argparse.Namespace) -> int:
     run, unless resumed; removed again if the command fails before writing there) and locked
     for the run's life."""
     mesh = _join_and_mesh(args)
-    import_in_background("jaxreg.train.checkpoint", "jaxreg.cli.plots")  # used after the data
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out DIR, the run to continue")
     run_dir = args.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -453,7 +453,7 @@ def run_train(args: argparse.Namespace) -> int:
             check_run_data(config, data, run_dir)
             check_config(config, data)
         else:
-            data, why = load_dataset(args.dataset, args.data_dir)
+            data, why = load_dataset(args.dataset, args.data_dir, import_alongside=LATER_IMPORTS)
             print(why)
             config = make_config(args, data)
         if jax.process_count() > 1:  # every process has checked for a run before process 0 writes

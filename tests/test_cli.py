@@ -234,6 +234,9 @@ def test_default_dataset_falls_back_to_digits(corrupt_dir, tmp_path, monkeypatch
     assert data.name == "digits"
     assert why.startswith("dataset: digits (default fallback") and "no directory holds" in why
     assert f"searched {sources.cache_dir('fashion-mnist')}, {tmp_path / 'none'};" in why  # named
+    monkeypatch.setitem(sources.IDX_SOURCES, "fashion-mnist", sources.IDX_SOURCES["fashion-mnist"]
+                        ._replace(system_dirs=(str(tmp_path / "no {files} here"),)))
+    assert f"{tmp_path / 'no {files} here'};" in train_cli.load_dataset(None, None)[1]  # braces
     with pytest.raises(DataError, match="not an IDX file"):
         train_cli.load_dataset(None, corrupt_dir)
 

@@ -89,7 +89,7 @@ def load_dataset(name: str | None, data_dir: Path | None,
     if data_dir is not None and name is not None and name not in sources.IDX_SOURCES:
         raise ValueError(f"--data-dir applies to the IDX datasets "
                          f"({', '.join(sources.IDX_SOURCES)}), not {name}")
-    download = True
+    download = True  # each line below names its source as "{source}", filled in once loaded
     if name is not None:
         why = f"dataset: {name}, from {{source}}"
     elif data_dir is not None:
@@ -108,7 +108,7 @@ def load_dataset(name: str | None, data_dir: Path | None,
     idx = name in sources.IDX_SOURCES
     with imported_alongside(import_alongside) if idx else contextlib.nullcontext():
         data = load(name, data_dir=data_dir, download=download)
-    return data, why.format(source=data.source)
+    return data, why.replace("{source}", data.source)  # not format(): paths may hold braces
 
 
 def build_model(config: dict[str, Any], data: Dataset) -> Any:

@@ -128,27 +128,14 @@ def run(quick: bool) -> list[dict[str, Any]]:
     )
     load = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"
     extra = {"load_average": load, "devices": str(jax.devices()[0])}
+    references = (
+        ("nnx_loop", "flax NNX tutorial loop (nnx.Optimizer, @nnx.jit step, host batches)",
+         "<= 0.25 (4x)"),
+        ("fit_linen", "fit(linen SeedMLP)", "<= 1.05"),
+    )
     return [
-        row(
-            "nnx_training",
-            f"{config}, fit(nnx.Module)",
-            times["fit_nnx"],
-            "flax NNX tutorial loop (nnx.Optimizer, @nnx.jit step, host batches)",
-            times["nnx_loop"],
-            "<= 0.25 (4x)",
-            test_accuracy=accuracy["fit_nnx"],
-            reference_test_accuracy=accuracy["nnx_loop"],
-            **extra,
-        ),
-        row(
-            "nnx_training",
-            f"{config}, fit(nnx.Module)",
-            times["fit_nnx"],
-            "fit(linen SeedMLP)",
-            times["fit_linen"],
-            "<= 1.05",
-            test_accuracy=accuracy["fit_nnx"],
-            reference_test_accuracy=accuracy["fit_linen"],
-            **extra,
-        ),
+        row("nnx_training", f"{config}, fit(nnx.Module)", times["fit_nnx"], reference, times[key],
+            target, test_accuracy=accuracy["fit_nnx"], reference_test_accuracy=accuracy[key],
+            **extra)
+        for key, reference, target in references
     ]

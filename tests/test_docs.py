@@ -23,6 +23,7 @@ MODULES = (
     "jaxreg.train.models_nnx",
     "jaxreg.train",
     "jaxreg.train.distributed",
+    "jaxreg.train.tensorboard",
 )
 
 

@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 from jaxreg._validate import SEED_LIMIT
+from jaxreg.cli import tensorboard
 from jaxreg.cli._common import (
     DEFAULT_L2,
     fraction,
@@ -143,6 +144,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="output directory (default: runs/sweep-<UTC timestamp>)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tensorboard.add_flag(p, "each setting's epochs (one folder per setting)")
     p.set_defaults(run=run_sweep, parser=p)
 
 
@@ -302,7 +304,7 @@ def _run_sweep(args: argparse.Namespace, out: Path, seeds: list[int]) -> int:
         for k, v in vars(args).items()
         if k not in ("run", "parser")
     }
-    report = {
+    report: dict[str, Any] = {
         "config": {
             **config,
             "dataset": data.name,
@@ -315,6 +317,10 @@ def _run_sweep(args: argparse.Namespace, out: Path, seeds: list[int]) -> int:
         "seconds": result.seconds,
     }
     (out / f"{name}.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    if args.tensorboard:
+        from jaxreg.train.tensorboard import write_sweep
+
+        write_sweep(out / tensorboard.FOLDER, result.results, report["config"])
     title = f"{args.model} on {data.name}, {args.epochs} epochs, {args.seeds} seed(s)"
     (plot_study if args.study else plot_sweep)(rows, out / f"{name}.png", title)
     chosen = select_best(rows)

@@ -31,6 +31,7 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
+from jaxreg.cli import tensorboard
 from jaxreg.cli._common import (
     DEFAULT_L2,
     build_model,
@@ -53,6 +54,7 @@ from jaxreg.train import distributed, fit, make_optimizer, models, rundir
 from jaxreg.train._inputs import check_fit_inputs
 from jaxreg.train.fit import _split_data
 from jaxreg.train.optimizer import OPTIMIZERS, POLY_POWER, SCHEDULE_FORMULAS, SCHEDULES
+from jaxreg.train.tensorboard import TensorBoardCallback
 
 LATER_IMPORTS = ("jaxreg.train.checkpoint", "jaxreg.cli.plots")
 """What a run imports after loading its data (orbax, matplotlib): imported while an IDX dataset
@@ -214,6 +216,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--no-progress", action="store_true", help="no progress bar (default: a tqdm bar on stderr)"
     )
+    tensorboard.add_flag(run, "each epoch (a resumed run with a tensorboard/ folder appends)")
 
     scale = parser.add_argument_group(
         "devices and processes",
@@ -341,13 +344,18 @@ def _join_and_mesh(args: argparse.Namespace) -> Any:
 
 
 def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: bool = False,
-              progress: bool = True, mesh: Any = None) -> dict[str, Any]:
+              progress: bool = True, mesh: Any = None,
+              tensorboard_dir: Path | None = None) -> dict[str, Any]:
     """Trains the run ``config`` describes on ``data`` (continuing from the latest checkpoint
     in ``run_dir`` when ``resume``) on ``mesh`` (see ``fit``), writes ``metrics.json`` and
     ``curves.png`` (process 0 only), and returns the metrics. ``train_seconds`` is the wall time
     of this call's ``fit`` (compilation, epochs, validation, checkpoints, test evaluation); a
-    resumed run counts only its own part, from ``resumed_from_epoch`` on."""
+    resumed run counts only its own part, from ``resumed_from_epoch`` on. With
+    ``tensorboard_dir``, each epoch is also written there (:class:`TensorBoardCallback`)."""
     ran: list[int] = []
+    callbacks: list[Any] = [lambda epoch, state, logs: ran.append(epoch)]
+    if tensorboard_dir is not None:
+        callbacks.append(TensorBoardCallback(tensorboard_dir, config))
     t0 = time.perf_counter()
     result = _fit(
         config,
@@ -357,7 +365,7 @@ def train_run(config: dict[str, Any], data: Dataset, run_dir: Path, *, resume: b
         resume=resume,
         progress=progress,
         mesh=mesh,
-        callbacks=[lambda epoch, state, logs: ran.append(epoch)],
+        callbacks=callbacks,
     )
     train_seconds = time.perf_counter() - t0
     start = len(result.history.get("loss", [])) - len(ran)  # the epochs restored
@@ -466,7 +474,9 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"resuming {run_dir} with its config.json"
                   + ("" if config is saved else f", to {config['epochs']} epochs")
                   + f"; dataset: {data.name}, from {data.source}")
+        events = run_dir / tensorboard.FOLDER  # kept up when resuming a run that has it
         metrics = train_run(config, data, run_dir, resume=args.resume,
-                            progress=not args.no_progress, mesh=mesh)
+                            progress=not args.no_progress, mesh=mesh,
+                            tensorboard_dir=events if args.tensorboard or events.is_dir() else None)
     print(summary(metrics, run_dir))
     return 0

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import jax
 
-from jaxreg.cli import evaluate, sweep, train
+from jaxreg.cli import compare, evaluate, sweep, train
 from jaxreg.data import DataError
 from jaxreg.data.sources import cache_root
 from jaxreg.train import TrainingDiverged, interrupt
@@ -42,7 +42,7 @@ __all__ = [
     "COMMANDS", "ArgumentParser", "build_parser", "compile_cache", "compile_cache_dir", "main",
 ]
 
-COMMANDS = [train, evaluate, sweep]
+COMMANDS = [train, evaluate, sweep, compare]
 """Command modules, each with ``add_parser(subparsers)``."""
 
 

@@ -6,7 +6,8 @@ compiled program per group of compatible settings, and writes to ``--out`` (defa
 ``runs/sweep-<UTC timestamp>``):
 
     sweep.json   ``config``, one ``row`` per setting (its hyperparameters, the seeds, test and
-                 train accuracy and loss as mean and std over the seeds, seconds), the groups
+                 train accuracy and loss as mean and std over the seeds, seconds, the
+                 per-epoch ``history`` averaged over the seeds), the groups
     sweep.png    test accuracy (mean +- std over seeds) against lambda, one curve per
                  combination of the other settings
 
@@ -163,7 +164,8 @@ HYPERPARAMETERS = ("l2", "l1", "learning_rate", "batch_scaled", "batch_size", "o
 def summarize(result: SweepResult) -> list[dict[str, Any]]:
     """One row per setting: its hyperparameters and, over its seeds, mean and std of the
     final metrics and of the kernel norm; ``seconds``: mean wall time of the chunks that
-    trained it (shared by the settings of a chunk)."""
+    trained it (shared by the settings of a chunk); ``history``: the mean over its seeds of
+    each per-epoch history list (what ``jaxreg compare`` draws)."""
     by_setting: dict[tuple, list] = {}
     for r in result.results:
         by_setting.setdefault(tuple(r.setting[k] for k in HYPERPARAMETERS), []).append(r)
@@ -177,6 +179,8 @@ def summarize(result: SweepResult) -> list[dict[str, Any]]:
             [kernel_norm(r.params) for r in runs]
         )
         row["seconds"] = float(np.mean([r.seconds for r in runs]))
+        row["history"] = {k: np.mean([r.history[k] for r in runs], axis=0).tolist()
+                          for k in runs[0].history}  # per epoch, mean over the seeds
         rows.append(row)
     return rows
 

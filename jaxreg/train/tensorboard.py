@@ -13,7 +13,6 @@ A resumed run appends: its writer marks its first step as a restart (tensorboard
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -123,7 +122,7 @@ def write_sweep(logdir: str | Path, results: Any, config: Mapping[str, Any] | No
     ``learning_rate``. Process 0 only."""
     if not distributed.is_primary():
         return
-    settings = [dataclasses.asdict(r.setting) for r in results]
+    settings = [r.setting.as_dict() for r in results]
     varying = [k for k in settings[0] if len({repr(s[k]) for s in settings}) > 1]
     names = varying or ["l2", "learning_rate"]
     for result, values in zip(results, settings, strict=True):

@@ -10,6 +10,8 @@ compiled program per group of compatible settings, and writes to ``--out`` (defa
                  per-epoch ``history`` averaged over the seeds), the groups
     sweep.png    test accuracy (mean +- std over seeds) against lambda, one curve per
                  combination of the other settings
+    tensorboard/ with ``--tensorboard``: TensorBoard event files, a folder per setting and seed
+                 (:func:`jaxreg.train.tensorboard.write_sweep`)
 
 and prints the best setting: the highest mean *validation* accuracy (lowest validation loss
 without labels) on the held-out ``--validation-split`` (default 0.1) of the training split;

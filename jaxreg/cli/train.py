@@ -13,6 +13,8 @@ A run directory (``--out``, default ``runs/<UTC timestamp>``) holds::
     curves.png     loss, accuracy and learning rate per epoch
                    (:func:`jaxreg.cli.plots.plot_history`)
     eval.json      written by ``jaxreg eval`` (:mod:`jaxreg.cli.evaluate`)
+    tensorboard/   with ``--tensorboard``: TensorBoard event files, written after each epoch
+                   (:mod:`jaxreg.train.tensorboard`)
 
 With no flags, ``jaxreg train`` is seed 004's recipe (SeedMLP, Adam 1e-3, batch 128, 10 epochs)
 plus a batch-scaled L2 penalty of strength :data:`DEFAULT_L2` (``DEFAULT_L2 / 128`` per step).

@@ -162,9 +162,19 @@ def test_bad_runs_are_one_line_and_exit_2(runs, tmp_path):
     (other / "metrics.json").write_text(json.dumps({**metrics(b), "dataset": "mnist"}))
     refused(["compare", str(a), str(other)],
             f"runs on different datasets cannot be compared: {a} (digits), {other} (mnist)", out)
+    refused(["compare", str(a), str(runs[2]), str(other)],
+            f"different datasets cannot be compared: {a} (digits), {runs[2]} (digits), {other} "
+            "(mnist)", out)
     (other / "metrics.json").write_text(json.dumps({**metrics(b), "history": {"loss": ["x"]}}))
     refused(["compare", str(other)], f"{other / 'metrics.json'}: 'history' must be per-epoch "
                                      "lists of numbers", out)
+    broken_sweep = tmp_path / "broken-sweep"
+    shutil.copytree(runs[2], broken_sweep)
+    report = json.loads((broken_sweep / "sweep.json").read_text())
+    report["rows"][1]["seeds"] = 0
+    (broken_sweep / "sweep.json").write_text(json.dumps(report))
+    refused(["compare", str(broken_sweep)],
+            f"{broken_sweep / 'sweep.json'}: 'seeds' must be a list of seeds; got 0", out)
     (other / "metrics.json").write_text("{")
     refused(["compare", str(other)], f"{other / 'metrics.json'}: not valid JSON", out)
     no_dir = tmp_path / "no-dir" / "c.png"

@@ -135,14 +135,15 @@ def read_run(path: Path) -> list[Curve]:
         if (path / name).is_file():
             report = _read_json(path / name)
             config = _checked(path / name, report, "config",
-                              lambda c: isinstance(c, dict) and "dataset" in c, "the sweep's "
-                              "configuration, its dataset among it")
+                              lambda c: isinstance(c, dict) and isinstance(c.get("dataset"), str),
+                              "the sweep's configuration, its dataset's name among it")
             rows = _checked(path / name, report, "rows", lambda r: isinstance(r, list) and r and
                             all(isinstance(row, dict) for row in r), "a list of settings")
             curves = []
             for i, row in enumerate(rows, 1):
                 history = _history(path / name, row)
-                seeds = row.get("seeds", [])
+                seeds = _checked(path / name, row, "seeds", lambda v: isinstance(v, list) and v
+                                 and all(isinstance(x, int) for x in v), "a list of seeds")
                 settings = {**{k: config.get(k) for k in SWEEP_SETTINGS},
                             **{k: v for k, v in row.items() if k in SWEEP_ROW_KEYS},
                             "seed": seeds[0] if len(seeds) == 1 else ",".join(map(str, seeds))}
@@ -189,11 +190,12 @@ def run_compare(args: argparse.Namespace) -> int:
     writes the PNG."""
     if not args.out.absolute().parent.is_dir():
         raise ValueError(f"--out {args.out}: its directory does not exist")
-    curves = [curve for path in args.runs for curve in read_run(path)]
+    runs = {path: read_run(path) for path in args.runs}
+    curves = [curve for run_curves in runs.values() for curve in run_curves]
     datasets = {c.settings["dataset"] for c in curves}
     if len(datasets) > 1:
         raise ValueError("runs on different datasets cannot be compared: " + ", ".join(
-            f"{c.run} ({c.settings['dataset']})" for c in curves))
+            f"{path} ({run_curves[0].settings['dataset']})" for path, run_curves in runs.items()))
     keys = differences(curves)
     shared = [f"{k}={curves[0].settings[k]}" for k in TITLE_SETTINGS
               if k != "dataset" and k in curves[0].settings and k not in keys

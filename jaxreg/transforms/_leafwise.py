@@ -55,7 +55,11 @@ def leafwise(
     scheduled = any(callable(v) for v in hyperparams.values())
 
     def init_fn(params):
-        masks.resolve(mask, params)  # a bad mask fails at init, before any state exists
+        # A bad mask fails at init, before any state exists. Params without leaves are not
+        # checked: nothing to mask, and optax.tree.map_params calls init on such a placeholder
+        # (optax.masked skips it too); a mask that does not fit real params fails at update.
+        if jax.tree.leaves(params):
+            masks.resolve(mask, params)
         return ScheduleState(count=jnp.zeros([], jnp.int32)) if scheduled else optax.EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):

@@ -22,7 +22,9 @@ Shared behaviour:
   see :mod:`jaxreg.masks`. It is resolved on the params (so ``None`` update leaves, and
   ``updates=None``, pass through as in :func:`optax.add_decayed_weights`); a mask that does not
   match the params raises ``ValueError`` at ``init`` and at ``update``, before any state
-  changes. A callable pytree of bools is a pytree mask, as in :func:`optax.masked`.
+  changes (``init`` does not check params without leaves, the placeholder of
+  :func:`optax.tree.map_params`). A callable pytree of bools is a pytree mask, as in
+  :func:`optax.masked`.
 * Strengths are a non-negative float or an optax schedule ``count -> value``; with a schedule
   the state keeps the step ``count`` (:class:`ScheduleState`) and step ``t`` uses
   ``schedule(t)``. Negative/NaN/Inf strengths raise ``ValueError``, non-numbers ``TypeError``,

@@ -255,3 +255,18 @@ def test_map_params_with_extra_args_and_non_params_transform():
                                       transform_non_params=lambda _: None)
     assert new_state[1] == {"count": None, "params": axes, "params_copy": axes}
     assert new_state[2].count is None
+
+
+def test_a_regex_string_mask_is_refused_at_construction_naming_by_path():
+    # issue 25.20: the docs said a regex string selects by path; it raised an unhelpful error
+    for build in (lambda m: jaxreg.add_l2(0.5, mask=m), lambda m: jaxreg.proximal_l1(0.1, 1.0, m),
+                  lambda m: jaxreg.batch_scaled_l2(0.5, m)):
+        with pytest.raises(TypeError, match=r"`mask` must be .*jaxreg\.masks\.by_path\(regex\).*"
+                                            r"got mask='bias'"):
+            build("bias")
+    with pytest.raises(TypeError, match=r"jaxreg\.masks\.by_path"):
+        jaxreg.penalties.l2({"bias": jnp.ones(2)}, mask="bias")
+    params = {"bias": jnp.ones(2), "kernel": jnp.ones((2, 2))}
+    got, _ = jaxreg.add_l2(0.5, "all").update(jax.tree.map(jnp.zeros_like, params),
+                                               optax.EmptyState(), params)
+    chex.assert_trees_all_close(got, jax.tree.map(lambda p: 0.5 * p, params))

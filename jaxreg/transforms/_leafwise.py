@@ -52,6 +52,7 @@ def leafwise(
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` that requires ``params``.
     """
+    masks.check(mask)
     scheduled = any(callable(v) for v in hyperparams.values())
 
     def init_fn(params):

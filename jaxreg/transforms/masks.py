@@ -14,6 +14,9 @@ a function                  ``mask(params)``, e.g. :func:`by_path` or :func:`ker
 a pytree of bools           as given (same structure as the params, or a prefix of it)
 ==========================  ====================================================================
 
+Any other string raises ``TypeError`` when the transform is built (:func:`check`): a regex is
+passed as ``by_path(regex)``.
+
 A function is told from a pytree as :func:`optax.masked` does: ``mask`` is called only if every
 leaf of ``jax.tree.map(callable, mask)`` is ``True``. So a *callable pytree* of bools (an
 equinox module, a flax ``struct`` dataclass with ``__call__``; optax issue 913) is a pytree
@@ -30,13 +33,15 @@ would silently regularize nothing); pass it with ``static_args=("mask",)``.
 import re
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 import jax
 import numpy as np
 
+from jaxreg._validate import require
+
 PyTree = Any
-Mask = None | bool | str | PyTree | Callable[[PyTree], PyTree]
+Mask = None | bool | Literal["all"] | PyTree | Callable[[PyTree], PyTree]
 
 KERNEL_NAMES = frozenset({"kernel", "embedding"})
 """Leaf names that are always regularized by :func:`kernels_only`."""
@@ -145,6 +150,16 @@ def is_mask_fn(mask: Mask) -> TypeGuard[Callable[[PyTree], PyTree]]:
     return bool(flags) and all(flags)
 
 
+def check(mask: Mask) -> Mask:
+    """``mask``, or a ``TypeError`` if it is a string other than ``"all"``: a regex selects
+    leaves through :func:`by_path` (``mask=jaxreg.masks.by_path("bias$")``), never as a bare
+    string, which ``"all"`` would make ambiguous. Called when a transform is built."""
+    require(not isinstance(mask, str) or mask == "all", "mask",
+            'None, True, "all", a pytree of bools or a function such as '
+            "jaxreg.masks.by_path(regex) (a regex string is not a mask)", mask, TypeError)
+    return mask
+
+
 def resolve(mask: Mask, params: PyTree) -> PyTree:
     """Turn any accepted ``mask`` argument into a full pytree of bools matching ``params``.
 
@@ -163,7 +178,7 @@ def resolve(mask: Mask, params: PyTree) -> PyTree:
       ValueError: if the mask structure is not ``params``' structure or a prefix of it.
       ValueError: ``mask=False`` (regularizes nothing; see the module docstring).
       TypeError: if a mask leaf is not a bool (an array: static bools are needed), or ``mask``
-        is a string other than ``"all"``.
+        is a string other than ``"all"`` (:func:`check`).
     """
     if mask is None:
         tree = kernels_only(params)
@@ -174,11 +189,8 @@ def resolve(mask: Mask, params: PyTree) -> PyTree:
                           "the regularizer does nothing; pass mask=True (all leaves), a pytree "
                           "of bools or jaxreg.masks.by_path(...)", stacklevel=2)
         return tree
-    if mask is True or (isinstance(mask, str) and mask == "all"):
+    if check(mask) is True or isinstance(mask, str):  # the one string check() lets by: "all"
         return all_leaves(params)
-    if isinstance(mask, str):
-        raise TypeError(f'`mask` must be None, True, "all", a callable or a pytree of bools; '
-                        f"got the string {mask!r}")
     tree = mask(params) if is_mask_fn(mask) else mask
     if isinstance(tree, (bool, np.bool_)) and not tree:
         raise ValueError("`mask` is False: no parameter would be regularized (drop the "

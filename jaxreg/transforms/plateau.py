@@ -16,10 +16,6 @@ import optax
 
 from jaxreg._validate import check_choice, check_int, check_real, require
 
-FLOOR_RTOL = 1e-5
-"""A reduction that lands within this relative distance of ``min_scale`` sets the scale to
-``min_scale`` exactly (float32 makes ``0.1 * 0.1`` = 0.010000001, above a floor of 0.01)."""
-
 
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +71,11 @@ def _decide(state: ReduceOnPlateauState, x: jax.Array) -> ReduceOnPlateauState:
     plateau_count = jnp.where(
         counting, optax.safe_increment(jnp.where(in_cooldown, 0, state.plateau_count)), 0)
     reduce = counting & (plateau_count >= c.patience) & (state.scale > c.min_scale)
-    reduced = state.scale * c.factor
-    reduced = jnp.where(reduced <= c.min_scale * (1 + FLOOR_RTOL), c.min_scale, reduced)
+    with jax.enable_x64(True):  # Keras: float32(max(float(scale) * factor, min_lr))
+        reduced = jnp.maximum(state.scale.astype(jnp.float64) * c.factor, c.min_scale)
+        reduced = reduced.astype(state.scale.dtype)
     return state._replace(
-        scale=jnp.where(reduce, reduced, state.scale).astype(state.scale.dtype),
+        scale=jnp.where(reduce, reduced, state.scale),
         best_value=jnp.where(improved, x, best),
         plateau_count=jnp.where(reduce, 0, plateau_count),
         cooldown_count=jnp.where(reduce, c.cooldown, cooldown_count),
@@ -135,15 +132,16 @@ def reduce_on_plateau(
       ``plateau_count`` to 0.
     - if improved: :math:`b \leftarrow x`, ``plateau_count = 0``.
     - else, if no longer in cooldown: ``plateau_count += 1``; when it reaches ``patience`` and
-      ``scale > min_scale``: ``scale = max(scale * factor, min_scale)`` (set to ``min_scale``
-      exactly when within relative :data:`FLOOR_RTOL` of it), ``cooldown_count = cooldown``,
-      ``plateau_count = 0``.
+      ``scale > min_scale``: ``scale = max(scale * factor, min_scale)``,
+      ``cooldown_count = cooldown``, ``plateau_count = 0``.
 
-    This is Keras's ``on_epoch_end`` step for step (its ``min_delta`` is ``threshold`` with
+    This is Keras 3's ``on_epoch_end`` step for step (its ``min_delta`` is ``threshold`` with
     ``threshold_mode='abs'``; ``min_lr`` is ``min_scale`` times the base learning rate), with
-    one difference: Keras multiplies in float32, so ``0.1 * 0.1 = 0.010000001 > 0.01`` makes one
-    more 1-ulp "reduction" to a floor of 0.01 that resets ``wait`` and starts a cooldown; here
-    the clamp snaps to the floor instead.
+    Keras's arithmetic: the product ``scale * factor`` is taken in float64 and rounded once to
+    the scale's float32, so the scale is bit for bit Keras's learning rate started at 1.0 (a
+    float32 product would differ by an ulp per reduction). One exception: below float32's
+    smallest normal number (~1.2e-38) XLA flushes the scale to 0, where Keras goes on through
+    float32 subnormals.
 
     Cooldown and patience at the floor follow Keras, not ``optax.contrib.reduce_on_plateau``:
 

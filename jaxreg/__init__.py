@@ -30,6 +30,7 @@ from jaxreg.transforms import (
     penalties,
     proximal_elastic_net,
     proximal_l1,
+    raveled,
     reduce_on_plateau,
     scaling,
     schedules,
@@ -38,8 +39,8 @@ from jaxreg.transforms import (
 __all__ = [  # transforms.__all__ and the layers
     "ReduceOnPlateauState", "ScheduleState", "add_l1", "add_l2", "batch_scaled_l2",
     "batch_scaled_strength", "cli", "data", "data_scaled_l1", "data_scaled_l2", "masks", "models",
-    "nn", "nnx", "penalties", "proximal_elastic_net", "proximal_l1", "reduce_on_plateau",
-    "scaling", "schedules", "train", "transforms",
+    "nn", "nnx", "penalties", "proximal_elastic_net", "proximal_l1", "raveled",
+    "reduce_on_plateau", "scaling", "schedules", "train", "transforms",
 ]
 
 # The higher layers are imported on first use (``jaxreg.nn``, ``jaxreg.train``, ...), so that

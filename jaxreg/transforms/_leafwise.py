@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxreg.transforms import masks
@@ -72,10 +73,11 @@ def leafwise(
         if step_values is not None:
             values.update(step_values(**extra_args))
 
-        def leaf(u, p, keep):
-            if u is None or not keep:
+        def leaf(u, p, keep):  # keep: a bool, or a NumPy bool array under jaxreg.raveled
+            if u is None or not np.any(keep):
                 return u
-            return leaf_fn(u, p, **values).astype(u.dtype)
+            new = leaf_fn(u, p, **values).astype(u.dtype)
+            return new if np.all(keep) else jnp.where(keep, new, u)
 
         new_updates = jax.tree.map(leaf, updates, params, flags, is_leaf=lambda u: u is None)
         if scheduled:

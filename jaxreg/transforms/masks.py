@@ -39,6 +39,7 @@ import jax
 import numpy as np
 
 from jaxreg._validate import require
+from jaxreg.transforms.ravel import Raveled
 
 PyTree = Any
 Mask = None | bool | Literal["all"] | PyTree | Callable[[PyTree], PyTree]
@@ -172,7 +173,9 @@ def resolve(mask: Mask, params: PyTree) -> PyTree:
       params: the params the mask applies to.
 
     Returns:
-      A pytree of Python bools with exactly the structure of ``params``.
+      A pytree of Python bools with exactly the structure of ``params``; for a
+      :class:`~jaxreg.transforms.ravel.Raveled` ``params``, a ``Raveled`` of per-buffer masks
+      (:meth:`~jaxreg.transforms.ravel.Raveled.mask`) resolved on the original structure.
 
     Raises:
       ValueError: if the mask structure is not ``params``' structure or a prefix of it.
@@ -180,6 +183,8 @@ def resolve(mask: Mask, params: PyTree) -> PyTree:
       TypeError: if a mask leaf is not a bool (an array: static bools are needed), or ``mask``
         is a string other than ``"all"`` (:func:`check`).
     """
+    if isinstance(params, Raveled):  # jaxreg.raveled: resolved on the original structure
+        return params.mask(resolve(mask, params.layout.skeleton()))
     if mask is None:
         tree = kernels_only(params)
         if jax.tree.leaves(params) and not any(jax.tree.leaves(tree)):

@@ -36,11 +36,10 @@ def leafwise(
 
     At each step the schedules in ``hyperparams`` are evaluated at the step count, then
     ``leaf_fn(update, param, **hyperparams, **step_values(**extra_args))`` gives the new update
-    of each masked leaf, cast back to the update's dtype. Unmasked leaves and ``None`` updates
-    pass through. Traced hyperparameters (``jax.vmap``, :func:`optax.inject_hyperparams`)
-    cannot be checked at trace time, and are not checked (a ``checkify.debug_check`` on a
-    vmapped strength breaks sweeps on an Explicit-axes mesh: its error reduction sorts over the
-    sharded sweep axis); a traced ``batch_size`` is (see :func:`jaxreg.batch_scaled_l2`).
+    of each masked leaf (element, under :func:`jaxreg.raveled`), cast back to the update's
+    dtype; unmasked leaves and ``None`` updates pass through. Traced hyperparameters are not
+    checked (a ``checkify.debug_check`` on a vmapped strength breaks sweeps on an
+    Explicit-axes mesh: its error reduction sorts over the sharded sweep axis).
 
     Args:
       name: the public transform's name, for error messages.

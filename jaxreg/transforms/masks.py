@@ -1,33 +1,11 @@
 """Masks: which parameters a regularizer touches.
 
-A mask is a pytree of Python bools with the structure of the params (or a prefix of it, as in
-:func:`optax.masked`): ``True`` where the regularizer applies, ``False`` where the leaf is left
-alone. Every transform in :mod:`jaxreg.transforms` / :mod:`jaxreg.proximal` and every function in
-:mod:`jaxreg.penalties` takes a ``mask`` argument and resolves it with :func:`resolve`:
-
-==========================  ====================================================================
-``mask``                    leaves regularized
-==========================  ====================================================================
-``None`` (default)          :func:`kernels_only`: weight matrices / kernels, not biases or norms
-``True`` or ``"all"``       every leaf (:func:`all_leaves`)
-a function                  ``mask(params)``, e.g. :func:`by_path` or :func:`kernels_only`
-a pytree of bools           as given (same structure as the params, or a prefix of it)
-==========================  ====================================================================
-
-Any other string raises ``TypeError`` when the transform is built (:func:`check`): a regex is
-passed as ``by_path(regex)``.
-
-A function is told from a pytree as :func:`optax.masked` does: ``mask`` is called only if every
-leaf of ``jax.tree.map(callable, mask)`` is ``True``. So a *callable pytree* of bools (an
-equinox module, a flax ``struct`` dataclass with ``__call__``; optax issue 913) is a pytree
-mask, not a function. Masks are always resolved on the **params** (never on the updates, whose
-``None`` leaves a function would not see).
-
-A mask whose structure does not match the params raises a ``ValueError`` that names ``mask``
-and shows both structures. ``mask=False`` (a single ``False``: no leaf regularized) and mask
-leaves that are arrays raise too: both are what :func:`optax.inject_hyperparams` passes when it
-is given a mask function, which it takes for a schedule and calls with the step count (it
-would silently regularize nothing); pass it with ``static_args=("mask",)``.
+A mask is ``None`` (:func:`kernels_only`, the default), ``True`` or ``"all"``
+(:func:`all_leaves`), a function ``params -> pytree of bools`` (e.g. :func:`by_path`), or a
+pytree of bools with the params' structure or a prefix of it (as :func:`optax.masked`).
+:func:`resolve` is the one place that interprets them, always on the **params**. The forms,
+the errors and the :func:`optax.inject_hyperparams` pitfall: the documentation page
+"Conventions", section "Masks" (``docs/conventions.md``).
 """
 
 import re
@@ -85,15 +63,10 @@ def _is_kernel(path: tuple, leaf) -> bool:
 def kernels_only(params: PyTree) -> PyTree:
     """Mask of the weight matrices: the default mask of every jaxreg regularizer.
 
-    Rule, per leaf, from its name (last dict key or attribute of its path):
-
-    * ``kernel`` (flax ``Dense``/``Conv``/``DenseGeneral``) and ``embedding`` (flax ``Embed``):
-      ``True``. Embedding tables are weight matrices and are decayed like kernels.
-    * ``bias``, ``scale`` (``BatchNorm``/``LayerNorm``/``GroupNorm``), ``mean``, ``var``
-      (batch statistics): ``False``.
-    * any other leaf, including unnamed ones (a bare array, tuple or list items):
-      ``True`` iff ``ndim >= 2``. A 1-D weight vector (linear regression) is therefore *not*
-      selected by default: pass ``mask=True`` for it.
+    Per leaf, from its name (last dict key or attribute of its path): ``kernel`` and
+    ``embedding`` are ``True``; ``bias``, ``scale``, ``mean``, ``var`` are ``False``; any other
+    leaf (unnamed ones included) is ``True`` iff ``ndim >= 2``, so a 1-D weight vector needs
+    ``mask=True``.
 
     Args:
       params: a pytree of arrays (e.g. flax ``variables["params"]``).
@@ -164,8 +137,7 @@ def check(mask: Mask) -> Mask:
 def resolve(mask: Mask, params: PyTree) -> PyTree:
     """Turn any accepted ``mask`` argument into a full pytree of bools matching ``params``.
 
-    The one place where jaxreg interprets masks (see the module docstring for the accepted
-    forms). A prefix mask is broadcast to the subtrees it covers.
+    A prefix mask is broadcast to the subtrees it covers.
 
     Args:
       mask: ``None``, ``True``, ``"all"``, a function ``params -> mask`` or a pytree of bools
@@ -178,10 +150,9 @@ def resolve(mask: Mask, params: PyTree) -> PyTree:
       (:meth:`~jaxreg.transforms.ravel.Raveled.mask`) resolved on the original structure.
 
     Raises:
-      ValueError: if the mask structure is not ``params``' structure or a prefix of it.
-      ValueError: ``mask=False`` (regularizes nothing; see the module docstring).
-      TypeError: if a mask leaf is not a bool (an array: static bools are needed), or ``mask``
-        is a string other than ``"all"`` (:func:`check`).
+      ValueError: the mask's structure is not the params' or a prefix of it; ``mask=False``.
+      TypeError: a mask leaf is not a bool (static bools are needed); a string other than
+        ``"all"`` (:func:`check`).
     """
     if isinstance(params, Raveled):  # jaxreg.raveled: resolved on the original structure
         return params.mask(resolve(mask, params.layout.skeleton()))

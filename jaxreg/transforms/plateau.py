@@ -1,4 +1,4 @@
-"""Reduce the learning rate when a monitored metric stops improving (seed 001, Keras semantics).
+"""Reduce the learning rate when a monitored metric stops improving (Keras 3 semantics).
 
 Unlike ``optax.contrib.reduce_on_plateau``, this version maximizes as well as minimizes, and
 its relative threshold is measured with ``|best|``, so it is correct for negative metrics
@@ -117,90 +117,38 @@ def reduce_on_plateau(
     mode: str = "min",
     accumulation_size: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
-    r"""Scale updates down by ``factor`` when a monitored metric has stopped improving.
+    """Scale updates down by ``factor`` when a monitored metric has stopped improving.
 
-    Keras's ``ReduceLROnPlateau`` as an optax transformation: the learning rate is the
-    optimizer's times ``state.scale``. Each *decision* takes :math:`x`, the mean of the last
-    ``accumulation_size`` values fed with ``value=``, and with :math:`b` the best value so far:
-
-    - improvement, 'min' mode: :math:`x < b - \delta`; 'max' mode: :math:`x > b + \delta`,
-      where :math:`\delta = \text{threshold}\cdot|b|` ('rel') or :math:`\text{threshold}`
-      ('abs'), and :math:`\delta = 0` while :math:`b = \pm\infty` (before the first decision).
-      Using :math:`|b|` keeps the margin on the correct side for negative metrics, where
-      ``x < b * (1 - threshold)`` (PyTorch, optax contrib) would accept a worse value.
-    - in cooldown (``cooldown_count > 0``): decrement ``cooldown_count``, reset
-      ``plateau_count`` to 0.
-    - if improved: :math:`b \leftarrow x`, ``plateau_count = 0``.
-    - else, if no longer in cooldown: ``plateau_count += 1``; when it reaches ``patience`` and
-      ``scale > min_scale``: ``scale = max(scale * factor, min_scale)``,
-      ``cooldown_count = cooldown``, ``plateau_count = 0``.
-
-    This is Keras 3's ``on_epoch_end`` step for step (its ``min_delta`` is ``threshold`` with
-    ``threshold_mode='abs'``; ``min_lr`` is ``min_scale`` times the base learning rate), with
-    Keras's arithmetic: the product ``scale * factor`` is taken in float64 and rounded once to
-    the scale's float32, so the scale is bit for bit Keras's learning rate started at 1.0 (a
-    float32 product would differ by an ulp per reduction). One exception: below float32's
-    smallest normal number (~1.2e-38) XLA flushes the scale to 0, where Keras goes on through
-    float32 subnormals.
-
-    Cooldown and patience at the floor follow Keras, not ``optax.contrib.reduce_on_plateau``:
-
-    - cooldown: the ``cooldown`` decisions after a reduction neither count toward patience nor
-      reduce, and ``plateau_count`` is 0 during them (both libraries agree);
-    - at the floor (``scale == min_scale``): nothing is reduced, so ``plateau_count`` keeps
-      growing past ``patience`` and no cooldown starts (Keras). optax instead resets the count
-      to 0 and starts a cooldown every ``patience`` bad decisions, as if it had reduced.
-
-    Feeding a vector or a string as ``value`` raises ``TypeError``; traced values are accepted
-    (a jitted or scanned metric), and their NaN/Inf follow the rule below.
-
-    A non-finite :math:`x` (NaN or :math:`\pm\infty`, e.g. a diverged loss) is never an
-    improvement: it counts toward ``patience`` like any bad epoch and never becomes
-    ``best_value``. A NaN inside an accumulation window only affects that window's decision.
-
-    Feeding a validation metric once per epoch (the intended use), without touching the other
-    optimizer state::
-
-        plateau = jaxreg.reduce_on_plateau(patience=5)
-        opt = optax.chain(optax.sgd(0.1), plateau)
-        state = opt.init(params)
-        # each step: no value, statistics untouched, updates scaled by the current scale
-        updates, state = opt.update(grads, state, params)
-        # each epoch: update only the plateau part of the chain's state
-        _, plateau_state = plateau.update(None, state[1], value=val_loss)
-        state = (state[0], plateau_state)
-
-    To feed a per-step training loss instead, pass ``value=loss`` to ``opt.update``
-    (``optax.chain`` forwards it), with ``accumulation_size`` > 1 to average over several
-    steps before each decision.
+    Keras 3's ``ReduceLROnPlateau`` as an optax transform, in 'min' or 'max' mode and correct
+    for negative metrics: after ``patience`` decisions without an improvement beyond the
+    threshold, ``scale = max(scale * factor, min_scale)`` (in Keras' float64-then-float32
+    arithmetic), then ``cooldown`` decisions without counting. A decision averages the last
+    ``accumulation_size`` values fed with ``update(..., value=metric)``; NaN/Inf never improve.
+    The rules, Keras' and optax's differences, and feeding once per epoch: the documentation
+    page "Conventions", section "Reduce on plateau" (``docs/conventions.md``).
 
     Args:
-        factor: multiplier applied to the scale on a plateau, in (0, 1).
-        patience: number of decisions without improvement before reducing, >= 0.
-        cooldown: decisions to wait after a reduction before counting again, >= 0.
-        min_scale: lower bound on the scale, >= 0.
-        threshold: improvement margin, >= 0 (relative or absolute, see ``threshold_mode``).
-        threshold_mode: 'rel' or 'abs'.
-        mode: 'min' (the metric should decrease) or 'max' (it should increase).
-        accumulation_size: number of values averaged per decision, >= 1.
+      factor: multiplier applied to the scale on a plateau, in (0, 1).
+      patience: decisions without improvement before reducing, >= 0.
+      cooldown: decisions to wait after a reduction before counting again, >= 0.
+      min_scale: lower bound on the scale, >= 0.
+      threshold: improvement margin, >= 0, relative to ``abs(best)`` ('rel') or absolute.
+      threshold_mode: 'rel' or 'abs'.
+      mode: 'min' (the metric should decrease) or 'max' (it should increase).
+      accumulation_size: values averaged per decision, >= 1.
 
     Returns:
-        An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state,
-        params=None, *, value=None, **extra_args)`` returns ``(scale * updates, new_state)``
-        with the updates' dtypes kept. ``value=None`` (static) leaves the statistics alone and
-        only scales; ``updates=None`` returns ``(None, new_state)``.
+      An :class:`optax.GradientTransformationExtraArgs`; ``update(updates, state, params=None,
+      *, value=None)`` returns ``(scale * updates, new_state)``, dtypes kept (``value=None``:
+      only scales; ``updates=None``: only feeds).
 
     Examples:
-      The scale halves at the second value in a row without improvement (``patience=2``):
-
       >>> import jax.numpy as jnp, jaxreg
-      >>> params = {"w": jnp.ones(2)}
       >>> tx = jaxreg.reduce_on_plateau(factor=0.5, patience=2)
-      >>> state = tx.init(params)
-      >>> scales = []
+      >>> state, scales = tx.init(None), []
       >>> for value in (1.0, 0.9, 0.95, 0.95, 0.95):
-      ...     updates, state = tx.update({"w": jnp.ones(2)}, state, params, value=value)
-      ...     scales.append(float(updates["w"][0]))
+      ...     updates, state = tx.update(jnp.ones(1), state, value=value)
+      ...     scales.append(float(updates[0]))
       >>> scales
       [1.0, 1.0, 1.0, 0.5, 0.5]
     """

@@ -88,16 +88,13 @@ def unravel(raveled: Raveled) -> Any:
 
 
 def raveled(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-    """``inner`` run once over per-dtype buffers instead of once per leaf; bit-identical.
+    """``inner`` run once over one buffer per dtype instead of once per leaf.
 
-    Params and updates are raveled (:func:`ravel`), ``inner`` updates the buffers, and the
-    updates are split back; its state holds buffers. Extra arguments (``batch_size``,
-    ``value``) are forwarded. Valid for elementwise inner transforms (optax's sgd, momentum,
-    adam(w) without a mask, lion, clip; every jaxreg transform, whose masks are resolved on
-    the original params) and for global reductions (``clip_by_global_norm``: equal up to
-    summation order); not for transforms that look at leaf shapes or structure (per-leaf
-    norms as in ``scale_by_trust_ratio``, ``adafactor``, ``optax.masked`` or adamw's ``mask``).
-    Updates must have the params' structure, shapes and dtypes (no ``None`` leaves).
+    Params and updates are raveled (:func:`ravel`), ``inner`` updates the buffers (its state
+    holds buffers), and the updates are split back; extra arguments are forwarded. For
+    elementwise inner transforms and global reductions, not per-leaf ones (``adafactor``,
+    ``optax.masked``); equal to the per-leaf chain within a few ulps: ``docs/conventions.md``,
+    "Many leaves". Updates must have the params' structure, shapes and dtypes.
 
     Args:
       inner: the transformation (e.g. an :func:`optax.chain`).

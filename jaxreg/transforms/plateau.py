@@ -119,13 +119,10 @@ def reduce_on_plateau(
 ) -> optax.GradientTransformationExtraArgs:
     """Scale updates down by ``factor`` when a monitored metric has stopped improving.
 
-    Keras 3's ``ReduceLROnPlateau`` as an optax transform, in 'min' or 'max' mode and correct
-    for negative metrics: after ``patience`` decisions without an improvement beyond the
-    threshold, ``scale = max(scale * factor, min_scale)`` (in Keras' float64-then-float32
-    arithmetic), then ``cooldown`` decisions without counting. A decision averages the last
-    ``accumulation_size`` values fed with ``update(..., value=metric)``; NaN/Inf never improve.
-    The rules, Keras' and optax's differences, and feeding once per epoch: the documentation
-    page "Conventions", section "Reduce on plateau" (``docs/conventions.md``).
+    Keras 3's ``ReduceLROnPlateau`` as an optax transform, for metrics of either sign: after
+    ``patience`` decisions without improvement, ``scale = max(scale * factor, min_scale)`` in
+    Keras' arithmetic. A decision averages ``accumulation_size`` values fed with
+    ``update(..., value=metric)``. The rules: ``docs/conventions.md``, "Reduce on plateau".
 
     Args:
       factor: multiplier applied to the scale on a plateau, in (0, 1).
@@ -138,9 +135,8 @@ def reduce_on_plateau(
       accumulation_size: values averaged per decision, >= 1.
 
     Returns:
-      An :class:`optax.GradientTransformationExtraArgs`; ``update(updates, state, params=None,
-      *, value=None)`` returns ``(scale * updates, new_state)``, dtypes kept (``value=None``:
-      only scales; ``updates=None``: only feeds).
+      An :class:`optax.GradientTransformationExtraArgs`; ``update(..., value=None)`` returns
+      ``(scale * updates, new_state)`` (``value=None``: only scales).
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg

@@ -55,8 +55,7 @@ def proximal_l1(strength: ScalarOrSchedule, learning_rate: ScalarOrSchedule,
                 mask: masks.Mask = None) -> optax.GradientTransformationExtraArgs:
     """Proximal step for ``strength * sum abs(w)``; put it last in the chain.
 
-    ``w' = S(w + u, lr * strength)``, returned as the update ``w' - w``: small weights become
-    exactly zero.
+    ``w' = S(w + u, lr * strength)``, returned as the update ``w' - w``: exact zeros.
 
     Args:
       strength: ``>= 0``, a float or a schedule ``count -> value``.

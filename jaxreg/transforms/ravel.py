@@ -90,11 +90,9 @@ def unravel(raveled: Raveled) -> Any:
 def raveled(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
     """``inner`` run once over one buffer per dtype instead of once per leaf.
 
-    Params and updates are raveled (:func:`ravel`), ``inner`` updates the buffers (its state
-    holds buffers), and the updates are split back; extra arguments are forwarded. For
-    elementwise inner transforms and global reductions, not per-leaf ones (``adafactor``,
-    ``optax.masked``); equal to the per-leaf chain within a few ulps: ``docs/conventions.md``,
-    "Many leaves". Updates must have the params' structure, shapes and dtypes.
+    Params and updates are raveled (:func:`ravel`), ``inner`` updates the buffers, and the
+    updates are split back; extra arguments are forwarded. For elementwise transforms and
+    global reductions, not per-leaf ones: ``docs/conventions.md``, "Many leaves".
 
     Args:
       inner: the transformation (e.g. an :func:`optax.chain`).

@@ -34,9 +34,8 @@ def add_l2(strength: ScalarOrSchedule, mask: masks.Mask = None
            ) -> optax.GradientTransformationExtraArgs:
     """Add ``strength * w``: the gradient of the L2 penalty ``strength/2 * sum w^2``.
 
-    ``grad(L + lambda/2 * sum w^2) = grad L + lambda * w`` (``docs/formulas.md``, the
-    regularized objective): the maths of :func:`optax.add_decayed_weights`, with jaxreg's mask
-    default (kernels only) and input validation.
+    The maths of :func:`optax.add_decayed_weights`, with jaxreg's mask default (kernels
+    only) and input validation (``docs/formulas.md``, the regularized objective).
 
     Args:
       strength: ``lambda >= 0``, a float or a schedule ``count -> value``.
@@ -89,8 +88,7 @@ def data_scaled_l2(strength: ScalarOrSchedule, num_examples: int, mask: masks.Ma
                    ) -> optax.GradientTransformationExtraArgs:
     """Add ``lambda/m * w``: the gradient of ``lambda/(2m) * sum w^2``, ``m`` the training set size.
 
-    The L2 penalty scaled by the data set's size (``docs/formulas.md``, data-scaled
-    penalties), so it weighs like one more example of a mean loss over the data set.
+    It weighs like one more example of a mean loss over the data set (``docs/formulas.md``).
 
     Args:
       strength: ``lambda >= 0``, a float or a schedule ``count -> value``.
@@ -187,11 +185,9 @@ def batch_scaled_l2(strength: ScalarOrSchedule, mask: masks.Mask = None, *,
                     ) -> optax.GradientTransformationExtraArgs:
     """L2 with strength ``lambda_b = lambda / b`` at each step, ``b`` the batch size.
 
-    Adds ``batch_scaled_strength(lambda, b, convention) * w``: ``(lambda/b) w``, the gradient
-    of ``lambda_b/2 * sum w^2`` (``"half"``, as :func:`add_l2`), or ``2 (lambda/b) w``, of
-    ``lambda_b * sum w^2`` (``"seed"``, the step of ``docs/formulas.md``, batch-scaled L2).
-    ``b`` comes with every ``update(..., batch_size=b)``, an int or a (traced) integer array,
-    so a jitted step does not recompile when it changes (checks: ``docs/conventions.md``).
+    Adds ``(lambda/b) w``, the gradient of ``lambda_b/2 * sum w^2`` (``"half"``), or
+    ``2 (lambda/b) w`` (``"seed"``: ``docs/formulas.md``). ``b`` comes with every
+    ``update(..., batch_size=b)``, an int or a traced integer array (``docs/conventions.md``).
 
     Args:
       strength: ``lambda >= 0``, a float or a schedule ``count -> value``.

@@ -16,6 +16,11 @@ size split three ways (one leaf, 100 leaves, 1000 leaves):
   updates back), and a contiguous buffer: params and optimizer state kept as one
   ``ravel_pytree`` vector, the gradient pytree raveled inside the step.
 
+- Many leaves (``many_leaves``): ``jaxreg.raveled(chain)``, the jaxreg chain run over one
+  buffer per dtype, on 1000 leaves against optax's per-leaf chain on the same 1000 leaves and
+  on one leaf of the same total size (1000 x 100k vs 1 x 100M on GPU, 1000 x 10k vs 1 x 10M on
+  CPU, 1000 x 100 vs 1 x 100k with ``--quick``).
+
 The two chains compile to the same executable (their optimized HLO differs only in debug
 metadata), so their ratio measures the noise floor. In each round of alternation the first
 function measured about 5% slower than its position-swapped twin, so bare SGD goes first.
@@ -92,16 +97,42 @@ def _stepper(tx: optax.GradientTransformation, params: Any, grads: Any,
     return call
 
 
+def _params_and_grads(leaves: int, size: int) -> tuple[dict[str, jax.Array], Any]:
+    keys = jax.random.split(jax.random.key(leaves), 2)
+    params = {
+        f"w{i:04d}": jax.random.normal(k, (size,))
+        for i, k in enumerate(jax.random.split(keys[0], leaves))
+    }
+    return params, jax.tree.map(lambda p: 1e-3 * p + 1.0, params)
+
+
+def many_leaves(quick: bool, repeats: int) -> list[dict[str, Any]]:
+    """``jaxreg.raveled(jaxreg chain)`` on 1000 leaves vs optax's chain on 1000 and on 1."""
+    total = 100_000 if quick else (100_000_000 if jax.default_backend() == "gpu" else 10_000_000)
+    many, one = _label(1000, total // 1000), _label(1, total)
+    params, grads = _params_and_grads(1, total)
+    one_leaf = interleaved_medians({"optax": _stepper(_optax_chain(), params, grads)},
+                                   repeats=repeats, warmup=2)["optax"]
+    params, grads = _params_and_grads(1000, total // 1000)
+    times = interleaved_medians({
+        "optax": _stepper(_optax_chain(), params, grads),
+        "raveled": _stepper(jaxreg.raveled(_jaxreg_chain()), params, grads),
+    }, repeats=repeats, warmup=2)
+    return [
+        row("update", f"many leaves: optax chain {many} / {one}", times["optax"],
+            f"optax chain, {one}", one_leaf, "info (43x on GPU, issue 26)"),
+        row("update", f"many leaves: jaxreg.raveled(jaxreg chain) {many} / {one}",
+            times["raveled"], f"optax chain, {one}", one_leaf, "<= 3"),
+        row("update", f"many leaves: jaxreg.raveled(jaxreg chain) {many}", times["raveled"],
+            f"optax chain, {many}", times["optax"], "info (< 1: faster)"),
+    ]
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     repeats = 7 if quick else 15
     rows, one_leaf = [], {}
     for leaves, size in _layouts(quick):
-        keys = jax.random.split(jax.random.key(leaves), 2)
-        params = {
-            f"w{i:04d}": jax.random.normal(k, (size,))
-            for i, k in enumerate(jax.random.split(keys[0], leaves))
-        }
-        grads = jax.tree.map(lambda p: 1e-3 * p + 1.0, params)
+        params, grads = _params_and_grads(leaves, size)
         fns = {  # the first of each round measured ~5% slow: not one of the two compared chains
             "sgd": _stepper(optax.sgd(LEARNING_RATE, MOMENTUM), params, grads),
             "jaxreg": _stepper(_jaxreg_chain(), params, grads),
@@ -165,4 +196,4 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 "<= 3",
             )
         )
-    return rows
+    return rows + many_leaves(quick, repeats)

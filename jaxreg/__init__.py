@@ -3,7 +3,8 @@
 Layers, lowest first, one folder each; a lower layer never imports a higher one:
 
 * :mod:`jaxreg.transforms`: the optax layer (masks, penalties, regularizers, proximal,
-  schedules, plateau), re-exported here (``jaxreg.add_l2``, ``jaxreg.masks``, ...);
+  schedules, plateau, batch-size scaling rules), re-exported here (``jaxreg.add_l2``,
+  ``jaxreg.masks``, ``jaxreg.scaling``, ...);
 * :mod:`jaxreg.nn`, :mod:`jaxreg.nnx`: flax linen and NNX modules (the batch normalization
   family, one numerical core in :mod:`jaxreg.nn.functional`);
 * :mod:`jaxreg.data`: datasets;
@@ -29,15 +30,17 @@ from jaxreg.transforms import (
     penalties,
     proximal_elastic_net,
     proximal_l1,
+    raveled,
     reduce_on_plateau,
+    scaling,
     schedules,
 )
 
 __all__ = [  # transforms.__all__ and the layers
     "ReduceOnPlateauState", "ScheduleState", "add_l1", "add_l2", "batch_scaled_l2",
     "batch_scaled_strength", "cli", "data", "data_scaled_l1", "data_scaled_l2", "masks", "models",
-    "nn", "nnx", "penalties", "proximal_elastic_net", "proximal_l1", "reduce_on_plateau",
-    "schedules", "train", "transforms",
+    "nn", "nnx", "penalties", "proximal_elastic_net", "proximal_l1", "raveled",
+    "reduce_on_plateau", "scaling", "schedules", "train", "transforms",
 ]
 
 # The higher layers are imported on first use (``jaxreg.nn``, ``jaxreg.train``, ...), so that

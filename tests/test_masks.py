@@ -193,3 +193,80 @@ def test_inject_hyperparams_with_a_mask_function():
         tx.update(grads, tx.init(params), params)
     with pytest.raises((ValueError, TypeError), match="static_args"):
         jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
+
+
+# ---- optax.tree.map_params calls init on a placeholder (issue 25 item 17) --------------------
+# Ported from optax/transforms/_masking_test.py (test_tree_map_params and the tree_map_params
+# sub-test of test_masked), with jaxreg transforms in place of optax.masked.
+
+MAP_PARAMS = {"a": {"b": (jnp.zeros((1, 2)), jnp.zeros((2, 2)))},
+              "c": {"d": jnp.zeros((1, 2)), "e": (jnp.zeros((1, 2)), jnp.zeros((1, 2)))}}
+MAP_MASK = {"a": {"b": (True, False)}, "c": {"d": True, "e": (False, True)}}
+
+
+def _copying_inner():
+    """optax's test transform: its state holds two copies of the params."""
+    return optax.GradientTransformation(
+        lambda p: {"count": 1, "params": p, "params_copy": p}, lambda u, s, p=None: (u, s))
+
+
+@pytest.mark.parametrize("mask", [MAP_MASK, lambda p: MAP_MASK, masks.by_path("^c/"), None],
+                         ids=["pytree", "function", "by_path", "default"])
+def test_tree_map_params_through_a_jaxreg_transform(mask):
+    def increment_dim_1(v):
+        return v + 1 if v.shape[0] == 1 else v
+
+    expected = jax.tree.map(increment_dim_1, MAP_PARAMS)
+    tx = optax.chain(jaxreg.add_l2(0.1, mask), _copying_inner(), jaxreg.batch_scaled_l2(
+        optax.constant_schedule(0.1), mask), jaxreg.proximal_l1(0.1, 1.0, mask))
+    state = tx.init(MAP_PARAMS)
+    result = optax.tree.map_params(tx, increment_dim_1, state)
+    chex.assert_trees_all_equal(result[1], _copying_inner().init(expected))
+    chex.assert_trees_all_equal_structs(result, state)
+
+
+@pytest.mark.parametrize("use_fn", [False, True])
+@pytest.mark.parametrize("build", [
+    lambda m: jaxreg.add_l2(0.5, m), lambda m: jaxreg.add_l1(0.5, m),
+    lambda m: jaxreg.data_scaled_l2(optax.constant_schedule(5.0), 10, m),
+    lambda m: jaxreg.proximal_elastic_net(0.5, 0.5, 1.0, m)],
+    ids=["add_l2", "add_l1", "data_scaled_l2_schedule", "proximal_elastic_net"])
+def test_map_params_of_a_masked_jaxreg_transform(build, use_fn):
+    mask = {"a": True, "b": [False, True], "c": {"d": True, "e": (False, True)}}
+    params = jax.tree.map(jnp.asarray, {"a": 1.0, "b": [2.0, 3.0],
+                                        "c": {"d": 4.0, "e": (5.0, 6.0)}})
+    tx = build((lambda _: mask) if use_fn else mask)
+    state = jax.jit(tx.init)(params)
+    result = optax.tree.map_params(tx.init, lambda v: v, state)
+    chex.assert_trees_all_equal_structs(result, state)
+    # and the mask still applies: unmasked leaves pass through unchanged
+    updates, _ = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), state, params)
+    for keep, u in zip(jax.tree.leaves(mask), jax.tree.leaves(updates), strict=True):
+        assert (float(u) != 0.0) == keep
+
+
+def test_map_params_with_extra_args_and_non_params_transform():
+    # optax's masked_with_extra_args: the params copies take the sharding axes, the rest None
+    axes = {"a": {"b": (1, 2)}, "c": {"d": 1, "e": (1, 2)}}
+    tx = optax.chain(jaxreg.add_l2(0.1, MAP_MASK), _copying_inner(),
+                     jaxreg.add_l1(optax.constant_schedule(0.1), masks.by_path("^a/")))
+    state = tx.init(MAP_PARAMS)
+    new_state = optax.tree.map_params(tx, lambda _, axis: axis, state, axes,
+                                      transform_non_params=lambda _: None)
+    assert new_state[1] == {"count": None, "params": axes, "params_copy": axes}
+    assert new_state[2].count is None
+
+
+def test_a_regex_string_mask_is_refused_at_construction_naming_by_path():
+    # issue 25.20: the docs said a regex string selects by path; it raised an unhelpful error
+    for build in (lambda m: jaxreg.add_l2(0.5, mask=m), lambda m: jaxreg.proximal_l1(0.1, 1.0, m),
+                  lambda m: jaxreg.batch_scaled_l2(0.5, m)):
+        with pytest.raises(TypeError, match=r"`mask` must be .*jaxreg\.masks\.by_path\(regex\).*"
+                                            r"got mask='bias'"):
+            build("bias")
+    with pytest.raises(TypeError, match=r"jaxreg\.masks\.by_path"):
+        jaxreg.penalties.l2({"bias": jnp.ones(2)}, mask="bias")
+    params = {"bias": jnp.ones(2), "kernel": jnp.ones((2, 2))}
+    got, _ = jaxreg.add_l2(0.5, "all").update(jax.tree.map(jnp.zeros_like, params),
+                                               optax.EmptyState(), params)
+    chex.assert_trees_all_close(got, jax.tree.map(lambda p: 0.5 * p, params))

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jaxreg
-from jaxreg.transforms.plateau import FLOOR_RTOL, feed
+from jaxreg.transforms.plateau import feed
 
 
 class KerasPlateau:
@@ -19,18 +19,20 @@ class KerasPlateau:
 
     Renamed: lr -> scale (starting at 1), min_lr -> min_scale, wait -> plateau_count. Keras's
     ``min_delta`` is ``threshold`` ('abs') or ``threshold * |best|`` ('rel', 0 while best is
-    infinite), a non-finite value never improves, and a reduction within ``FLOOR_RTOL`` of
-    ``min_scale`` lands on it exactly (jaxreg's documented rules). Values are
-    averaged over ``accumulation_size`` calls before each decision.
+    infinite), a non-finite value never improves (jaxreg's documented rules). Values are
+    averaged over ``accumulation_size`` calls before each decision. Keras keeps the learning
+    rate in a float32 variable: ``new = float32(max(float(old) * factor, min_lr))``, a float64
+    product rounded once; ``dtype=np.float64`` is the same with a float64 variable (x64).
     """
 
     def __init__(self, factor, patience, cooldown, min_scale, threshold, threshold_mode, mode,
-                 accumulation_size=1):
+                 accumulation_size=1, dtype=np.float64):
+        self.dtype = dtype
         self.factor, self.patience, self.cooldown = factor, patience, cooldown
         self.min_scale, self.threshold, self.threshold_mode = min_scale, threshold, threshold_mode
         self.mode, self.accumulation_size = mode, accumulation_size
         self.best = math.inf if mode == "min" else -math.inf
-        self.scale, self.wait, self.cooldown_counter = 1.0, 0, 0
+        self.scale, self.wait, self.cooldown_counter = dtype(1.0), 0, 0
         self.pending = []
 
     def monitor_op(self, a, b):
@@ -52,10 +54,9 @@ class KerasPlateau:
         elif not self.cooldown_counter > 0:
             self.wait += 1
             if self.wait >= self.patience:
-                if self.scale > self.min_scale:
-                    self.scale = max(self.scale * self.factor, self.min_scale)
-                    if self.scale <= self.min_scale * (1 + FLOOR_RTOL):  # jaxreg's clamp
-                        self.scale = self.min_scale
+                old = float(self.scale)
+                if old > self.dtype(self.min_scale):
+                    self.scale = self.dtype(max(old * self.factor, self.min_scale))
                     self.cooldown_counter = self.cooldown
                     self.wait = 0
 
@@ -280,6 +281,33 @@ def test_float32_floor_is_reached_exactly_without_an_extra_reduction():
     after = reductions[-1] + 3  # the cooldown of the last reduction is over
     assert (np.asarray(states.cooldown_count)[after:] == 0).all()
     assert (np.diff(np.asarray(states.plateau_count)[after:]) == 1).all()  # counting on
+
+
+FACTORS = [0.1, 0.2, 0.3, 0.7, 0.9, 0.95, 1 / 3, 0.123456789, 0.5, 0.25]
+
+
+@pytest.mark.parametrize("min_scale", [0.0, 1e-3, 0.01, 0.05])
+@pytest.mark.parametrize("patience,cooldown", [(0, 0), (1, 2), (3, 1)])
+def test_float32_scale_is_keras_arithmetic_bit_for_bit(min_scale, patience, cooldown):
+    """issue 25.18: Keras 3 multiplies the float32 learning rate by the factor in float64 and
+    rounds once to float32; a float32 product differs by 1 ulp per reduction for most factors.
+    Compared bit for bit against NumPy over every reduction down to float32's smallest normal
+    number (below it XLA flushes to zero where NumPy goes on through subnormals)."""
+    values = np.random.default_rng(patience).choice([1.0, 1.0, 1.0, 0.5], 160)
+    for factor in FACTORS:
+        kwargs = dict(factor=factor, patience=patience, cooldown=cooldown, min_scale=min_scale,
+                      threshold=0.0, threshold_mode="abs", mode="min")
+        scale = np.asarray(_run_jitted(jaxreg.reduce_on_plateau(**kwargs), values,
+                                       jnp.zeros(2)).scale)
+        ref = KerasPlateau(**kwargs, dtype=np.float32)
+        want = []
+        for v in values:
+            ref.feed(float(v))
+            want.append(ref.scale)
+        want = np.asarray(want, np.float32)
+        assert scale.dtype == np.float32 and len(set(want.tolist())) >= 3  # two reductions at least
+        normal = want >= np.finfo(np.float32).tiny
+        np.testing.assert_array_equal(scale[normal], want[normal], err_msg=f"factor={factor}")
 
 
 def _optax_case_transform():

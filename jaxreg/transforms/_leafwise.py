@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxreg.transforms import masks
@@ -35,11 +36,10 @@ def leafwise(
 
     At each step the schedules in ``hyperparams`` are evaluated at the step count, then
     ``leaf_fn(update, param, **hyperparams, **step_values(**extra_args))`` gives the new update
-    of each masked leaf, cast back to the update's dtype. Unmasked leaves and ``None`` updates
-    pass through. Traced hyperparameters (``jax.vmap``, :func:`optax.inject_hyperparams`)
-    cannot be checked at trace time, and are not checked (a ``checkify.debug_check`` on a
-    vmapped strength breaks sweeps on an Explicit-axes mesh: its error reduction sorts over the
-    sharded sweep axis); a traced ``batch_size`` is (see :func:`jaxreg.batch_scaled_l2`).
+    of each masked leaf (element, under :func:`jaxreg.raveled`), cast back to the update's
+    dtype; unmasked leaves and ``None`` updates pass through. Traced hyperparameters are not
+    checked (a ``checkify.debug_check`` on a vmapped strength breaks sweeps on an
+    Explicit-axes mesh: its error reduction sorts over the sharded sweep axis).
 
     Args:
       name: the public transform's name, for error messages.
@@ -52,10 +52,15 @@ def leafwise(
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` that requires ``params``.
     """
+    masks.check(mask)
     scheduled = any(callable(v) for v in hyperparams.values())
 
     def init_fn(params):
-        masks.resolve(mask, params)  # a bad mask fails at init, before any state exists
+        # A bad mask fails at init, before any state exists. Params without leaves are not
+        # checked: nothing to mask, and optax.tree.map_params calls init on such a placeholder
+        # (optax.masked skips it too); a mask that does not fit real params fails at update.
+        if jax.tree.leaves(params):
+            masks.resolve(mask, params)
         return ScheduleState(count=jnp.zeros([], jnp.int32)) if scheduled else optax.EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -67,10 +72,11 @@ def leafwise(
         if step_values is not None:
             values.update(step_values(**extra_args))
 
-        def leaf(u, p, keep):
-            if u is None or not keep:
+        def leaf(u, p, keep):  # keep: a bool, or a NumPy bool array under jaxreg.raveled
+            if u is None or not np.any(keep):
                 return u
-            return leaf_fn(u, p, **values).astype(u.dtype)
+            new = leaf_fn(u, p, **values).astype(u.dtype)
+            return new if np.all(keep) else jnp.where(keep, new, u)
 
         new_updates = jax.tree.map(leaf, updates, params, flags, is_leaf=lambda u: u is None)
         if scheduled:

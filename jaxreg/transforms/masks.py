@@ -1,42 +1,26 @@
 """Masks: which parameters a regularizer touches.
 
-A mask is a pytree of Python bools with the structure of the params (or a prefix of it, as in
-:func:`optax.masked`): ``True`` where the regularizer applies, ``False`` where the leaf is left
-alone. Every transform in :mod:`jaxreg.transforms` / :mod:`jaxreg.proximal` and every function in
-:mod:`jaxreg.penalties` takes a ``mask`` argument and resolves it with :func:`resolve`:
-
-==========================  ====================================================================
-``mask``                    leaves regularized
-==========================  ====================================================================
-``None`` (default)          :func:`kernels_only`: weight matrices / kernels, not biases or norms
-``True`` or ``"all"``       every leaf (:func:`all_leaves`)
-a function                  ``mask(params)``, e.g. :func:`by_path` or :func:`kernels_only`
-a pytree of bools           as given (same structure as the params, or a prefix of it)
-==========================  ====================================================================
-
-A function is told from a pytree as :func:`optax.masked` does: ``mask`` is called only if every
-leaf of ``jax.tree.map(callable, mask)`` is ``True``. So a *callable pytree* of bools (an
-equinox module, a flax ``struct`` dataclass with ``__call__``; optax issue 913) is a pytree
-mask, not a function. Masks are always resolved on the **params** (never on the updates, whose
-``None`` leaves a function would not see).
-
-A mask whose structure does not match the params raises a ``ValueError`` that names ``mask``
-and shows both structures. ``mask=False`` (a single ``False``: no leaf regularized) and mask
-leaves that are arrays raise too: both are what :func:`optax.inject_hyperparams` passes when it
-is given a mask function, which it takes for a schedule and calls with the step count (it
-would silently regularize nothing); pass it with ``static_args=("mask",)``.
+A mask is ``None`` (:func:`kernels_only`, the default), ``True`` or ``"all"``
+(:func:`all_leaves`), a function ``params -> pytree of bools`` (e.g. :func:`by_path`), or a
+pytree of bools with the params' structure or a prefix of it (as :func:`optax.masked`).
+:func:`resolve` is the one place that interprets them, always on the **params**. The forms,
+the errors and the :func:`optax.inject_hyperparams` pitfall: the documentation page
+"Conventions", section "Masks" (``docs/conventions.md``).
 """
 
 import re
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 import jax
 import numpy as np
 
+from jaxreg._validate import require
+from jaxreg.transforms.ravel import Raveled
+
 PyTree = Any
-Mask = None | bool | str | PyTree | Callable[[PyTree], PyTree]
+Mask = None | bool | Literal["all"] | PyTree | Callable[[PyTree], PyTree]
 
 KERNEL_NAMES = frozenset({"kernel", "embedding"})
 """Leaf names that are always regularized by :func:`kernels_only`."""
@@ -79,15 +63,10 @@ def _is_kernel(path: tuple, leaf) -> bool:
 def kernels_only(params: PyTree) -> PyTree:
     """Mask of the weight matrices: the default mask of every jaxreg regularizer.
 
-    Rule, per leaf, from its name (last dict key or attribute of its path):
-
-    * ``kernel`` (flax ``Dense``/``Conv``/``DenseGeneral``) and ``embedding`` (flax ``Embed``):
-      ``True``. Embedding tables are weight matrices and are decayed like kernels.
-    * ``bias``, ``scale`` (``BatchNorm``/``LayerNorm``/``GroupNorm``), ``mean``, ``var``
-      (batch statistics): ``False``.
-    * any other leaf, including unnamed ones (a bare array, tuple or list items):
-      ``True`` iff ``ndim >= 2``. A 1-D weight vector (linear regression) is therefore *not*
-      selected by default: pass ``mask=True`` for it.
+    Per leaf, from its name (last dict key or attribute of its path): ``kernel`` and
+    ``embedding`` are ``True``; ``bias``, ``scale``, ``mean``, ``var`` are ``False``; any other
+    leaf (unnamed ones included) is ``True`` iff ``ndim >= 2``, so a 1-D weight vector needs
+    ``mask=True``.
 
     Args:
       params: a pytree of arrays (e.g. flax ``variables["params"]``).
@@ -145,11 +124,20 @@ def is_mask_fn(mask: Mask) -> TypeGuard[Callable[[PyTree], PyTree]]:
     return bool(flags) and all(flags)
 
 
+def check(mask: Mask) -> Mask:
+    """``mask``, or a ``TypeError`` if it is a string other than ``"all"``: a regex selects
+    leaves through :func:`by_path` (``mask=jaxreg.masks.by_path("bias$")``), never as a bare
+    string, which ``"all"`` would make ambiguous. Called when a transform is built."""
+    require(not isinstance(mask, str) or mask == "all", "mask",
+            'None, True, "all", a pytree of bools or a function such as '
+            "jaxreg.masks.by_path(regex) (a regex string is not a mask)", mask, TypeError)
+    return mask
+
+
 def resolve(mask: Mask, params: PyTree) -> PyTree:
     """Turn any accepted ``mask`` argument into a full pytree of bools matching ``params``.
 
-    The one place where jaxreg interprets masks (see the module docstring for the accepted
-    forms). A prefix mask is broadcast to the subtrees it covers.
+    A prefix mask is broadcast to the subtrees it covers.
 
     Args:
       mask: ``None``, ``True``, ``"all"``, a function ``params -> mask`` or a pytree of bools
@@ -157,14 +145,17 @@ def resolve(mask: Mask, params: PyTree) -> PyTree:
       params: the params the mask applies to.
 
     Returns:
-      A pytree of Python bools with exactly the structure of ``params``.
+      A pytree of Python bools with exactly the structure of ``params``; for a
+      :class:`~jaxreg.transforms.ravel.Raveled` ``params``, a ``Raveled`` of per-buffer masks
+      (:meth:`~jaxreg.transforms.ravel.Raveled.mask`) resolved on the original structure.
 
     Raises:
-      ValueError: if the mask structure is not ``params``' structure or a prefix of it.
-      ValueError: ``mask=False`` (regularizes nothing; see the module docstring).
-      TypeError: if a mask leaf is not a bool (an array: static bools are needed), or ``mask``
-        is a string other than ``"all"``.
+      ValueError: the mask's structure is not the params' or a prefix of it; ``mask=False``.
+      TypeError: a mask leaf is not a bool (static bools are needed); a string other than
+        ``"all"`` (:func:`check`).
     """
+    if isinstance(params, Raveled):  # jaxreg.raveled: resolved on the original structure
+        return params.mask(resolve(mask, params.layout.skeleton()))
     if mask is None:
         tree = kernels_only(params)
         if jax.tree.leaves(params) and not any(jax.tree.leaves(tree)):
@@ -174,11 +165,8 @@ def resolve(mask: Mask, params: PyTree) -> PyTree:
                           "the regularizer does nothing; pass mask=True (all leaves), a pytree "
                           "of bools or jaxreg.masks.by_path(...)", stacklevel=2)
         return tree
-    if mask is True or (isinstance(mask, str) and mask == "all"):
+    if check(mask) is True or isinstance(mask, str):  # the one string check() lets by: "all"
         return all_leaves(params)
-    if isinstance(mask, str):
-        raise TypeError(f'`mask` must be None, True, "all", a callable or a pytree of bools; '
-                        f"got the string {mask!r}")
     tree = mask(params) if is_mask_fn(mask) else mask
     if isinstance(tree, (bool, np.bool_)) and not tree:
         raise ValueError("`mask` is False: no parameter would be regularized (drop the "

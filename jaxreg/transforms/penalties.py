@@ -1,19 +1,10 @@
 """Weight penalties as functions of the params: the ``R(w)`` that the transforms differentiate.
 
-Seed 003 (one of the project's numbered source documents, see the documentation's page "The
-formulas and their sources", ``docs/formulas.md``) writes the regularized objective as
-``J(w) = L(w) + lambda/2 * R(w)`` with ``R(w) = sum w^2``; these functions are the unit
-penalties, without strength:
-
-* :func:`l2`: ``sum w^2`` over the masked leaves (so ``jax.grad`` of ``s/2 * l2`` is
-  ``s * w``, what :func:`jaxreg.add_l2` ``(s)`` adds);
-* :func:`l1`: ``sum |w|`` (``s * l1`` is what :func:`jaxreg.add_l1` ``(s)`` differentiates);
-* :func:`elastic_net`: ``l1_strength * sum |w| + l2_strength/2 * sum w^2``, the penalty of
-  :func:`jaxreg.proximal_elastic_net` and of ``add_l1(l1_strength) + add_l2(l2_strength)``.
-
-``mask`` is resolved by :func:`jaxreg.masks.resolve` (default: kernels only). Sums are taken in
-the default float dtype (float32, float64 under x64), so bfloat16 params are summed in float32
-and the result is a float32 (float64) scalar. Pure functions: jit, grad and vmap safe.
+Unit penalties, without strength: ``l2 = sum w^2`` (no factor 1/2: ``J = L + lambda/2 * l2``
+has the gradient :func:`jaxreg.add_l2` adds), ``l1 = sum abs(w)``, and ``elastic_net``. The
+one table of penalties is in ``docs/conventions.md``. ``mask`` is resolved by
+:func:`jaxreg.masks.resolve` (default: kernels only); sums are taken in the default float
+dtype. Pure functions: jit, grad and vmap safe.
 """
 
 import jax
@@ -33,7 +24,7 @@ def _masked_sum(fn, params, mask) -> jax.Array:
 
 
 def l2(params, mask: masks.Mask = None) -> jax.Array:
-    """``R(w) = sum w^2`` over the masked leaves (seed 003's ``R``; no factor 1/2).
+    """``R(w) = sum w^2`` over the masked leaves (no factor 1/2).
 
     Args:
       params: a pytree of arrays.
@@ -52,12 +43,12 @@ def l2(params, mask: masks.Mask = None) -> jax.Array:
 
 
 def l1(params, mask: masks.Mask = None) -> jax.Array:
-    """``sum |w|`` over the masked leaves; arguments and result as for :func:`l2`."""
+    """``sum abs(w)`` over the masked leaves; arguments and result as for :func:`l2`."""
     return _masked_sum(jnp.abs, params, mask)
 
 
 def elastic_net(params, l1_strength, l2_strength, mask: masks.Mask = None) -> jax.Array:
-    """``l1_strength * sum |w| + l2_strength/2 * sum w^2`` over the masked leaves.
+    """``l1_strength * sum abs(w) + l2_strength/2 * sum w^2`` over the masked leaves.
 
     The L2 half carries the same ``1/2`` as ``lambda/2 * R`` in :func:`l2`'s convention, so
     scikit-learn's ``ElasticNet(alpha, l1_ratio)`` penalty is
@@ -65,7 +56,7 @@ def elastic_net(params, l1_strength, l2_strength, mask: masks.Mask = None) -> ja
 
     Args:
       params: a pytree of arrays.
-      l1_strength: weight of ``sum |w|``.
+      l1_strength: weight of ``sum abs(w)``.
       l2_strength: weight of ``sum w^2 / 2``.
       mask: which leaves count (:mod:`jaxreg.masks`; default kernels only).
 

@@ -1,4 +1,4 @@
-"""Reduce the learning rate when a monitored metric stops improving (seed 001, Keras semantics).
+"""Reduce the learning rate when a monitored metric stops improving (Keras 3 semantics).
 
 Unlike ``optax.contrib.reduce_on_plateau``, this version maximizes as well as minimizes, and
 its relative threshold is measured with ``|best|``, so it is correct for negative metrics
@@ -15,10 +15,6 @@ import jax.numpy as jnp
 import optax
 
 from jaxreg._validate import check_choice, check_int, check_real, require
-
-FLOOR_RTOL = 1e-5
-"""A reduction that lands within this relative distance of ``min_scale`` sets the scale to
-``min_scale`` exactly (float32 makes ``0.1 * 0.1`` = 0.010000001, above a floor of 0.01)."""
 
 
 @jax.tree_util.register_static
@@ -75,10 +71,11 @@ def _decide(state: ReduceOnPlateauState, x: jax.Array) -> ReduceOnPlateauState:
     plateau_count = jnp.where(
         counting, optax.safe_increment(jnp.where(in_cooldown, 0, state.plateau_count)), 0)
     reduce = counting & (plateau_count >= c.patience) & (state.scale > c.min_scale)
-    reduced = state.scale * c.factor
-    reduced = jnp.where(reduced <= c.min_scale * (1 + FLOOR_RTOL), c.min_scale, reduced)
+    with jax.enable_x64(True):  # Keras: float32(max(float(scale) * factor, min_lr))
+        reduced = jnp.maximum(state.scale.astype(jnp.float64) * c.factor, c.min_scale)
+        reduced = reduced.astype(state.scale.dtype)
     return state._replace(
-        scale=jnp.where(reduce, reduced, state.scale).astype(state.scale.dtype),
+        scale=jnp.where(reduce, reduced, state.scale),
         best_value=jnp.where(improved, x, best),
         plateau_count=jnp.where(reduce, 0, plateau_count),
         cooldown_count=jnp.where(reduce, c.cooldown, cooldown_count),
@@ -120,89 +117,34 @@ def reduce_on_plateau(
     mode: str = "min",
     accumulation_size: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
-    r"""Scale updates down by ``factor`` when a monitored metric has stopped improving.
+    """Scale updates down by ``factor`` when a monitored metric has stopped improving.
 
-    Keras's ``ReduceLROnPlateau`` as an optax transformation: the learning rate is the
-    optimizer's times ``state.scale``. Each *decision* takes :math:`x`, the mean of the last
-    ``accumulation_size`` values fed with ``value=``, and with :math:`b` the best value so far:
-
-    - improvement, 'min' mode: :math:`x < b - \delta`; 'max' mode: :math:`x > b + \delta`,
-      where :math:`\delta = \text{threshold}\cdot|b|` ('rel') or :math:`\text{threshold}`
-      ('abs'), and :math:`\delta = 0` while :math:`b = \pm\infty` (before the first decision).
-      Using :math:`|b|` keeps the margin on the correct side for negative metrics, where
-      ``x < b * (1 - threshold)`` (PyTorch, optax contrib) would accept a worse value.
-    - in cooldown (``cooldown_count > 0``): decrement ``cooldown_count``, reset
-      ``plateau_count`` to 0.
-    - if improved: :math:`b \leftarrow x`, ``plateau_count = 0``.
-    - else, if no longer in cooldown: ``plateau_count += 1``; when it reaches ``patience`` and
-      ``scale > min_scale``: ``scale = max(scale * factor, min_scale)`` (set to ``min_scale``
-      exactly when within relative :data:`FLOOR_RTOL` of it), ``cooldown_count = cooldown``,
-      ``plateau_count = 0``.
-
-    This is Keras's ``on_epoch_end`` step for step (its ``min_delta`` is ``threshold`` with
-    ``threshold_mode='abs'``; ``min_lr`` is ``min_scale`` times the base learning rate), with
-    one difference: Keras multiplies in float32, so ``0.1 * 0.1 = 0.010000001 > 0.01`` makes one
-    more 1-ulp "reduction" to a floor of 0.01 that resets ``wait`` and starts a cooldown; here
-    the clamp snaps to the floor instead.
-
-    Cooldown and patience at the floor follow Keras, not ``optax.contrib.reduce_on_plateau``:
-
-    - cooldown: the ``cooldown`` decisions after a reduction neither count toward patience nor
-      reduce, and ``plateau_count`` is 0 during them (both libraries agree);
-    - at the floor (``scale == min_scale``): nothing is reduced, so ``plateau_count`` keeps
-      growing past ``patience`` and no cooldown starts (Keras). optax instead resets the count
-      to 0 and starts a cooldown every ``patience`` bad decisions, as if it had reduced.
-
-    Feeding a vector or a string as ``value`` raises ``TypeError``; traced values are accepted
-    (a jitted or scanned metric), and their NaN/Inf follow the rule below.
-
-    A non-finite :math:`x` (NaN or :math:`\pm\infty`, e.g. a diverged loss) is never an
-    improvement: it counts toward ``patience`` like any bad epoch and never becomes
-    ``best_value``. A NaN inside an accumulation window only affects that window's decision.
-
-    Feeding a validation metric once per epoch (the intended use), without touching the other
-    optimizer state::
-
-        plateau = jaxreg.reduce_on_plateau(patience=5)
-        opt = optax.chain(optax.sgd(0.1), plateau)
-        state = opt.init(params)
-        # each step: no value, statistics untouched, updates scaled by the current scale
-        updates, state = opt.update(grads, state, params)
-        # each epoch: update only the plateau part of the chain's state
-        _, plateau_state = plateau.update(None, state[1], value=val_loss)
-        state = (state[0], plateau_state)
-
-    To feed a per-step training loss instead, pass ``value=loss`` to ``opt.update``
-    (``optax.chain`` forwards it), with ``accumulation_size`` > 1 to average over several
-    steps before each decision.
+    Keras 3's ``ReduceLROnPlateau`` as an optax transform, for metrics of either sign: after
+    ``patience`` decisions without improvement, ``scale = max(scale * factor, min_scale)`` in
+    Keras' arithmetic. A decision averages ``accumulation_size`` values fed with
+    ``update(..., value=metric)``. The rules: ``docs/conventions.md``, "Reduce on plateau".
 
     Args:
-        factor: multiplier applied to the scale on a plateau, in (0, 1).
-        patience: number of decisions without improvement before reducing, >= 0.
-        cooldown: decisions to wait after a reduction before counting again, >= 0.
-        min_scale: lower bound on the scale, >= 0.
-        threshold: improvement margin, >= 0 (relative or absolute, see ``threshold_mode``).
-        threshold_mode: 'rel' or 'abs'.
-        mode: 'min' (the metric should decrease) or 'max' (it should increase).
-        accumulation_size: number of values averaged per decision, >= 1.
+      factor: multiplier applied to the scale on a plateau, in (0, 1).
+      patience: decisions without improvement before reducing, >= 0.
+      cooldown: decisions to wait after a reduction before counting again, >= 0.
+      min_scale: lower bound on the scale, >= 0.
+      threshold: improvement margin, >= 0, relative to ``abs(best)`` ('rel') or absolute.
+      threshold_mode: 'rel' or 'abs'.
+      mode: 'min' (the metric should decrease) or 'max' (it should increase).
+      accumulation_size: values averaged per decision, >= 1.
 
     Returns:
-        An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state,
-        params=None, *, value=None, **extra_args)`` returns ``(scale * updates, new_state)``
-        with the updates' dtypes kept. ``value=None`` (static) leaves the statistics alone and
-        only scales; ``updates=None`` returns ``(None, new_state)``.
+      An :class:`optax.GradientTransformationExtraArgs`; ``update(..., value=None)`` returns
+      ``(scale * updates, new_state)`` (``value=None``: only scales).
 
     Examples:
-      The scale halves at the second value in a row without improvement (``patience=2``):
-
       >>> import jax.numpy as jnp, jaxreg
-      >>> params = {"w": jnp.ones(2)}
       >>> tx = jaxreg.reduce_on_plateau(factor=0.5, patience=2)
-      >>> state = tx.init(params)
-      >>> scales = []
+      >>> state, scales = tx.init(None), []
       >>> for value in (1.0, 0.9, 0.95, 0.95, 0.95):
-      ...     updates, state = tx.update({"w": jnp.ones(2)}, state, params, value=value)
-      ...     scales.append(float(updates["w"][0]))
+      ...     updates, state = tx.update(jnp.ones(1), state, value=value)
+      ...     scales.append(float(updates[0]))
       >>> scales
       [1.0, 1.0, 1.0, 0.5, 0.5]
     """

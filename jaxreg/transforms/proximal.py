@@ -1,26 +1,10 @@
 """Proximal steps for L1 and elastic-net penalties: exact zeros, unlike subgradients.
 
-optax has no proximal operator (optax issues #237 and #738 ask for one), so these transforms
-provide it. Placed LAST in a chain, after the optimizer has produced its update
-``u = -lr * g``, they replace the plain step ``w + u`` by the proximal step
-
-    ``w' = prox(w + u)``,   returned as the update ``w' - w``
-
-with the soft-thresholding operator ``S(z, t) = sign(z) * max(|z| - t, 0)``:
-
-* :func:`proximal_l1`: ``w' = S(w + u, lr * l1)``, the proximal map of ``l1 * sum |w|``;
-* :func:`proximal_elastic_net`: ``w' = S(w + u, lr * l1) / (1 + lr * l2)``, the proximal map
-  of ``l1 * sum |w| + l2/2 * sum w^2`` (:func:`jaxreg.penalties.elastic_net`).
-
-With ``optax.sgd(lr)`` before it and the same ``lr`` this is ISTA (proximal gradient descent),
-which converges to the minimizer of ``L(w) + penalty(w)``. ``lr`` must be the step size
-actually applied: after a ``reduce_on_plateau`` with scale ``s``, ``s * lr``, else the problem
-solved has ``l1 / s`` (``jaxreg.train.make_optimizer`` passes ``s * lr``). Coordinates that the
-threshold clears come out exactly ``0.0`` (the update is ``-w``, and ``w + (-w) == 0`` exactly in
-floating point when updates and params share a dtype). With adaptive optimizers (Adam, ...) the
-scalar ``lr`` here is the base learning rate, and the step is the usual proximal heuristic.
-
-Example: ``optax.chain(optax.sgd(lr), jaxreg.proximal_l1(alpha, lr))``.
+Placed last in a chain, after the optimizer's update ``u = -lr * g``, they replace the step
+``w + u`` by ``w' = S(w + u, lr * l1) / (1 + lr * l2)``, with ``S(z, t) = sign(z) * max(abs(z)
+- t, 0)`` the soft-thresholding operator (ISTA with ``optax.sgd(lr)`` before it). Which ``lr``
+to pass, exact zeros, adaptive optimizers and scikit-learn's equivalents: the documentation
+page "Conventions", section "Proximal steps" (``docs/conventions.md``).
 """
 
 import jax.numpy as jnp
@@ -40,26 +24,20 @@ def _prox_elastic_net(u, w, l1, l2, learning_rate):
 def proximal_elastic_net(l1: ScalarOrSchedule, l2: ScalarOrSchedule,
                          learning_rate: ScalarOrSchedule, mask: masks.Mask = None
                          ) -> optax.GradientTransformationExtraArgs:
-    """Proximal step for ``l1 * sum |w| + l2/2 * sum w^2``; put it last in the chain.
+    """Proximal step for ``l1 * sum abs(w) + l2/2 * sum w^2``; put it last in the chain.
 
-    ``w' = S(w + u, lr * l1) / (1 + lr * l2)`` with ``S`` the soft-thresholding operator.
-    scikit-learn's ``ElasticNet(alpha, l1_ratio)`` penalty is
-    ``alpha * l1_ratio * |w|_1 + alpha * (1 - l1_ratio)/2 * |w|^2``, i.e.
-    ``l1 = alpha * l1_ratio`` and ``l2 = alpha * (1 - l1_ratio)``.
+    ``w' = S(w + u, lr * l1) / (1 + lr * l2)``, returned as the update ``w' - w``.
 
     Args:
       l1: L1 strength ``>= 0``, a float or a schedule ``count -> value``.
       l2: L2 strength ``>= 0``, a float or a schedule.
-      learning_rate: the step size of the optimizer before it: the same float or schedule
-        (both count steps from 0, so they stay in step).
+      learning_rate: the optimizer's step size, the same float or schedule.
       mask: which leaves to regularize (:mod:`jaxreg.masks`; default kernels only).
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` that requires ``params``.
 
     Examples:
-      ``prox(w) = soft_threshold(w, eta l1) / (1 + eta l2)``, here with ``eta = 0.1``:
-
       >>> import jax.numpy as jnp, optax, jaxreg
       >>> params = {"kernel": jnp.array([1.0, 0.05, -0.5])}
       >>> tx = optax.chain(optax.sgd(0.1), jaxreg.proximal_elastic_net(1.0, 1.0, learning_rate=0.1))
@@ -75,25 +53,19 @@ def proximal_elastic_net(l1: ScalarOrSchedule, l2: ScalarOrSchedule,
 
 def proximal_l1(strength: ScalarOrSchedule, learning_rate: ScalarOrSchedule,
                 mask: masks.Mask = None) -> optax.GradientTransformationExtraArgs:
-    """Proximal step for ``strength * sum |w|``; put it last in the chain.
+    """Proximal step for ``strength * sum abs(w)``; put it last in the chain.
 
-    ``w' = S(w + u, lr * strength)``. scikit-learn's ``Lasso(alpha)`` minimizes
-    ``1/(2n) |y - Xw|^2 + alpha |w|_1``: with the loss ``1/(2n) |y - Xw|^2``, take
-    ``strength = alpha``.
+    ``w' = S(w + u, lr * strength)``, returned as the update ``w' - w``: exact zeros.
 
     Args:
       strength: ``>= 0``, a float or a schedule ``count -> value``.
-      learning_rate: the step size of the optimizer before it: the same float or schedule
-        (both count steps from 0, so they stay in step).
+      learning_rate: the optimizer's step size, the same float or schedule.
       mask: which leaves to regularize (:mod:`jaxreg.masks`; default kernels only).
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` that requires ``params``.
 
     Examples:
-      After a plain SGD step, soft-thresholding by ``strength * learning_rate = 0.1`` sets the
-      small weight to exactly zero and shrinks the others:
-
       >>> import jax.numpy as jnp, optax, jaxreg
       >>> params = {"kernel": jnp.array([1.0, 0.05, -0.5])}
       >>> tx = optax.chain(optax.sgd(0.1), jaxreg.proximal_l1(1.0, learning_rate=0.1))

@@ -2,43 +2,10 @@
 
 Each transform adds the gradient of a weight penalty ``R(w)`` to the incoming updates, so that
 ``optax.chain(jaxreg.add_l2(s), optax.sgd(lr))`` minimizes ``L(w) + R(w)`` from the gradient of
-``L`` alone. The penalty of every transform is written with the unit penalties of
-:mod:`jaxreg.penalties` (``l2 = sum w^2``, ``l1 = sum |w|``):
-
-=================================================  =========================  ==================
-transform                                          penalty ``R(w)``           gradient added
-=================================================  =========================  ==================
-``add_l2(s)``                                      ``s/2 * l2``               ``s * w``
-``add_l1(s)``                                      ``s * l1``                 ``s * sign(w)``
-``data_scaled_l2(s, m)``                           ``s/(2m) * l2``            ``s/m * w``
-``data_scaled_l1(s, m)``                           ``s/m * l1``               ``s/m * sign(w)``
-``batch_scaled_l2(s)`` with ``batch_size=b``       ``s/(2b) * l2``            ``s/b * w``
-``batch_scaled_l2(s, convention="seed")``          ``s/b * l2``               ``2 s/b * w``
-=================================================  =========================  ==================
-
-Shared behaviour:
-
-* ``mask`` (default ``None``: :func:`jaxreg.masks.kernels_only`) picks the regularized leaves;
-  see :mod:`jaxreg.masks`. It is resolved on the params (so ``None`` update leaves, and
-  ``updates=None``, pass through as in :func:`optax.add_decayed_weights`); a mask that does not
-  match the params raises ``ValueError`` at ``init`` and at ``update``, before any state
-  changes. A callable pytree of bools is a pytree mask, as in :func:`optax.masked`.
-* Strengths are a non-negative float or an optax schedule ``count -> value``; with a schedule
-  the state keeps the step ``count`` (:class:`ScheduleState`) and step ``t`` uses
-  ``schedule(t)``. Negative/NaN/Inf strengths raise ``ValueError``, non-numbers ``TypeError``,
-  at construction. Traced strengths (``jax.vmap``, ``optax.inject_hyperparams``) are accepted;
-  they are checked only when concrete (a traced ``batch_size`` is checked under
-  :func:`jax.experimental.checkify.checkify`, see :func:`batch_scaled_l2`). With
-  ``optax.inject_hyperparams`` pass a mask function through ``static_args=("mask",)``:
-  inject_hyperparams takes callables for schedules, and the value it would pass instead raises
-  a ``ValueError``/``TypeError`` that says so (never a silent no-op).
-* Updates keep their dtype (bfloat16 stays bfloat16); ``params`` are required. This is what
-  :func:`optax.add_decayed_weights` does with a Python float strength; with a float32 *array*
-  strength (``inject_hyperparams``, a schedule) optax promotes bfloat16 updates to float32,
-  while jaxreg computes in float32 and rounds back to the update's dtype (the values equal
-  optax's rounded to bfloat16). ``optax.apply_updates`` casts to the param dtype either way.
-* All return :class:`optax.GradientTransformationExtraArgs`, so they work inside
-  :func:`optax.chain`, which forwards extra keyword arguments such as ``batch_size``.
+``L`` alone. The penalties are tabled once, with the behaviour every transform shares (masks,
+schedules, validation, dtypes), in the documentation page "Conventions"
+(``docs/conventions.md``); their sources in "The formulas and their sources"
+(``docs/formulas.md``).
 """
 
 from collections.abc import Callable
@@ -67,10 +34,8 @@ def add_l2(strength: ScalarOrSchedule, mask: masks.Mask = None
            ) -> optax.GradientTransformationExtraArgs:
     """Add ``strength * w``: the gradient of the L2 penalty ``strength/2 * sum w^2``.
 
-    Seeds 000/003 write the regularized objective ``J(w) = L(w) + lambda/2 * R(w)`` with
-    ``R(w) = sum w^2`` (:func:`jaxreg.penalties.l2`), so ``grad J = grad L + lambda * w``:
-    this transform with ``strength = lambda``. Same maths as :func:`optax.add_decayed_weights`,
-    with jaxreg's mask default (kernels only) and input validation.
+    The maths of :func:`optax.add_decayed_weights`, with jaxreg's mask default (kernels
+    only) and input validation (``docs/formulas.md``, the regularized objective).
 
     Args:
       strength: ``lambda >= 0``, a float or a schedule ``count -> value``.
@@ -80,15 +45,12 @@ def add_l2(strength: ScalarOrSchedule, mask: masks.Mask = None
       An :class:`optax.GradientTransformationExtraArgs`.
 
     Examples:
-      The gradient gains ``strength * w`` on the kernel; the bias is not regularized:
-
-      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> import jax, jax.numpy as jnp, jaxreg
       >>> params = {"kernel": jnp.array([1.0, -2.0]), "bias": jnp.array([3.0])}
-      >>> grads = {"kernel": jnp.zeros(2), "bias": jnp.zeros(1)}
-      >>> tx = jaxreg.add_l2(0.1)
-      >>> updates, _ = tx.update(grads, tx.init(params), params)
-      >>> [round(float(u), 3) for u in updates["kernel"]], [float(u) for u in updates["bias"]]
-      ([0.1, -0.2], [0.0])
+      >>> tx = jaxreg.add_l2(0.1)  # the bias is not regularized (kernels only)
+      >>> updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+      >>> [round(float(u), 3) for u in updates["kernel"]], float(updates["bias"][0])
+      ([0.1, -0.2], 0.0)
     """
     check_hyperparam("strength", strength)
     return _add_penalty_gradient("add_l2", lambda w: w, strength, mask)
@@ -116,7 +78,7 @@ def add_l1(strength: ScalarOrSchedule, mask: masks.Mask = None
 
 def _data_scaled(name: str, direction: Callable[[jax.Array], jax.Array], strength: ScalarOrSchedule,
                  num_examples: int, mask: masks.Mask) -> optax.GradientTransformationExtraArgs:
-    """``updates + strength / num_examples * direction(params)`` (seed 002's ``lambda/m`` forms)."""
+    """``updates + strength / num_examples * direction(params)`` (the ``lambda/m`` forms)."""
     check_hyperparam("strength", strength)
     check_hyperparam("num_examples", num_examples, schedule=False, positive=True, integer=True)
     return _add_penalty_gradient(name, direction, strength, mask, factor=1.0 / num_examples)
@@ -124,10 +86,9 @@ def _data_scaled(name: str, direction: Callable[[jax.Array], jax.Array], strengt
 
 def data_scaled_l2(strength: ScalarOrSchedule, num_examples: int, mask: masks.Mask = None
                    ) -> optax.GradientTransformationExtraArgs:
-    """Seed 002's L2 term ``lambda/(2m) * sum w^2``: adds ``lambda/m * w``.
+    """Add ``lambda/m * w``: the gradient of ``lambda/(2m) * sum w^2``, ``m`` the training set size.
 
-    ``m`` is the number of training examples, so the penalty weighs like one more example
-    of a mean loss over the data set.
+    It weighs like one more example of a mean loss over the data set (``docs/formulas.md``).
 
     Args:
       strength: ``lambda >= 0``, a float or a schedule ``count -> value``.
@@ -138,8 +99,6 @@ def data_scaled_l2(strength: ScalarOrSchedule, num_examples: int, mask: masks.Ma
       An :class:`optax.GradientTransformationExtraArgs`.
 
     Examples:
-      With ``lambda = 2`` and ``m = 100`` training examples the gradient gains ``0.02 * w``:
-
       >>> import jax.numpy as jnp, jaxreg
       >>> params = {"kernel": jnp.array([1.0, -3.0])}
       >>> tx = jaxreg.data_scaled_l2(2.0, num_examples=100)
@@ -152,8 +111,9 @@ def data_scaled_l2(strength: ScalarOrSchedule, num_examples: int, mask: masks.Ma
 
 def data_scaled_l1(strength: ScalarOrSchedule, num_examples: int, mask: masks.Mask = None
                    ) -> optax.GradientTransformationExtraArgs:
-    """Seed 002's L1 term ``lambda/m * sum |w|``: adds ``lambda/m * sign(w)``. Arguments and
-    result as for :func:`data_scaled_l2`.
+    """Add ``lambda/m * sign(w)``: a subgradient of ``lambda/m * sum abs(w)``.
+
+    Arguments and result as for :func:`data_scaled_l2`.
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg
@@ -170,15 +130,18 @@ _CONVENTION_FACTOR = {"half": 1.0, "seed": 2.0}
 
 
 def batch_scaled_strength(strength: Any, batch_size: Any, convention: str = "half") -> Any:
-    """The L2 strength :func:`batch_scaled_l2` applies at batch size ``b``: the gradient it adds
-    is ``batch_scaled_strength(lambda, b) * w``, ``lambda / b`` (``"half"``) or ``2 lambda / b``
-    (``"seed"``). The one place this formula lives; the training engine's histories and sweeps
-    call it too.
+    """The L2 strength :func:`batch_scaled_l2` applies at batch size ``b``.
+
+    ``lambda / b`` (``"half"``) or ``2 lambda / b`` (``"seed"``): the gradient added is this
+    times ``w``. The one home of the formula (the engine's histories and sweeps call it).
 
     Args:
       strength: ``lambda``, a number or an array.
       batch_size: ``b``, a number or an array.
       convention: ``"half"`` or ``"seed"`` (see :func:`batch_scaled_l2`).
+
+    Returns:
+      ``lambda / b`` or ``2 lambda / b``, a number or an array.
 
     Examples:
       >>> import jaxreg
@@ -220,53 +183,25 @@ def _step_batch_size(batch_size=None, **extra_args):
 def batch_scaled_l2(strength: ScalarOrSchedule, mask: masks.Mask = None, *,
                     convention: Literal["half", "seed"] = "half"
                     ) -> optax.GradientTransformationExtraArgs:
-    """Seed 000's batch regularization: L2 with strength ``lambda_b = lambda / b`` per batch.
+    """L2 with strength ``lambda_b = lambda / b`` at each step, ``b`` the batch size.
 
-    The batch size ``b`` is given at every step, ``tx.update(grads, state, params,
-    batch_size=b)``, as a Python int or a (traced) array: a jitted step does not recompile when
-    ``b`` changes (pass it as an array argument). Seed 000 writes the step as
-    ``theta <- theta - eta * grad(L + lambda_b * sum w^2)``; the convention picks the penalty:
-
-    ==================  ===========================  ====================  =====================
-    ``convention``      penalty added to batch loss  gradient added        same as
-    ==================  ===========================  ====================  =====================
-    ``"half"`` default  ``lambda_b/2 * sum w^2``     ``lambda/b * w``      ``add_l2(lambda/b)``
-    ``"seed"``          ``lambda_b * sum w^2``       ``2 * lambda/b * w``  ``add_l2(2*lambda/b)``
-    ==================  ===========================  ====================  =====================
-
-    ``"half"`` matches the ``lambda/2 * R`` convention of :func:`add_l2`; ``"seed"`` reproduces
-    seed 000's update literally.
+    Adds ``(lambda/b) w``, the gradient of ``lambda_b/2 * sum w^2`` (``"half"``), or
+    ``2 (lambda/b) w`` (``"seed"``: ``docs/formulas.md``). ``b`` comes with every
+    ``update(..., batch_size=b)``, an int or a traced integer array (``docs/conventions.md``).
 
     Args:
       strength: ``lambda >= 0``, a float or a schedule ``count -> value``.
       mask: which leaves to regularize (:mod:`jaxreg.masks`; default kernels only).
-      convention: ``"half"`` or ``"seed"``, see the table.
+      convention: ``"half"`` or ``"seed"``.
 
     Returns:
-      An :class:`optax.GradientTransformationExtraArgs`; its ``update`` requires the keyword
-      ``batch_size``: an integer scalar (``TypeError`` if missing, a float, a bool or not a
-      scalar; ``ValueError`` if a concrete value is ``< 1``). A traced ``batch_size`` (an
-      argument of a jitted step) can only be checked when the step runs under
-      :func:`jax.experimental.checkify.checkify`, which then reports a value ``< 1``
-      (``checkify.debug_check``)::
-
-          err, out = checkify.checkify(jax.jit(step))(state, batch, b)
-          err.throw()
+      An :class:`optax.GradientTransformationExtraArgs` whose ``update`` needs ``batch_size``.
 
     Examples:
-      The batch size comes with every ``update``; chained with SGD it is forwarded:
-
       >>> import jax.numpy as jnp, optax, jaxreg
       >>> params = {"kernel": jnp.array([1.0, -2.0])}
-      >>> tx = jaxreg.batch_scaled_l2(0.5)
-      >>> state = tx.init(params)
-      >>> for b in (10, 50):
-      ...     updates, state = tx.update({"kernel": jnp.zeros(2)}, state, params, batch_size=b)
-      ...     print(b, [round(float(u), 3) for u in updates["kernel"]])
-      10 [0.05, -0.1]
-      50 [0.01, -0.02]
-      >>> sgd = optax.chain(jaxreg.batch_scaled_l2(0.5), optax.sgd(1.0))
-      >>> updates, _ = sgd.update({"kernel": jnp.zeros(2)}, sgd.init(params), params, batch_size=10)
+      >>> tx = optax.chain(jaxreg.batch_scaled_l2(0.5), optax.sgd(1.0))
+      >>> updates, _ = tx.update({"kernel": jnp.zeros(2)}, tx.init(params), params, batch_size=10)
       >>> [round(float(u), 3) for u in updates["kernel"]]
       [-0.05, 0.1]
     """

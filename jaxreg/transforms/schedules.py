@@ -1,9 +1,9 @@
-"""Learning-rate and batch-size schedules (seed 002).
+"""Learning-rate and batch-size schedules (``docs/formulas.md``, the three schedules).
 
 A schedule is a function ``step -> value`` (``optax.Schedule``); pass it as ``learning_rate=``
-to any optax optimizer. Where optax already computes a seed formula, the optax schedule is
-returned unchanged (``fixed``, ``batch_size_schedule``'s learning rate); otherwise the
-docstring says why not. The tests check each one against its formula in float64.
+to any optax optimizer. Where optax already computes a formula, the optax schedule is returned
+unchanged; why the others are written out: ``docs/conventions.md``, section "Schedules". The
+tests check each one against its formula in float64.
 """
 
 from __future__ import annotations
@@ -39,24 +39,16 @@ def fixed(learning_rate: float) -> optax.Schedule:
 
 
 def poly_to_zero(init_value: float, total_steps: float, power: float) -> optax.Schedule:
-    r"""Polynomial decay to zero at ``total_steps`` (the seed's "exponential" schedule).
+    r"""Polynomial decay to zero at ``total_steps`` (the seeds' "exponential" schedule).
 
-    .. math::
-        \eta_t = \eta_0 \left(1 - \frac{t}{T}\right)^{a} \text{ for } 0 \le t \le T,
-        \qquad \eta_t = 0 \text{ for } t > T.
-
-    Steps below 0 give :math:`\eta_0`. Written here rather than returning
-    ``optax.polynomial_schedule(init_value, 0.0, power, total_steps)``, which is the same
-    formula but, under ``jit``, returns NaN for every :math:`t \ge T` when :math:`a` is
-    fractional (e.g. :math:`T \in \{3, 7, 250, 1000\}`, :math:`a = 0.5`, float32): XLA turns
-    :math:`t / T` into :math:`t \cdot (1/T)`, so :math:`1 - t/T` can be slightly negative, and a
-    negative base to a fractional power is NaN. Here the base is clamped at 0.
+    :math:`\eta_t = \eta_0 (1 - t/T)^a` for :math:`0 \le t \le T`, 0 after, :math:`\eta_0`
+    before 0; the base is clamped at 0, so no NaN under ``jit`` (where
+    ``optax.polynomial_schedule`` gives NaN past :math:`T` for a fractional :math:`a`).
 
     Args:
         init_value: :math:`\eta_0 \ge 0`.
         total_steps: :math:`T > 0`, the step at which the value reaches 0.
-        power: :math:`a > 0`. ``power=0`` is rejected: the formula would then be a step from
-            :math:`\eta_0` to 0 after :math:`T` (use ``optax.piecewise_constant_schedule``).
+        power: :math:`a > 0` (for a step to 0, use ``optax.piecewise_constant_schedule``).
 
     Returns:
         An ``optax.Schedule``.
@@ -81,17 +73,8 @@ def poly_to_zero(init_value: float, total_steps: float, power: float) -> optax.S
 def linear_step(init_value: float, step_size: float, floor: float = 0.0) -> optax.Schedule:
     r"""Linear decay with slope :math:`\eta_0 / s`, clipped below at ``floor``.
 
-    .. math::
-        \eta_t = \max\left(\eta_0 \left(1 - \frac{t}{s}\right),\ \eta_{\min}\right).
-
-    Written here rather than taken from optax: ``optax.linear_schedule(eta0, floor,
-    transition_steps=s * (1 - floor / eta0))`` equals it only in exact arithmetic. It evaluates
-    :math:`(\eta_0 - \eta_{\min})(1 - t/T') + \eta_{\min}`, which rounds differently when
-    ``floor > 0`` (most steps differ in the last bits) and needs a non-integer
-    ``transition_steps`` in general. With ``floor=0`` the two agree to float rounding: bit for
-    bit when evaluated eagerly, but under ``jit`` XLA rewrites the two divisions differently
-    (``t / s`` as ``t * (1/s)``), so about half the steps differ by an ulp of
-    :math:`\eta_0` (up to ``4.75e-8`` for :math:`\eta_0 = 1`).
+    :math:`\eta_t = \max(\eta_0 (1 - t/s), \eta_{\min})` (the seeds' "step" schedule;
+    ``optax.linear_schedule`` equals it only in exact arithmetic).
 
     Args:
         init_value: :math:`\eta_0 \ge 0`.
@@ -138,27 +121,11 @@ def batch_size_schedule(
 ) -> BatchSizeSchedule:
     r"""Increase the batch size instead of decaying the learning rate (Smith et al., 2017).
 
-    SGD's noise scale is :math:`g \approx \eta N / B` (learning rate :math:`\eta`, training set
-    size :math:`N`, batch size :math:`B`). A step-decay schedule
-    ``optax.piecewise_constant_schedule(init_value, boundaries_and_scales)`` multiplies
-    :math:`\eta` by :math:`f_i \in (0, 1]` at step :math:`b_i`; this function instead multiplies
-    :math:`B` by :math:`1/f_i` there, so that :math:`g` follows the same trajectory:
-
-    .. math::
-        B_t = \min\left(\operatorname{round}\left(B_0 \prod_{b_i \le t} f_i^{-1}\right),
-            B_{\max}\right), \qquad
-        \eta_t = \eta_0 \prod_{b_i \le t} f_i \cdot \frac{B_t}{B_0},
-        \qquad\text{hence}\qquad \frac{\eta_t}{B_t} = \frac{\eta_0 \prod_{b_i \le t} f_i}{B_0}.
-
-    Until ``max_batch_size`` is reached, :math:`\eta_t = \eta_0` up to the rounding of
-    :math:`B_t` to an integer (the learning rate absorbs that rounding, so :math:`\eta_t/B_t` is
-    exactly the decayed schedule's :math:`\eta/B_0`). Once :math:`B_t` is capped, the remaining
-    decay goes back to the learning rate.
-
-    ``step`` is whatever counter the milestones are written in. Smith et al. use epochs; if both
-    functions are indexed by optimizer steps, note that larger batches mean fewer steps per
-    epoch. A single decay factor at several milestones is
-    ``{m: decay_factor for m in milestones}``.
+    Where ``optax.piecewise_constant_schedule(init_value, boundaries_and_scales)`` multiplies
+    :math:`\eta` by :math:`f_i` at step :math:`b_i`, the batch size is multiplied by
+    :math:`1/f_i`: :math:`B_t = \min(\operatorname{round}(B_0 \prod_{b_i \le t} f_i^{-1}),
+    B_{\max})` and :math:`\eta_t = \eta_0 \prod_{b_i \le t} f_i \cdot B_t / B_0`, so
+    :math:`\eta_t / B_t` follows the decayed schedule (``docs/conventions.md``, "Schedules").
 
     Args:
         init_batch_size: :math:`B_0 \ge 1`.
@@ -173,9 +140,6 @@ def batch_size_schedule(
         A ``BatchSizeSchedule(batch_size, learning_rate)``.
 
     Examples:
-      Halving the learning rate at steps 100 and 200 becomes doubling the batch size there, until
-      the cap of 256; past it the learning rate takes the rest of the decay:
-
       >>> import jaxreg
       >>> s = jaxreg.schedules.batch_size_schedule(64, {100: 0.5, 200: 0.5, 300: 0.5},
       ...                                          max_batch_size=256, init_value=0.1)

@@ -66,7 +66,7 @@ SCHEDULE_FORMULAS = {
 """Each named schedule's formula at step ``t`` of ``T`` (for help texts)."""
 
 
-class Optimizer(NamedTuple):
+class RunOptimizer(NamedTuple):
     """What :func:`make_optimizer` returns.
 
     Attributes:
@@ -116,7 +116,7 @@ def make_optimizer(
     plateau: dict[str, Any] | None = None,
     schedule_kwargs: dict[str, Any] | None = None,
     **optimizer_kwargs: Any,
-) -> Optimizer:
+) -> RunOptimizer:
     """Builds the chain in this module's docstring.
 
     Args:
@@ -183,10 +183,10 @@ def make_optimizer(
         return optax.chain(*parts)
 
     tx = optax.inject_hyperparams(chain)(learning_rate=lr, l2=l2, l1=l1)
-    return Optimizer(tx=tx, plateau=plateau_tx, batch_scaled=batch_scaled)
+    return RunOptimizer(tx=tx, plateau=plateau_tx, batch_scaled=batch_scaled)
 
 
-def effective_l2(l2: float, batch_size: int, batch_scaled: bool) -> float:
+def effective_l2(l2: Any, batch_size: int, batch_scaled: bool) -> Any:
     """The L2 strength the chain applies at batch size ``batch_size``:
     :func:`jaxreg.batch_scaled_strength` when ``batch_scaled``, else ``l2`` itself."""
     return batch_scaled_strength(l2, batch_size) if batch_scaled else l2
@@ -243,7 +243,7 @@ def update_plateau(opt_state: Any, value: Any) -> Any:
                         opt_state, is_leaf=_is_plateau_state)
 
 
-def _plateau_scale(opt_state: Any) -> jax.Array | float:
+def plateau_scale(opt_state: Any) -> jax.Array | float:
     """The product of the ``scale`` of every plateau state in ``opt_state`` (1 without one)."""
     scale: jax.Array | float = 1.0
     for s in plateau_states(opt_state):

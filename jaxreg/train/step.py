@@ -175,7 +175,7 @@ def train_step(
 
 
 @functools.partial(jax.jit, static_argnames=("model", "loss_fn", "batch_size", "compute_dtype"))
-def _evaluation_sums(model, params, batch_stats, x, y, *, loss_fn, batch_size, compute_dtype):
+def evaluation_sums(model, params, batch_stats, x, y, *, loss_fn, batch_size, compute_dtype):
     """The jitted, pure core of :func:`evaluate`: mean metrics as device scalars, over
     ``batch_size`` chunks (the last padded and masked out). Pure, so a sweep can vmap it over
     stacked ``params``/``batch_stats``."""
@@ -221,7 +221,7 @@ def evaluate(
         variables = model.variables
     else:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-    sums = _evaluation_sums(
+    sums = evaluation_sums(
         model, variables["params"], variables["batch_stats"], jnp.asarray(x), jnp.asarray(y),
         loss_fn=loss_fn, batch_size=min(batch_size, len(x)), compute_dtype=compute_dtype,
     )

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from jaxreg._validate import require
 from jaxreg.train import nnx_bridge
+from jaxreg.train.config import check_steps
 from jaxreg.train.epoch import scan_epoch
 from jaxreg.train.optimizer import effective_l2, make_optimizer
 from jaxreg.train.plan import append, epoch_entry, hyperparams, split_data
@@ -46,7 +47,8 @@ class SettingResult(NamedTuple):
             one: to report, never to choose by).
         seconds: wall time of the chunk that trained it, compilation included (shared by the
             chunk's settings).
-        params, batch_stats: the final values, as numpy arrays.
+        params, model_state: the final values, as numpy arrays (``model_state``: as
+            :class:`jaxreg.train.TrainState`'s).
     """
 
     setting: Setting
@@ -54,7 +56,7 @@ class SettingResult(NamedTuple):
     final: dict[str, float]
     seconds: float
     params: Any
-    batch_stats: Any
+    model_state: Any
 
 
 class SweepResult(NamedTuple):
@@ -136,7 +138,10 @@ def sweep(
         seeds: crosses settings without a ``seed`` (:func:`expand`).
         mask: which parameters the penalties apply to (default kernels only).
         data_seed: the data order of every setting is that of ``fit(seed=data_seed)``.
-        loss_fn, skip_nonfinite, compute_dtype: as for :func:`jaxreg.train.fit`.
+        loss_fn: as for :func:`jaxreg.train.fit`.
+        skip_nonfinite: as for :func:`jaxreg.train.fit`.
+        compute_dtype: as for :func:`jaxreg.train.fit`.
+        test: evaluate the dataset's test split at the end.
         validation_split: hold out the last fraction of the training data (as
             :func:`jaxreg.train.fit`) and report ``val_loss``/``val_accuracy`` per setting:
             choose settings by these, not by the test metrics.
@@ -247,7 +252,7 @@ def _plan_group(model: Any, key: tuple, members: list[int], settings: list[Setti
         first.optimizer,
         first.learning_rate,
         schedule=first.schedule,
-        total_steps=epochs * steps,
+        total_steps=check_steps(epochs, steps),
         l2=float(any(settings[i].l2 for i in members)),
         l1=float(any(settings[i].l1 for i in members)),
         proximal=first.proximal,
@@ -276,7 +281,7 @@ def _run_group(plan: GroupPlan, settings: list[Setting], epochs: int, shared: _S
         with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
             history, states = run_chunk(padded, epochs, bar)
             final = _final_metrics(history, plan, states, shared)
-        host = jax.device_get((states.params, states.batch_stats))
+        host = jax.device_get((states.params, states.model_state))
         seconds = time.perf_counter() - t0
         for j, i in enumerate(chunk):
             yield (
@@ -287,7 +292,7 @@ def _run_group(plan: GroupPlan, settings: list[Setting], epochs: int, shared: _S
                     final={k: v[j] for k, v in final.items()},
                     seconds=seconds,
                     params=jax.tree.map(lambda a, j=j: a[j], host[0]),
-                    batch_stats=jax.tree.map(lambda a, j=j: a[j], host[1]),
+                    model_state=jax.tree.map(lambda a, j=j: a[j], host[1]),
                 ),
             )
 
@@ -365,6 +370,6 @@ def _final_metrics(
             compute_dtype=shared.compute_dtype,
         )
         metrics = jax.device_get(jax.vmap(evaluate, in_axes=(0, 0, None, None))(
-            states.params, states.batch_stats, xs, ys))
+            states.params, states.model_state, xs, ys))
         final.update({f"{name}_{k}": [float(v) for v in vs] for k, vs in metrics.items()})
     return final

@@ -6,8 +6,9 @@ and bounds (``low``/``high``, ``open``: which ends are excluded) or ``choices``,
 ``flag`` (``None``: none), whether a sweep vmaps it or groups by it (``sweep``: ``"vmapped"`` /
 ``"static"``) and whether ``--resume`` may change it (``resumable``). ``jaxreg train``'s flags,
 ``config.json`` (written by :meth:`RunConfig.to_dict`, read back by :meth:`RunConfig.from_dict`
-with every value checked as a flag is), the resume rules, :class:`jaxreg.train.Setting` and
-:func:`jaxreg.train.make_optimizer`'s checks derive from it. Bounds are what the engine can
+with every value checked as a flag is), the resume rules and :class:`jaxreg.train.Setting`
+derive from it; :meth:`OptimizerConfig.kwargs` are :func:`jaxreg.train.make_optimizer`'s
+keyword arguments, whose defaults are the description's. Bounds are what the engine can
 represent: a run's steps fit the int32 step counter (:data:`STEP_LIMIT`), strengths and learning
 rates are finite float32 numbers, a poly schedule's power keeps it finite.
 """
@@ -103,11 +104,11 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
-def _check_all(obj: Any, prefix: str = "") -> None:
-    """Checks every field of the dataclass ``obj`` (ValueError naming ``prefix + name``)."""
+def _check_all(obj: Any) -> None:
+    """Checks every described field of the dataclass ``obj`` (ValueError naming it)."""
     for f in dataclasses.fields(obj):
         if "kind" in f.metadata:
-            object.__setattr__(obj, f.name, check(f, getattr(obj, f.name), prefix + f.name))
+            object.__setattr__(obj, f.name, check(f, getattr(obj, f.name)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -112,7 +112,7 @@ def test_eval_reproduces_test_accuracy(run):
 def test_resume_of_finished_run_only_reports(run, monkeypatch):
     run_dir, metrics, _ = run
     monkeypatch.setattr(
-        train_cli, "fit", lambda *a, **k: pytest.fail("a finished run was retrained")
+        train_cli, "fit_plan", lambda *a, **k: pytest.fail("a finished run was retrained")
     )
     status, out, _ = run_main(["train", "--resume", "--out", str(run_dir)])
     assert status == 0
@@ -323,7 +323,8 @@ def test_help_states_each_schedule_formula():
 
 
 def test_diverged_run_exits_1_and_keeps_the_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_cli, "fit", functools.partial(train_cli.fit, max_consecutive_skips=5))
+    monkeypatch.setattr(train_cli, "fit_plan",
+                        functools.partial(train_cli.fit_plan, max_consecutive_skips=5))
     run_dir = tmp_path / "diverged"
     status, _, err = run_main(["train", "--dataset", "digits", "--epochs", "3", "--batch-size",
                                  "128", "--lr", "1e30", "--no-progress", "--out", str(run_dir)])

@@ -257,3 +257,83 @@ def test_sweep_seed_is_the_first_seed_beside_seeds(tmp_path):
     refused(["sweep", *DIGITS, "--seed", str(2**32 - 1), "--seeds", "2", "--out", out],
             "--seed 4294967295 with --seeds 2 reaches seed 4294967296")
     assert np.isfinite(rows[0]["test_accuracy_mean"])
+
+
+# --- 25.8: every value read from a run directory is checked as a flag is ---------------------
+
+@pytest.mark.parametrize("key, value", [
+    ("epochs", "2"), ("batch_size", "128"), ("batch_size", 0), ("seed", "0"), ("seed", 2**70),
+    ("validation_split", 1e308), ("optimizer", [1, 2]), ("optimizer.learning_rate", "0.1"),
+    ("optimizer.momentum", 0.9),
+])
+def test_resume_and_eval_check_every_config_value(digits_run, tmp_path, key, value):
+    run_dir = copy_run(digits_run, tmp_path)
+    config = json.loads((run_dir / "config.json").read_text())
+    where, _, inner = key.rpartition(".")
+    (config[where] if where else config)[inner] = value
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "metrics.json").unlink()
+    message = f"{run_dir / 'config.json'}: `{key}` must be"
+    refused(["train", "--resume", "--out", run_dir], message)
+    refused(["eval", "--run", run_dir], message)
+
+
+# --- 25.9: every numeric setting bounded by what the engine represents, before any work -----
+
+@pytest.mark.parametrize("flags, message", [
+    (["--plateau", "--plateau-patience", "99999999999999999999999"],
+     "--plateau-patience: expected a positive integer up to 2147483647"),
+    (["--epochs", "99999999999999999999999"], "--epochs: expected a positive integer up to"),
+    (["--schedule", "poly", "--lr-power", "1e308"], "--lr-power: expected a positive number up"),
+    (["--l2", "1e23"], "--l2: expected a number >= 0 up to"),
+    (["--l1", "1e23"], "--l1: expected a number >= 0 up to"),
+    (["--optimizer", "adamw", "--weight-decay", "1e308"], "--weight-decay: expected a number"),
+    (["--epochs", "2000000000"],  # 1437 training examples: 1437 steps per epoch
+     f"`epochs` must be at most {(2**31 - 1) // 1437} at 1437 steps per epoch"),
+])
+def test_numeric_settings_beyond_the_engine_are_refused_before_the_run(tmp_path, flags,
+                                                                       message):
+    argv = ["train", "--dataset", "digits", "--batch-size", "1", *flags, "--no-progress"]
+    refused([*argv, "--out", tmp_path / "run"], message)
+    assert not (tmp_path / "run").exists()
+
+
+# --- 22.1 / 22.2: a run from a config file; one lock per run ----------------------------------
+
+def test_a_runs_config_json_is_a_config_file_for_a_new_run(digits_run, tmp_path):
+    status, _, err = run_main(["train", "--config", digits_run / "config.json", "--seed", "3",
+                               "--no-progress", "--out", tmp_path / "run"])
+    assert status == 0, err
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    original = json.loads((digits_run / "config.json").read_text())
+    assert config == {**original, "seed": 3}
+    assert (tmp_path / "run" / ".lock").exists()
+    assert not (tmp_path / "run" / "checkpoints" / ".lock").exists()  # one lock, the CLI's
+    refused(["train", "--resume", "--out", tmp_path / "run", "--config",
+             digits_run / "config.json"], "--resume cannot change --config")
+
+
+# --- 25.5 / 25.12: eval of replaced checkpoints; resume without checkpoints -------------------
+
+def test_eval_refuses_checkpoints_of_another_run(digits_run, tmp_path):
+    other = tmp_path / "other"
+    status, _, err = run_main(["train", *DIGITS, "--batch-size", "64", "--out", other])
+    assert status == 0, err
+    run_dir = copy_run(digits_run, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints")
+    shutil.copytree(other / "checkpoints", run_dir / "checkpoints")
+    err = refused(["eval", "--run", run_dir], "was saved by another run")
+    assert "batch_size: 64 -> 128" in err
+    refused(["train", "--resume", "--out", run_dir, "--epochs", "2"], "batch_size: 64 -> 128")
+
+
+@pytest.mark.parametrize("deleted", ["every checkpoint", "checkpoints/"])
+def test_resume_and_eval_without_checkpoints_are_refused(digits_run, tmp_path, deleted):
+    run_dir = copy_run(digits_run, tmp_path)
+    if deleted == "checkpoints/":
+        shutil.rmtree(run_dir / "checkpoints")
+    else:
+        for step in (run_dir / "checkpoints").iterdir():
+            shutil.rmtree(step)
+    refused(["train", "--resume", "--out", run_dir, "--epochs", "2"], "holds no checkpoint")
+    refused(["eval", "--run", run_dir], "no checkpoint to evaluate")

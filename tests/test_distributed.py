@@ -296,7 +296,7 @@ def test_accumulation_semantics():
         (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
         return value, stats, grads
 
-    stats, grads, values = state.batch_stats, [], []
+    stats, grads, values = state.model_state, [], []
     for j in range(3):
         value, stats, g = micro(stats, x[j::3], y[j::3])
         values.append(value)
@@ -306,7 +306,7 @@ def test_accumulation_semantics():
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new.params, expected
     )
     jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), new.batch_stats, stats
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), new.model_state, stats
     )
     np.testing.assert_allclose(metrics["loss"], np.mean(values), rtol=1e-6)
 

@@ -195,3 +195,51 @@ def test_sweep_seeds_are_32_bit_like_fit():
     np.testing.assert_allclose(swept.results[0].params["Dense_0"]["kernel"],
                                jax.device_get(fitted.state.params["Dense_0"]["kernel"]),
                                rtol=1e-5, atol=1e-6)
+
+
+# --- issue 25.10: each bad argument is one line naming it, not an error from deep inside ------
+
+def test_no_optimizer_is_named(tmp_path):
+    with pytest.raises(TypeError, match="^`optimizer` must be a RunOptimizer, an optax "
+                                        "GradientTransformation or .*; got optimizer=None$"):
+        fit(Tiny(), None, arrays(), epochs=1, batch_size=16, progress=False)
+
+
+def test_float_targets_not_shaped_as_the_outputs_are_named(tmp_path):
+    x, y = arrays()
+    refused(ValueError, r"`data targets` must be shaped as the model's outputs \(3,\) for the "
+            r"default squared-error loss", tmp_path, data=(x, y.astype(np.float64)))
+
+
+def test_string_inputs_are_named(tmp_path):
+    x, y = arrays()
+    refused(TypeError, r"`data\[0\]` must be a numeric \(bool, integer or float\) array; got "
+            r"data\[0\]='<U\d+ array of shape \(64, 4\)'", tmp_path, data=(x.astype(str), y))
+
+
+@pytest.mark.parametrize("optimizer, key", [(dict(name="adam", momentum=0.9), "momentum"),
+                                            (dict(name="sgd", learning_rat=0.1), "learning_rat")])
+def test_unknown_optimizer_keys_are_named(tmp_path, optimizer, key):
+    refused(TypeError, rf"^`{key}` must be a keyword argument of make_optimizer or optax\.",
+            tmp_path, optimizer=optimizer)
+    with pytest.raises(TypeError, match=rf"^`{key}` must be a keyword argument"):
+        make_optimizer(**optimizer)
+
+
+def test_momentum_takes_sgds_keywords():
+    """The check accepts the optax constructor's keywords: "momentum" is optax.sgd's."""
+    import optax
+
+    params, grads = {"kernel": np.ones(2, np.float32)}, {"kernel": np.array([1.0, 2.0], np.float32)}
+    tx = make_optimizer("momentum", 0.1, momentum=0.8, nesterov=True).tx
+    reference = optax.sgd(0.1, momentum=0.8, nesterov=True)
+    state, ref_state = tx.init(params), reference.init(params)
+    for _ in range(2):
+        updates, state = tx.update(grads, state, params)
+        expected, ref_state = reference.update(grads, ref_state, params)
+        np.testing.assert_allclose(updates["kernel"], expected["kernel"], rtol=1e-6)
+
+
+def test_max_consecutive_skips_below_one_is_named(tmp_path):
+    refused(ValueError, "^`max_consecutive_skips` must be an integer >= 1; got "
+            "max_consecutive_skips=0$", tmp_path, max_consecutive_skips=0)

@@ -73,7 +73,7 @@ def test_sweep_equals_separate_fit_runs(digits, swept):
             progress=False,
         )
         assert_close(result.params, ref.state.params)
-        assert_close(result.batch_stats, ref.state.batch_stats)
+        assert_close(result.model_state, ref.state.model_state)
         for k in ("loss", "accuracy", "l2_strength", "l1_strength", "learning_rate"):
             np.testing.assert_allclose(result.history[k], ref.history[k], rtol=1e-5, atol=1e-6)
         assert result.final["test_accuracy"] == pytest.approx(ref.test["accuracy"], abs=1e-6)
@@ -94,7 +94,7 @@ def test_chunks_give_the_same_results(digits, swept):
     for a, b in zip(chunked.results, swept.results, strict=True):
         assert a.setting == b.setting
         assert_close(a.params, b.params)
-        assert_close(a.batch_stats, b.batch_stats)
+        assert_close(a.model_state, b.model_state)
         np.testing.assert_allclose(a.history["loss"], b.history["loss"], rtol=1e-5)
 
 
@@ -110,7 +110,7 @@ def test_eight_devices_match_one(tmp_path, swept):
         assert r.groups[0]["chunk_size"] == 8, r.groups
         def leaves_of(results):
             return [np.asarray(a) for res in results
-                    for a in jax.tree.leaves((res.params, res.batch_stats))]
+                    for a in jax.tree.leaves((res.params, res.model_state))]
         leaves = leaves_of(r.results)
         # a user's mesh with Explicit axes (jax.make_mesh's default) gives the same results
         explicit = sweep(SeedMLP(hidden=16), load("digits"), {SETTINGS!r},
@@ -122,7 +122,7 @@ def test_eight_devices_match_one(tmp_path, swept):
     """)
     run_on_cpu_devices(script)
     out = np.load(tmp_path / "out.npz")
-    expected = [a for res in swept.results for a in leaves((res.params, res.batch_stats))]
+    expected = [a for res in swept.results for a in leaves((res.params, res.model_state))]
     for i, a in enumerate(expected):
         np.testing.assert_allclose(out[f"arr_{i}"], a, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(
@@ -154,7 +154,7 @@ def test_incompatible_settings_run_in_groups():
     assert [len(res.history["loss"]) for res in r.results] == [1] * 4
     assert r.results[0].final.keys() == {"last_epoch_loss", "last_epoch_accuracy"}  # no test split
     # momentum 0: the running mean is the last batch's mean, unlike momentum 0.9's
-    mean = lambda res: leaves(res.batch_stats)[0]  # noqa: E731
+    mean = lambda res: leaves(res.model_state)[0]  # noqa: E731
     assert not np.allclose(mean(r.results[0]), mean(r.results[1]))
     # a scheduled learning rate is in the program (a closure); a fixed one in the state
     base = expand(

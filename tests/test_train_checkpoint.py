@@ -36,7 +36,7 @@ CHILD = textwrap.dedent("""
                  validation_split=0.2, callbacks=[die], progress=False,
                  checkpoint_dir=ckpt_dir, resume=True)
     s = result.state
-    np.savez(out, *jax.tree.leaves(jax.device_get((s.params, s.batch_stats, s.opt_state, s.step,
+    np.savez(out, *jax.tree.leaves(jax.device_get((s.params, s.model_state, s.opt_state, s.step,
                                                    jax.random.key_data(s.key)))))
     json.dump({"ran": ran, "history": result.history}, open(out + ".json", "w"))
 """)
@@ -89,7 +89,7 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path):
     )
 
     s = ref.state
-    leaves = jax.tree.leaves(jax.device_get((s.params, s.batch_stats, s.opt_state, s.step,
+    leaves = jax.tree.leaves(jax.device_get((s.params, s.model_state, s.opt_state, s.step,
                                              jax.random.key_data(s.key))))
     with np.load(out) as got:
         assert len(got.files) == len(leaves)

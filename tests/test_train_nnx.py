@@ -90,7 +90,7 @@ def test_nnx_and_linen_twins_give_the_same_history(data, name, validation_split)
         np.testing.assert_allclose(res.history[k], ref.history[k], rtol=2e-5, atol=1e-6)
     assert isinstance(res.model, type(nnx_model))
     trained = TWINS[name][1]()
-    copy_from_linen(trained, {"params": ref.state.params, "batch_stats": ref.state.batch_stats})
+    copy_from_linen(trained, {"params": ref.state.params, "batch_stats": ref.state.model_state})
     for a, b in zip(jax.tree.leaves(nnx.state(res.model)), jax.tree.leaves(nnx.state(trained)),
                     strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

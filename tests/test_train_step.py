@@ -23,7 +23,7 @@ def tiny_data(n=96, seed=0):
 def test_apply_gradients_forwards_extra_args():
     params = {"w": jnp.array([1.0, -2.0])}
     tx = optax.chain(jaxreg.batch_scaled_l2(0.5, mask=jaxreg.masks.all_leaves), optax.sgd(0.1))
-    state = TrainState(step=jnp.int32(0), params=params, batch_stats={}, opt_state=tx.init(params),
+    state = TrainState(step=jnp.int32(0), params=params, model_state={}, opt_state=tx.init(params),
                        key=jax.random.key(0))
     new = state.apply_gradients(tx, {"w": jnp.zeros(2)}, batch_size=4)
     np.testing.assert_allclose(new.params["w"], params["w"] * (1 - 0.1 * 0.5 / 4), rtol=1e-6)
@@ -42,8 +42,8 @@ def test_nonfinite_step_is_skipped():
     bad[3, 0, 0, 0] = np.nan
     state, m = step(state, bad, y)
     assert bool(m["skipped"])
-    jax.tree.map(np.testing.assert_array_equal, (state.params, state.batch_stats, state.opt_state),
-                 (before.params, before.batch_stats, before.opt_state))
+    jax.tree.map(np.testing.assert_array_equal, (state.params, state.model_state, state.opt_state),
+                 (before.params, before.model_state, before.opt_state))
     assert int(state.step) == int(before.step) + 1  # the skipped step is counted
     state, m = step(state, x, y)  # training goes on afterwards
     assert not m["skipped"]
@@ -57,7 +57,7 @@ def test_mixed_precision_keeps_float32_state():
     state = create_train_state(model, tx, x[:1], seed=0)
     step = jax.jit(functools.partial(train_step, model=model, tx=tx, compute_dtype=jnp.bfloat16))
     new, m = step(state, x, y)
-    for tree in (new.params, new.batch_stats, new.opt_state):
+    for tree in (new.params, new.model_state, new.opt_state):
         assert {
             a.dtype for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)
         } == {np.dtype("float32")}
@@ -84,7 +84,7 @@ def test_scan_epoch_equals_stream_epoch():
     assert len(calls) == 6 and m_scan["loss"].shape == (6,)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
-        (scanned.params, scanned.batch_stats, m_scan),
-        (streamed.params, streamed.batch_stats, m_stream),
+        (scanned.params, scanned.model_state, m_scan),
+        (streamed.params, streamed.model_state, m_stream),
     )
     assert int(scanned.step) == int(streamed.step) == 6

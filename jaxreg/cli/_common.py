@@ -1,21 +1,25 @@
 """What the commands share: the default L2 strength, argparse value types, the dataset loader,
-and a run directory's JSON files."""
+a run's model and plan, and a run directory's JSON files."""
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import json
 import math
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from jaxreg._validate import SEED_LIMIT
 from jaxreg.data import DataError, Dataset, load, sources
+from jaxreg.train import config as run_config
 from jaxreg.train import distributed, models, models_nnx
+from jaxreg.train.config import RunConfig
+from jaxreg.train.plan import Plan, make_plan
 
 DEFAULT_L2 = 0.025
 """Default L2 strength, batch-scaled: the penalty gradient is ``(0.025 / 128) w`` (about
@@ -49,6 +53,18 @@ open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 readable_dir = _checked(Path, lambda p: p.is_dir() and os.access(p, os.R_OK | os.X_OK),
                         "a readable directory")
 mesh_spec = _checked(distributed.parse_mesh, bool, "a mesh like data=8 or data=4,fsdp=2")
+
+
+def field_type(field: dataclasses.Field) -> Callable[[str], Any]:
+    """The argparse ``type`` of a run description field (:mod:`jaxreg.train.config`): the
+    field's kind (``int``, ``float``) of the text, within the field's bounds."""
+    def valid(value: Any) -> bool:
+        try:
+            run_config.check(field, value)
+        except ValueError:
+            return False
+        return True
+    return _checked(field.metadata["kind"], valid, run_config.condition(field))
 
 
 @contextlib.contextmanager
@@ -111,15 +127,21 @@ def load_dataset(name: str | None, data_dir: Path | None,
     return data, why.replace("{source}", data.source)  # not format(): paths may hold braces
 
 
-def build_model(config: dict[str, Any], data: Dataset) -> Any:
-    """The run's model: ``config["model"]`` from :data:`jaxreg.train.models.MODELS` (linen), or
-    with ``config["api"] == "nnx"`` its NNX form (:mod:`jaxreg.train.models_nnx`), built for
-    ``data``'s input shape with ``nnx.Rngs(config["seed"])``."""
-    if config.get("api", "linen") == "nnx":
-        return models_nnx.get(
-            config["model"], data.x_train.shape[1:], data.num_classes, config["seed"]
-        )
-    return models.get(config["model"], data.num_classes)
+def build_model(config: RunConfig, data: Dataset) -> Any:
+    """The run's model: ``config.model`` from :data:`jaxreg.train.models.MODELS` (linen), or
+    with ``config.api == "nnx"`` its NNX form (:mod:`jaxreg.train.models_nnx`), built for
+    ``data``'s input shape with ``nnx.Rngs(config.seed)``."""
+    if config.api == "nnx":
+        return models_nnx.get(config.model, data.x_train.shape[1:], data.num_classes, config.seed)
+    return models.get(config.model, data.num_classes)
+
+
+def plan_config(config: RunConfig, data: Dataset, mesh: Any = None) -> Plan:
+    """The :class:`jaxreg.train.plan.Plan` of the run ``config`` on ``data`` (every setting
+    checked as ``fit`` checks it, the initial state built, nothing trained)."""
+    return make_plan(build_model(config, data), config.optimizer.kwargs(), data,
+                     epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                     validation_split=config.validation_split, mesh=mesh)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -129,51 +151,35 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-CONFIG_KEYS = ("dataset", "data_dir", "fingerprint", "input_shape", "num_classes", "model",
-               "epochs", "batch_size", "seed", "validation_split", "optimizer")
-"""The keys of a run's ``config.json`` (``jaxreg train``'s ``make_config``)."""
-OPTIMIZER_KEYS = ("name", "learning_rate", "schedule", "l2", "l1", "batch_scaled", "proximal",
-                  "plateau")
-"""The keys of its ``optimizer`` entry (:func:`jaxreg.train.make_optimizer`'s arguments)."""
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "checkpoint_every")
+"""The keys a run directory's ``config.json`` must have (:class:`jaxreg.train.config.RunConfig`;
+``checkpoint_every`` may be left out: 1)."""
 
 
-def read_config(run_dir: Path) -> dict[str, Any]:
+def read_config(run_dir: Path) -> RunConfig:
     """A run directory's ``config.json``; ValueError when it is not a run directory, or the
-    file is not JSON or lacks a key of :data:`CONFIG_KEYS` / :data:`OPTIMIZER_KEYS` (the
-    message names the file and the key)."""
-    path = run_dir / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{run_dir}: not a jaxreg run directory (no config.json)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
-    optimizer = config.get("optimizer") if isinstance(config, dict) else None
-    missing = ([k for k in CONFIG_KEYS if k not in config] if isinstance(config, dict)
-               else ["(an object)"])
-    missing += [f"optimizer.{k}" for k in OPTIMIZER_KEYS
-                if isinstance(optimizer, dict) and k not in optimizer]
-    if missing:
-        raise ValueError(f"{path}: no key {missing[0]!r} (a run directory of another jaxreg "
-                         f"version, or an edited file)")
-    return config
+    file is not JSON, lacks a key of :data:`CONFIG_KEYS` or has a bad value (the message names
+    the file and the key)."""
+    if not (run_dir / "config.json").exists():
+        raise ValueError(f"{run_dir}: not a jaxreg run directory (no config.json)")
+    return RunConfig.read(run_dir / "config.json", required=CONFIG_KEYS)
 
 
-def check_run_data(config: dict[str, Any], data: Dataset, run_dir: Path) -> None:
+def check_run_data(config: RunConfig, data: Dataset, run_dir: Path) -> None:
     """Refuses ``data`` for the run ``config`` describes (ValueError): the run's dataset with
     another fingerprint (other files), or another dataset with examples of other shapes."""
     def shape(dims):
         return "x".join(map(str, dims))
-    if data.name == config["dataset"]:
-        if data.fingerprint != config["fingerprint"]:
+    if data.name == config.dataset:
+        if data.fingerprint != config.fingerprint:
             raise ValueError(f"{data.source} holds other data than the run was trained on: "
                              f"{data.name} with fingerprint {data.fingerprint}, not "
-                             f"{config['fingerprint']} ({run_dir / 'config.json'})")
+                             f"{config.fingerprint} ({run_dir / 'config.json'})")
         return
-    theirs, ours = list(data.x_train.shape[1:]), config["input_shape"]
-    if theirs != ours or data.num_classes != config["num_classes"]:
-        classes = ("" if data.num_classes == config["num_classes"] else
-                   f"; {data.num_classes} classes, the run's {config['num_classes']}")
+    theirs, ours = list(data.x_train.shape[1:]), config.input_shape or []
+    if theirs != ours or data.num_classes != config.num_classes:
+        classes = ("" if data.num_classes == config.num_classes else
+                   f"; {data.num_classes} classes, the run's {config.num_classes}")
         raise ValueError(f"--dataset {data.name}: its examples are {shape(theirs)}, the run's "
-                         f"({config['dataset']}) {shape(ours)}{classes}: the model cannot take "
+                         f"({config.dataset}) {shape(ours)}{classes}: the model cannot take "
                          f"them")

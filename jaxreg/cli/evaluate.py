@@ -10,15 +10,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from jaxreg.cli._common import build_model, check_run_data, read_config, readable_dir, write_json
+from jaxreg.cli._common import check_run_data, plan_config, read_config, readable_dir, write_json
 from jaxreg.data import DATASETS, load
-from jaxreg.train import (
-    create_train_state,
-    evaluate,
-    make_optimizer,
-)
-from jaxreg.train.fit import _split_data
-from jaxreg.train.step import default_loss
+from jaxreg.train import plan as run_plan
+from jaxreg.train import rundir
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,33 +37,30 @@ def evaluate_run(
     """Test metrics of the latest checkpoint in ``run_dir`` (on ``dataset`` if given, else
     the run's), also written to ``run_dir/eval.json``.
 
-    Refused (ValueError): the run's dataset with another fingerprint than the run's, another
-    dataset whose examples the model cannot take. The restore template is the run's initial
-    state (model and optimizer from ``config.json``, so the optimizer state has the checkpoint's
-    structure); only its shapes are used.
+    Refused (ValueError): a bad ``config.json``, no checkpoint, the run's dataset with another
+    fingerprint than the run's, another dataset whose examples the model cannot take, and (on
+    the run's dataset) a checkpoint of another run. The restore template is the initial state
+    of the run's plan (:func:`jaxreg.cli._common.plan_config`); only its shapes are used.
     """
     config = read_config(run_dir)
-    if not (run_dir / "checkpoints").is_dir():
-        raise ValueError(f"{run_dir}: no checkpoints directory")
-    data = load(dataset or config["dataset"], data_dir=data_dir or config["data_dir"])
+    if not rundir.step_dirs(run_dir / "checkpoints"):
+        raise ValueError(f"{run_dir}: no checkpoint to evaluate in {run_dir / 'checkpoints'}")
+    data = load(dataset or str(config.dataset), data_dir=data_dir or config.data_dir)
     check_run_data(config, data, run_dir)  # other data, or shapes the model cannot take
-    model = build_model(config, data)
-    (x, y), _, (x_test, y_test) = _split_data(data, config["validation_split"], None)
-    total_steps = config["epochs"] * (len(x) // config["batch_size"])
-    tx = make_optimizer(**{"total_steps": total_steps, **config["optimizer"]}).tx
+    plan = plan_config(config, data)
     from jaxreg.train import checkpoint  # orbax, only now
 
     mngr = checkpoint.manager(run_dir / "checkpoints")
-    try:
+    try:  # the run's own data: its checkpoints must be this run's, as for --resume
         restored = checkpoint.restore_latest(
-            mngr, create_train_state(model, tx, x[:1], config["seed"])
-        )
+            mngr, plan.placement.state,
+            run=run_plan.fingerprint(plan) if data.name == config.dataset else None)
     finally:
         mngr.close()
-    if restored is None:
+    if restored is None or plan.test_data is None:
         raise ValueError(f"{run_dir}: no checkpoint to evaluate")
     epoch, state, _ = restored
-    test = evaluate(model, state, x_test, y_test, loss_fn=default_loss(y))
+    test = plan.evaluate(state, *plan.test_data)
     metrics = dict(run=str(run_dir), dataset=data.name, data_source=data.source, epoch=epoch,
                    test_loss=test["loss"], test_accuracy=test.get("accuracy"))
     write_json(run_dir / "eval.json", metrics)

@@ -46,6 +46,7 @@ from jaxreg._validate import SEED_LIMIT
 from jaxreg.cli import tensorboard
 from jaxreg.cli._common import (
     DEFAULT_L2,
+    field_type,
     fraction,
     load_dataset,
     positive_int,
@@ -54,6 +55,7 @@ from jaxreg.cli._common import (
 )
 from jaxreg.data import DATASETS
 from jaxreg.train import models, rundir
+from jaxreg.train.config import OptimizerConfig, RunConfig, default, field
 from jaxreg.train.optimizer import OPTIMIZERS
 from jaxreg.transforms import penalties
 
@@ -65,7 +67,7 @@ STUDY_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
 PANEL_SIZE = (5.0, 3.8)
 SWEEP_VALIDATION_SPLIT = 0.1
 """Default ``--validation-split``: what the best setting is chosen by."""
-REFERENCE_BATCH = 128
+REFERENCE_BATCH = default(RunConfig, "batch_size")
 """The study's fixed-strength model uses ``lambda / REFERENCE_BATCH`` (equal to lambda/b there)."""
 
 
@@ -105,9 +107,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lr",
         type=float_list,
-        default=[1e-3],
+        default=[default(OptimizerConfig, "learning_rate")],
         metavar="LIST",
-        help="learning rates (default: 1e-3)",
+        help=f"learning rates (default: {default(OptimizerConfig, 'learning_rate')})",
     )
     p.add_argument("--batch-scaled", choices=("on", "off", "both"), default="on",
                    help="divide lambda by the batch size at each step (default: %(default)s)")
@@ -120,16 +122,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data-dir", type=readable_dir, metavar="DIR", help="directory holding the IDX files"
     )
-    p.add_argument(
-        "--model", choices=models.MODELS, default="seed-mlp", help="(default: %(default)s)"
-    )
-    p.add_argument(
-        "--optimizer", choices=sorted(OPTIMIZERS), default="adam", help="(default: %(default)s)"
-    )
-    p.add_argument("--epochs", type=positive_int, default=10, help="(default: %(default)s)")
-    p.add_argument(
-        "--batch-size", type=positive_int, default=128, metavar="B", help="(default: %(default)s)"
-    )
+    p.add_argument("--model", choices=models.MODELS, default=default(RunConfig, "model"),
+                   help="(default: %(default)s)")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
+                   default=default(OptimizerConfig, "name"), help="(default: %(default)s)")
+    p.add_argument("--epochs", type=field_type(field(RunConfig, "epochs")),
+                   default=default(RunConfig, "epochs"), help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=field_type(field(RunConfig, "batch_size")),
+                   default=default(RunConfig, "batch_size"), metavar="B",
+                   help="(default: %(default)s)")
     p.add_argument("--data-seed", type=seed_int, default=0,
                    help="data order of every setting (default: %(default)s)")
     p.add_argument("--validation-split", type=fraction, default=SWEEP_VALIDATION_SPLIT, metavar="F",

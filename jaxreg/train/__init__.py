@@ -1,8 +1,9 @@
 """Training engine: state, step, whole-epoch runners, optimizer factory, checkpoints, ``fit``.
 
 Modules, lowest first: ``state`` (the pytree) -> ``step`` (one pure step, evaluation) ->
-``epoch`` (scan / streamed epoch) -> ``optimizer`` (the optax chain) -> ``checkpoint``
-(orbax) -> ``fit`` (the loop) -> ``sweep`` (many settings at once, vmapped: a subpackage,
+``epoch`` (scan / streamed epoch) -> ``optimizer`` (the optax chain) -> ``config`` (the run
+description) -> ``checkpoint`` (orbax) -> ``plan`` (a run checked and set up once) -> ``fit``
+(the loop) -> ``sweep`` (many settings at once, vmapped: a subpackage,
 settings / memory / run). ``models`` holds the models the CLI and benchmarks train
 (:data:`jaxreg.train.models.MODELS`), ``models_nnx`` the same as ``nnx.Module``s;
 ``nnx_bridge`` lets every entry point take an ``nnx.Module``; ``distributed`` the meshes and
@@ -13,21 +14,26 @@ from jaxreg._extras import require_train
 
 require_train("jaxreg.train")
 
+from jaxreg.train.config import OptimizerConfig, RunConfig
 from jaxreg.train.epoch import prefetch, scan_epoch, stream_epoch
-from jaxreg.train.fit import FitResult, TrainingDiverged, fit
+from jaxreg.train.fit import FitResult, TrainingDiverged, fit, fit_plan
 from jaxreg.train.optimizer import (
-    Optimizer,
+    RunOptimizer,
     learning_rate_schedule,
     make_optimizer,
     update_plateau,
 )
+from jaxreg.train.plan import Plan, make_plan
 from jaxreg.train.state import TrainState, create_train_state
 from jaxreg.train.step import cross_entropy, evaluate, squared_error, train_step
 from jaxreg.train.sweep import Setting, SweepResult, sweep
 
 __all__ = [
     "FitResult",
-    "Optimizer",
+    "OptimizerConfig",
+    "Plan",
+    "RunConfig",
+    "RunOptimizer",
     "Setting",
     "SweepResult",
     "TrainState",
@@ -36,8 +42,10 @@ __all__ = [
     "cross_entropy",
     "evaluate",
     "fit",
+    "fit_plan",
     "learning_rate_schedule",
     "make_optimizer",
+    "make_plan",
     "prefetch",
     "scan_epoch",
     "squared_error",

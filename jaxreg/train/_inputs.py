@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxreg._validate import check_int, check_seed, message, require
 from jaxreg.train import nnx_bridge
+from jaxreg.train.optimizer import RunOptimizer, check_optimizer_kwargs
 
 HISTORY_KEYS = ("loss", "accuracy", "learning_rate", "l2_strength", "l1_strength",
                 "skipped_steps", "epoch_seconds")
@@ -39,6 +40,8 @@ def _array(name: str, value: Any) -> np.ndarray:
         raise TypeError(f"`{name}` must be one array with a leading example axis (fit does not "
                         f"take dict or pytree inputs: concatenate the features into one array, "
                         f"or split them inside the model); got {name}={shown}")
+    require(array.dtype.kind in "biuf", name, "a numeric (bool, integer or float) array", shown,
+            TypeError)
     return array
 
 
@@ -108,15 +111,23 @@ def check_fit_inputs(
 ) -> None:
     """Raises TypeError/ValueError naming the first bad argument of :func:`jaxreg.train.fit`.
 
-    Checked: ``epochs``, ``batch_size``, ``accumulate``, ``unroll`` integers >= 1; ``seed`` in
-    ``[0, 2**32)``; ``validation_split`` 0 or in (0, 1), not with ``validation_data``, leaving
-    at least one validation example and ``batch_size`` training ones; ``data``,
-    ``validation_data`` and the test split arrays (no dicts or pytrees) with as many targets
-    as inputs, non-empty, every split shaped as the training data; ``monitor`` a history key;
-    ``model`` callable with ``train=``; with integer targets and the default loss, labels in
-    ``[0, K)`` for the model's ``K`` outputs (and the dataset's ``num_classes``); with a
+    Checked: ``optimizer`` a :class:`RunOptimizer`, an optax transformation or a dict of
+    :func:`jaxreg.train.make_optimizer`'s (and its optax constructor's) keywords; ``epochs``,
+    ``batch_size``, ``accumulate``, ``unroll`` integers >= 1; ``seed`` in ``[0, 2**32)``;
+    ``validation_split`` 0 or in (0, 1), not with ``validation_data``, leaving at least one
+    validation example and ``batch_size`` training ones; ``data``, ``validation_data`` and the
+    test split numeric arrays (no dicts or pytrees) with as many targets as inputs, non-empty,
+    every split shaped as the training data; ``monitor`` a history key; ``model`` callable with
+    ``train=``; with the default loss, integer labels in ``[0, K)`` for the model's ``K``
+    outputs (and the dataset's ``num_classes``), other targets shaped as the outputs; with a
     plateau in ``optimizer`` monitoring a ``val_*`` metric, validation data.
     """
+    require(isinstance(optimizer, (Mapping, RunOptimizer))
+            or (hasattr(optimizer, "init") and hasattr(optimizer, "update")), "optimizer",
+            "a RunOptimizer, an optax GradientTransformation or make_optimizer's keyword "
+            "arguments (a dict)", optimizer, TypeError)
+    if isinstance(optimizer, Mapping):
+        check_optimizer_kwargs(optimizer)
     for name, value in (("epochs", epochs), ("batch_size", batch_size),
                         ("accumulate", accumulate), ("unroll", unroll)):
         check_int(name, value, 1, exact=True)
@@ -159,3 +170,8 @@ def check_fit_inputs(
             require(0 <= low and high < num_classes, f"{name} labels",
                     f"in [0, {num_classes}) (the model's outputs and the dataset's classes)",
                     f"labels in [{low}, {high}]")
+    elif loss_fn is None:  # default loss: squared error, targets shaped as the outputs
+        require(y.shape[1:] == outputs.shape[1:], "data targets",
+                f"shaped as the model's outputs {outputs.shape[1:]} for the default squared-error "
+                f"loss (integer labels: classification), or a loss_fn given",
+                f"{y.dtype} targets of shape {y.shape[1:]}")

@@ -2,7 +2,7 @@
 
 Layout of ``checkpoint_dir`` (orbax ``CheckpointManager``; ``<k>`` = completed epochs)::
 
-    <k>/state/            TrainState (params, batch_stats, opt_state incl. step counts, RNG key)
+    <k>/state/            TrainState (params, model_state, opt_state incl. step counts, RNG key)
     <k>/history/          JSON: {"epoch": k, "history": {name: [per-epoch values]}}
     <k>/run/              JSON: the run's configuration fingerprint (see :func:`differences`)
     <k>/integrity.json    sha256 and size of every other file of <k>, written once <k> is complete

@@ -9,7 +9,7 @@ it through :func:`wrap`, which splits it once::
 
 ``params`` (the ``nnx.Param`` variables) become ``TrainState.params``; ``rest`` (batch
 statistics, ``nnx.Rngs`` counters and keys, any other variable) becomes
-``TrainState.batch_stats``, the state that a training step carries along without
+``TrainState.model_state``, the state that a training step carries along without
 differentiating it. Inside the jitted step, :meth:`NNXModel.apply` merges
 ``graphdef, params, rest`` into a module, sets ``.train()`` or ``.eval()``, calls it and, in
 training, splits the updated ``rest`` out again: batch statistics update as in
@@ -126,6 +126,6 @@ def merge(model: Any, state: Any) -> Any:
     holds no weights)."""
     if not isinstance(model, NNXModel):
         return model
-    module = model.module({"params": state.params, "batch_stats": state.batch_stats})
+    module = model.module({"params": state.params, "batch_stats": state.model_state})
     module.eval()
     return module

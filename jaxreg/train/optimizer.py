@@ -23,12 +23,13 @@ is stored as its value at the last step.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, NamedTuple
 
 import jax
 import optax
 
-from jaxreg._validate import check_choice, check_hyperparam, message
+from jaxreg._validate import check_choice, check_hyperparam, message, require
 from jaxreg.transforms import (
     ReduceOnPlateauState,
     add_l1,
@@ -66,7 +67,7 @@ SCHEDULE_FORMULAS = {
 """Each named schedule's formula at step ``t`` of ``T`` (for help texts)."""
 
 
-class Optimizer(NamedTuple):
+class RunOptimizer(NamedTuple):
     """What :func:`make_optimizer` returns.
 
     Attributes:
@@ -80,6 +81,21 @@ class Optimizer(NamedTuple):
     tx: optax.GradientTransformationExtraArgs
     plateau: optax.GradientTransformation | None = None
     batch_scaled: bool = False
+
+
+def check_optimizer_kwargs(kwargs: Any) -> None:
+    """TypeError naming the first key of ``kwargs`` that neither :func:`make_optimizer` nor its
+    optax constructor (``kwargs["name"]``'s) takes; the name itself is checked too."""
+    name = kwargs.get("name", "adam")
+    check_choice("name", name, OPTIMIZERS)
+    constructor = optax.sgd if name == "momentum" else OPTIMIZERS[name]
+    known = [*inspect.signature(make_optimizer).parameters,
+             *inspect.signature(constructor).parameters]
+    for key in kwargs:
+        require(key in known and key != "optimizer_kwargs", key,
+                f"a keyword argument of make_optimizer or optax.{constructor.__name__} (one of "
+                + ", ".join(k for k in dict.fromkeys(known) if k != "optimizer_kwargs") + ")",
+                kwargs[key], TypeError)
 
 
 def learning_rate_schedule(
@@ -116,7 +132,7 @@ def make_optimizer(
     plateau: dict[str, Any] | None = None,
     schedule_kwargs: dict[str, Any] | None = None,
     **optimizer_kwargs: Any,
-) -> Optimizer:
+) -> RunOptimizer:
     """Builds the chain in this module's docstring.
 
     Args:
@@ -126,7 +142,8 @@ def make_optimizer(
             selects (kernels only by default; optax's own default would decay every leaf,
             biases and norm scales included); an explicit ``optimizer_kwargs["mask"]`` wins.
         learning_rate: the initial learning rate ``eta_0`` (> 0), or an optax schedule.
-        schedule, total_steps, schedule_kwargs: see :func:`learning_rate_schedule`.
+        schedule: ``fixed``, ``poly``, ``step`` or ``cosine`` (:func:`learning_rate_schedule`).
+        total_steps: the run's steps ``T``, for a schedule other than ``fixed``.
         l2: strength of the L2 penalty ``l2/2 ||w||^2``, added through its gradient ``l2 w``
             before the optimizer (coupled with Adam, as Keras' kernel regularizer, whose
             ``l2(c)`` is ``l2 = 2c`` here); ``batch_scaled`` divides it by the batch size at
@@ -136,11 +153,16 @@ def make_optimizer(
             rate (times the plateau scale).
         mask: which parameters the penalties apply to (:mod:`jaxreg.masks`); ``None``:
             kernels only.
+        batch_scaled: divide the L2 strength by the batch size at each step.
+        proximal: apply L1 as a proximal step (exact zeros) instead of a subgradient.
         plateau: keyword arguments of :func:`jaxreg.reduce_on_plateau`, or ``None``.
+        schedule_kwargs: keyword arguments of the schedule (e.g. ``power`` of ``poly``).
+        **optimizer_kwargs: keyword arguments of the optax constructor.
 
     Raises:
         ValueError, TypeError: ``learning_rate`` not positive, ``l2`` or ``l1`` negative (or
-            not numbers), ``name`` or ``schedule`` unknown.
+            not numbers), ``name`` or ``schedule`` unknown, a keyword neither this function
+            nor the optax constructor takes.
 
     Examples:
       SGD at learning rate 0.1 after a batch-scaled L2 of 0.5, at batch size 10:
@@ -154,7 +176,7 @@ def make_optimizer(
       >>> [round(float(u), 4) for u in updates["kernel"]]
       [-0.005, 0.01]
     """
-    check_choice("name", name, OPTIMIZERS)
+    check_optimizer_kwargs({"name": name, **optimizer_kwargs})
     check_hyperparam("learning_rate", learning_rate, positive=True)  # a negative one ascends
     check_hyperparam("l2", l2)
     check_hyperparam("l1", l1)
@@ -183,10 +205,10 @@ def make_optimizer(
         return optax.chain(*parts)
 
     tx = optax.inject_hyperparams(chain)(learning_rate=lr, l2=l2, l1=l1)
-    return Optimizer(tx=tx, plateau=plateau_tx, batch_scaled=batch_scaled)
+    return RunOptimizer(tx=tx, plateau=plateau_tx, batch_scaled=batch_scaled)
 
 
-def effective_l2(l2: float, batch_size: int, batch_scaled: bool) -> float:
+def effective_l2(l2: Any, batch_size: int, batch_scaled: bool) -> Any:
     """The L2 strength the chain applies at batch size ``batch_size``:
     :func:`jaxreg.batch_scaled_strength` when ``batch_scaled``, else ``l2`` itself."""
     return batch_scaled_strength(l2, batch_size) if batch_scaled else l2
@@ -243,7 +265,7 @@ def update_plateau(opt_state: Any, value: Any) -> Any:
                         opt_state, is_leaf=_is_plateau_state)
 
 
-def _plateau_scale(opt_state: Any) -> jax.Array | float:
+def plateau_scale(opt_state: Any) -> jax.Array | float:
     """The product of the ``scale`` of every plateau state in ``opt_state`` (1 without one)."""
     scale: jax.Array | float = 1.0
     for s in plateau_states(opt_state):

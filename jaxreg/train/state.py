@@ -23,13 +23,15 @@ from jaxreg.train import nnx_bridge
 
 @struct.dataclass
 class TrainState:
-    """``step`` (int32 count of applied steps), ``params``, ``batch_stats`` (``{}`` for models
-    without batch normalization), ``opt_state`` and ``key``, the RNG key from which step ``t``
-    derives its dropout key as ``fold_in(key, t)``."""
+    """``step`` (int32 count of applied steps), ``params``, ``model_state`` (the model's
+    non-trained state: a linen model's ``batch_stats`` collection, an NNX module's batch
+    statistics and ``nnx.Rngs`` keys and counters; ``{}`` for a model without any),
+    ``opt_state`` and ``key``, the RNG key from which step ``t`` derives its dropout key as
+    ``fold_in(key, t)``."""
 
     step: jax.Array
     params: Any
-    batch_stats: Any
+    model_state: Any
     opt_state: optax.OptState
     key: jax.Array
 
@@ -77,7 +79,7 @@ def create_train_state(
     return TrainState(
         step=jnp.zeros([], jnp.int32),
         params=params,
-        batch_stats=variables.get("batch_stats", {}),
+        model_state=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
         key=step_key,
     )

@@ -133,7 +133,7 @@ def train_step(
         return grads, metrics, new_stats
 
     if accumulate == 1:
-        grads, metrics, batch_stats = grads_and_stats(state.batch_stats, x, y, dropout_key)
+        grads, metrics, batch_stats = grads_and_stats(state.model_state, x, y, dropout_key)
     else:
         def micro(a):  # [B, ...] -> [k, B / k, ...], micro-batch j = rows j::k
             return a.reshape(a.shape[0] // accumulate, accumulate, *a.shape[1:]).swapaxes(0, 1)
@@ -149,12 +149,12 @@ def train_step(
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         (batch_stats, grad_sum), metrics = jax.lax.scan(
             accumulate_micro,
-            (state.batch_stats, zeros),
+            (state.model_state, zeros),
             (micro(x), micro(y), jnp.arange(accumulate)),
         )
         grads = jax.tree.map(lambda g: g / accumulate, grad_sum)
     new_state = state.apply_gradients(tx, grads, batch_size=x.shape[0]).replace(
-        batch_stats=batch_stats
+        model_state=batch_stats
     )
     finite = jnp.array(True)
     if skip_nonfinite:
@@ -162,29 +162,29 @@ def train_step(
         opt_state = jax.tree.map(lambda s: None if isinstance(s, ReduceOnPlateauState) else s,
                                  new_state.opt_state,
                                  is_leaf=lambda s: isinstance(s, ReduceOnPlateauState))
-        new = (grads, new_state.params, opt_state, new_state.batch_stats)
+        new = (grads, new_state.params, opt_state, new_state.model_state)
         finite = jnp.all(jnp.stack([jnp.isfinite(a).all() for a in jax.tree.leaves(new)
                                     if jnp.issubdtype(a.dtype, jnp.inexact)]))
         kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                            (new_state.params, new_state.opt_state, new_state.batch_stats),
-                            (state.params, state.opt_state, state.batch_stats))
-        new_state = new_state.replace(params=kept[0], opt_state=kept[1], batch_stats=kept[2])
+                            (new_state.params, new_state.opt_state, new_state.model_state),
+                            (state.params, state.opt_state, state.model_state))
+        new_state = new_state.replace(params=kept[0], opt_state=kept[1], model_state=kept[2])
     metrics = {k: v.mean() for k, v in metrics.items()}
     metrics["skipped"] = ~finite
     return new_state, metrics
 
 
 @functools.partial(jax.jit, static_argnames=("model", "loss_fn", "batch_size", "compute_dtype"))
-def _evaluation_sums(model, params, batch_stats, x, y, *, loss_fn, batch_size, compute_dtype):
+def evaluation_sums(model, params, model_state, x, y, *, loss_fn, batch_size, compute_dtype):
     """The jitted, pure core of :func:`evaluate`: mean metrics as device scalars, over
     ``batch_size`` chunks (the last padded and masked out). Pure, so a sweep can vmap it over
-    stacked ``params``/``batch_stats``."""
+    stacked ``params``/``model_state``."""
     n = x.shape[0]
     chunks = -(-n // batch_size)
     pad = chunks * batch_size - n
     xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(chunks, batch_size, *x.shape[1:])
     ys = jnp.pad(y, [(0, pad)] + [(0, 0)] * (y.ndim - 1)).reshape(chunks, batch_size, *y.shape[1:])
-    variables = {"params": _cast(params, compute_dtype), "batch_stats": batch_stats}
+    variables = {"params": _cast(params, compute_dtype), "batch_stats": model_state}
 
     def chunk_sums(batch_and_mask):
         (xb, yb), mask = batch_and_mask
@@ -220,8 +220,8 @@ def evaluate(
                 "a TrainState (only an nnx.Module carries its own weights)", state)
         variables = model.variables
     else:
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-    sums = _evaluation_sums(
+        variables = {"params": state.params, "batch_stats": state.model_state}
+    sums = evaluation_sums(
         model, variables["params"], variables["batch_stats"], jnp.asarray(x), jnp.asarray(y),
         loss_fn=loss_fn, batch_size=min(batch_size, len(x)), compute_dtype=compute_dtype,
     )

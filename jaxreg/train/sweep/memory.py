@@ -47,7 +47,7 @@ def setting_bytes(model: Any, tx: optax.GradientTransformation, x: Any, batch_si
         )
         return updates.get("intermediates", {})
 
-    activations = jax.eval_shape(intermediates, state.params, state.batch_stats, xb)
+    activations = jax.eval_shape(intermediates, state.params, state.model_state, xb)
     return 4 * _nbytes(state) + 3 * _nbytes(activations)
 
 

@@ -18,11 +18,12 @@ from tqdm.auto import tqdm
 
 from jaxreg._validate import require
 from jaxreg.train import nnx_bridge
+from jaxreg.train.config import check_steps
 from jaxreg.train.epoch import scan_epoch
-from jaxreg.train.fit import _epoch_logs, _split_data
 from jaxreg.train.optimizer import effective_l2, make_optimizer
+from jaxreg.train.plan import append, epoch_entry, hyperparams, split_data
 from jaxreg.train.state import create_train_state
-from jaxreg.train.step import EVAL_BATCH, _evaluation_sums, default_loss, train_step
+from jaxreg.train.step import EVAL_BATCH, default_loss, evaluation_sums, train_step
 from jaxreg.train.sweep.memory import chunk_capacity, chunk_layout, setting_bytes
 from jaxreg.train.sweep.settings import Setting, expand, group
 
@@ -46,7 +47,8 @@ class SettingResult(NamedTuple):
             one: to report, never to choose by).
         seconds: wall time of the chunk that trained it, compilation included (shared by the
             chunk's settings).
-        params, batch_stats: the final values, as numpy arrays.
+        params, model_state: the final values, as numpy arrays (``model_state``: as
+            :class:`jaxreg.train.TrainState`'s).
     """
 
     setting: Setting
@@ -54,7 +56,7 @@ class SettingResult(NamedTuple):
     final: dict[str, float]
     seconds: float
     params: Any
-    batch_stats: Any
+    model_state: Any
 
 
 class SweepResult(NamedTuple):
@@ -85,7 +87,7 @@ class GroupPlan(NamedTuple):
     chunk_size: int
 
 
-class _Run(NamedTuple):
+class _Shared(NamedTuple):
     """What every group's run shares: the placed training data, the validation and test data
     (``None``: not evaluated), the data-order key, the loss, dtype and NaN-skipping of the steps,
     and the mesh's shardings (``None`` on one device)."""
@@ -136,7 +138,10 @@ def sweep(
         seeds: crosses settings without a ``seed`` (:func:`expand`).
         mask: which parameters the penalties apply to (default kernels only).
         data_seed: the data order of every setting is that of ``fit(seed=data_seed)``.
-        loss_fn, skip_nonfinite, compute_dtype: as for :func:`jaxreg.train.fit`.
+        loss_fn: as for :func:`jaxreg.train.fit`.
+        skip_nonfinite: as for :func:`jaxreg.train.fit`.
+        compute_dtype: as for :func:`jaxreg.train.fit`.
+        test: evaluate the dataset's test split at the end.
         validation_split: hold out the last fraction of the training data (as
             :func:`jaxreg.train.fit`) and report ``val_loss``/``val_accuracy`` per setting:
             choose settings by these, not by the test metrics.
@@ -158,7 +163,7 @@ def sweep(
     start = time.perf_counter()
     model = nnx_bridge.wrap(model)
     settings = expand(settings_or_grid, seeds, **defaults)
-    (x, y), validation, test_data = _split_data(data, validation_split, None)
+    (x, y), validation, test_data = split_data(data, validation_split)
     _check_fits_model_and_data(settings, model, len(x))
     mesh = _sweep_mesh(mesh)
     replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
@@ -167,7 +172,7 @@ def sweep(
         test_data = jax.device_put(tuple(np.asarray(a) for a in test_data), replicated)
     if validation is not None:
         validation = jax.device_put(tuple(np.asarray(a) for a in validation), replicated)
-    run = _Run(
+    shared = _Shared(
         x,
         y,
         validation,
@@ -178,7 +183,7 @@ def sweep(
         skip_nonfinite,
         None if mesh is None else NamedSharding(mesh, PartitionSpec("sweep")),
     )
-    plans = [_plan_group(model, key, members, settings, epochs, mask, run, mesh, chunk_size)
+    plans = [_plan_group(model, key, members, settings, epochs, mask, shared, mesh, chunk_size)
              for key, members in group(settings).items()]
 
     bar = tqdm(
@@ -191,7 +196,7 @@ def sweep(
         t_group = time.perf_counter()
         say(f"sweep group {g + 1}/{len(plans)} ({', '.join(f'{k}={v}' for k, v in plan.key)}): "
             f"{len(plan.members)} settings in {plan.chunks} chunk(s) of {plan.chunk_size}")
-        for i, result in _run_group(plan, settings, epochs, run, mesh, bar):
+        for i, result in _run_group(plan, settings, epochs, shared, mesh, bar):
             results[i] = result
         group_info.append(
             {
@@ -231,7 +236,8 @@ def _sweep_mesh(mesh: Mesh | None) -> Mesh | None:
 
 
 def _plan_group(model: Any, key: tuple, members: list[int], settings: list[Setting], epochs: int,
-                mask: Any, run: _Run, mesh: Mesh | None, chunk_size: int | None) -> GroupPlan:
+                mask: Any, shared: _Shared, mesh: Mesh | None,
+                chunk_size: int | None) -> GroupPlan:
     """The group's model, shared transformation and chunks.
 
     The chain includes L2 (L1) when any member's is non-zero; members with zero get strength 0
@@ -239,14 +245,14 @@ def _plan_group(model: Any, key: tuple, members: list[int], settings: list[Setti
     (:func:`jaxreg.train.optimizer.effective_l2`) is put in the state instead.
     """
     first = settings[members[0]]
-    b, steps = first.batch_size, len(run.x) // first.batch_size
+    b, steps = first.batch_size, len(shared.x) // first.batch_size
     if first.bn_momentum is not None:
         model = model.clone(bn_momentum=first.bn_momentum)
     opt = make_optimizer(
         first.optimizer,
         first.learning_rate,
         schedule=first.schedule,
-        total_steps=epochs * steps,
+        total_steps=check_steps(epochs, steps),
         l2=float(any(settings[i].l2 for i in members)),
         l1=float(any(settings[i].l1 for i in members)),
         proximal=first.proximal,
@@ -255,16 +261,16 @@ def _plan_group(model: Any, key: tuple, members: list[int], settings: list[Setti
     )
     num_devices = 1 if mesh is None else mesh.shape["sweep"]
     device = jax.devices()[0] if mesh is None else mesh.devices.flat[0]
-    capacity = chunk_capacity(setting_bytes(model, opt.tx, run.x, b), run.x.nbytes + run.y.nbytes,
-                              device, num_devices)
+    capacity = chunk_capacity(setting_bytes(model, opt.tx, shared.x, b),
+                              shared.x.nbytes + shared.y.nbytes, device, num_devices)
     chunks, size = chunk_layout(len(members), min(capacity, chunk_size or capacity), num_devices)
     return GroupPlan(key, members, model, opt.tx, b, steps, first.schedule, chunks, size)
 
 
-def _run_group(plan: GroupPlan, settings: list[Setting], epochs: int, run: _Run, mesh: Mesh | None,
-               bar: Any):
+def _run_group(plan: GroupPlan, settings: list[Setting], epochs: int, shared: _Shared,
+               mesh: Mesh | None, bar: Any):
     """Yields ``(index, SettingResult)`` for every member of the group, chunk after chunk."""
-    run_chunk = _chunk_runner(plan, run)
+    run_chunk = _chunk_runner(plan, shared)
     size = plan.chunk_size
     for c in range(plan.chunks):
         chunk = plan.members[c * size:(c + 1) * size]
@@ -274,8 +280,8 @@ def _run_group(plan: GroupPlan, settings: list[Setting], epochs: int, run: _Run,
         # (jax.set_mesh); harmless for Auto axes.
         with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
             history, states = run_chunk(padded, epochs, bar)
-            final = _final_metrics(history, plan, states, run)
-        host = jax.device_get((states.params, states.batch_stats))
+            final = _final_metrics(history, plan, states, shared)
+        host = jax.device_get((states.params, states.model_state))
         seconds = time.perf_counter() - t0
         for j, i in enumerate(chunk):
             yield (
@@ -286,12 +292,12 @@ def _run_group(plan: GroupPlan, settings: list[Setting], epochs: int, run: _Run,
                     final={k: v[j] for k, v in final.items()},
                     seconds=seconds,
                     params=jax.tree.map(lambda a, j=j: a[j], host[0]),
-                    batch_stats=jax.tree.map(lambda a, j=j: a[j], host[1]),
+                    model_state=jax.tree.map(lambda a, j=j: a[j], host[1]),
                 ),
             )
 
 
-def _chunk_runner(plan: GroupPlan, run: _Run):
+def _chunk_runner(plan: GroupPlan, shared: _Shared):
     """``run_chunk(settings, epochs, bar) -> (history, states)`` for one group: a vmapped init
     and one jitted vmapped epoch, compiled on the first chunk and reused."""
     model, tx, b = plan.model, plan.tx, plan.batch_size
@@ -303,49 +309,41 @@ def _chunk_runner(plan: GroupPlan, run: _Run):
         states = states.replace(
             opt_state=optax.tree_utils.tree_set(states.opt_state, **hyperparams)
         )
-        return states if run.stacked is None else jax.device_put(states, run.stacked)
+        return states if shared.stacked is None else jax.device_put(states, shared.stacked)
 
     step = jax.vmap(
         functools.partial(
             train_step,
             model=model,
             tx=tx,
-            loss_fn=run.loss_fn,
-            compute_dtype=run.compute_dtype,
-            skip_nonfinite=run.skip_nonfinite,
+            loss_fn=shared.loss_fn,
+            compute_dtype=shared.compute_dtype,
+            skip_nonfinite=shared.skip_nonfinite,
         ),
         in_axes=(0, None, None),
     )
     run_epoch = jax.jit(functools.partial(scan_epoch, step=step, batch_size=b), donate_argnums=0)
 
     def run_chunk(settings, epochs, bar):
-        hyperparams = {"l2": [effective_l2(s.l2, b, s.batch_scaled) for s in settings],
-                       "l1": [s.l1 for s in settings]}
+        values = {"l2": [effective_l2(s.l2, b, s.batch_scaled) for s in settings],
+                  "l1": [s.l1 for s in settings]}
         if plan.schedule == "fixed":  # a schedule's learning rate is in its closure
-            hyperparams["learning_rate"] = [s.learning_rate for s in settings]
-        hyperparams = {k: jnp.asarray(v, jnp.float32) for k, v in hyperparams.items()}
-        states = init(jnp.asarray([s.seed for s in settings], jnp.uint32), hyperparams, run.x[:1])
+            values["learning_rate"] = [s.learning_rate for s in settings]
+        states = init(jnp.asarray([s.seed for s in settings], jnp.uint32),
+                      {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}, shared.x[:1])
         history: dict[str, list] = {}
         for epoch in range(epochs):
             t0 = time.perf_counter()
             states, metrics = run_epoch(
-                states, run.x, run.y, jax.random.fold_in(run.data_key, epoch)
+                states, shared.x, shared.y, jax.random.fold_in(shared.data_key, epoch)
             )
             metrics = jax.device_get(metrics)
-            logs = [
-                _epoch_logs({k: v[:, j] for k, v in metrics.items()}) for j in range(len(settings))
-            ]
             seconds = time.perf_counter() - t0
-            hp = jax.device_get(optax.tree_utils.tree_get(states.opt_state, "hyperparams"))
-            for k in logs[0]:
-                history.setdefault(k, []).append([log_[k] for log_ in logs])
-            history.setdefault("epoch_seconds", []).append([seconds] * len(settings))
-            for name, k in (
-                ("learning_rate", "learning_rate"),
-                ("l2_strength", "l2"),
-                ("l1_strength", "l1"),
-            ):
-                history.setdefault(name, []).append([float(v) for v in hp[k]])
+            hyper = hyperparams(states.opt_state, b, False)  # l2 is the effective strength
+            entries = [epoch_entry({k: v[:, j] for k, v in metrics.items()}, seconds,
+                                   {k: v[j] for k, v in hyper.items()})
+                       for j in range(len(settings))]
+            append(history, {k: [e[k] for e in entries] for k in entries[0]})
             bar.update(plan.steps)
             bar.set_postfix(loss=f"{np.mean(history['loss'][-1]):.4g}")
         return history, states
@@ -354,24 +352,24 @@ def _chunk_runner(plan: GroupPlan, run: _Run):
 
 
 def _final_metrics(
-    history: dict, plan: GroupPlan, states: Any, run: _Run
+    history: dict, plan: GroupPlan, states: Any, shared: _Shared
 ) -> dict[str, list[float]]:
     """Per chunk member: the last epoch's training means and, for the validation and test
-    data of ``run`` (when given), their metrics from the same jitted evaluation as
+    data of ``shared`` (when given), their metrics from the same jitted evaluation as
     :func:`jaxreg.train.evaluate`, vmapped."""
     final = {f"last_epoch_{k}": history[k][-1] for k in ("loss", "accuracy") if k in history}
-    for name, split in (("val", run.validation), ("test", run.test_data)):
+    for name, split in (("val", shared.validation), ("test", shared.test_data)):
         if split is None:
             continue
         xs, ys = split
         evaluate = functools.partial(
-            _evaluation_sums,
+            evaluation_sums,
             plan.model,
-            loss_fn=run.loss_fn,
+            loss_fn=shared.loss_fn,
             batch_size=min(EVAL_BATCH, len(xs)),
-            compute_dtype=run.compute_dtype,
+            compute_dtype=shared.compute_dtype,
         )
         metrics = jax.device_get(jax.vmap(evaluate, in_axes=(0, 0, None, None))(
-            states.params, states.batch_stats, xs, ys))
+            states.params, states.model_state, xs, ys))
         final.update({f"{name}_{k}": [float(v) for v in vs] for k, vs in metrics.items()})
     return final

@@ -17,11 +17,17 @@ from jaxreg._validate import (
     check_real,
     require,
 )
+from jaxreg.train import config as run_config
+from jaxreg.train.config import OptimizerConfig, RunConfig
 from jaxreg.train.optimizer import OPTIMIZERS, SCHEDULES
 
 
-def _vmapped(default: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"vmapped": True})
+def _described(cls: type, name: str) -> Any:
+    """The run description's field ``name`` of ``cls`` (:mod:`jaxreg.train.config`) as a
+    setting field: its default, bounds and whether a sweep vmaps it."""
+    f = run_config.field(cls, name)
+    return dataclasses.field(default=f.default, metadata={
+        **f.metadata, "vmapped": f.metadata["sweep"] == "vmapped", "described": f})
 
 
 def _static(default: Any) -> Any:
@@ -34,24 +40,26 @@ class Setting:
     :func:`jaxreg.train.make_optimizer`), validated on construction (ValueError naming the
     field and value).
 
-    A field's ``metadata["vmapped"]`` says where it lives: *vmapped* fields (``learning_rate``,
-    ``l2``, ``l1``, ``batch_scaled``, ``seed``) are values in the stacked state, so any mix
-    shares one program; *static* fields (``batch_size``, ``optimizer``, ``schedule``,
-    ``schedule_kwargs``, ``proximal``, ``bn_momentum``) are baked into the program, and each
+    The fields shared with a run take their defaults and bounds from the run description
+    (:mod:`jaxreg.train.config`). A field's ``metadata["vmapped"]`` says where it lives:
+    *vmapped* fields (``learning_rate``, ``l2``, ``l1``, ``batch_scaled``, ``seed``) are values
+    in the stacked state, so any mix shares one program; *static* fields (``batch_size``,
+    ``optimizer``, ``schedule``, ``schedule_kwargs``, ``proximal``, ``bn_momentum``) are baked
+    into the program, and each
     distinct combination is its own group (:func:`group_key`). ``bn_momentum=None`` keeps the
     model's own; ``schedule_kwargs`` is stored as sorted ``(name, value)`` pairs (hashable).
     """
 
-    learning_rate: float = _vmapped(1e-3)
-    l2: float = _vmapped(0.0)
-    l1: float = _vmapped(0.0)
-    batch_scaled: bool = _vmapped(False)
-    seed: int = _vmapped(0)
-    batch_size: int = _static(128)
-    optimizer: str = _static("adam")
-    schedule: str = _static("fixed")
+    learning_rate: float = _described(OptimizerConfig, "learning_rate")
+    l2: float = _described(OptimizerConfig, "l2")
+    l1: float = _described(OptimizerConfig, "l1")
+    batch_scaled: bool = _described(OptimizerConfig, "batch_scaled")
+    seed: int = _described(RunConfig, "seed")
+    batch_size: int = _described(RunConfig, "batch_size")
+    optimizer: str = _described(OptimizerConfig, "name")
+    schedule: str = _described(OptimizerConfig, "schedule")
     schedule_kwargs: tuple[tuple[str, Any], ...] = _static(())
-    proximal: bool = _static(False)
+    proximal: bool = _described(OptimizerConfig, "proximal")
     bn_momentum: float | None = _static(None)
 
     def __post_init__(self):
@@ -76,6 +84,9 @@ class Setting:
         object.__setattr__(self, "schedule_kwargs", tuple(sorted(dict(kwargs).items())))
         if self.bn_momentum is not None:
             check_fraction("bn_momentum", self.bn_momentum, closed=True)
+        for f in dataclasses.fields(self):  # the run description's bounds
+            if "described" in f.metadata:
+                run_config.check(f.metadata["described"], getattr(self, f.name), f.name)
 
     @classmethod
     def fields(cls, vmapped: bool | None = None) -> tuple[str, ...]:

@@ -1,0 +1,290 @@
+"""``make_plan``: everything a run needs before its first epoch, done once.
+
+:func:`make_plan` checks the inputs (:func:`jaxreg.train._inputs.check_fit_inputs`), splits the
+data, resolves the optimizer and its total steps, chooses the loss, places the state and data
+on the mesh and builds the step, epoch and evaluation functions. :func:`jaxreg.train.fit` is a
+plan plus its loop (:func:`jaxreg.train.fit.fit_plan`); ``jaxreg train`` plans before it writes
+its run directory, ``jaxreg eval`` plans to rebuild a run's state, and :func:`jaxreg.train.sweep`
+shares :func:`split_data`, :func:`epoch_logs` and :func:`hyperparams`.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+from jaxreg._validate import require
+from jaxreg.train import config as run_config
+from jaxreg.train import distributed, nnx_bridge
+from jaxreg.train._inputs import check_fit_inputs
+from jaxreg.train.epoch import scan_epoch, stream_epoch
+from jaxreg.train.optimizer import (
+    RunOptimizer,
+    effective_l2,
+    make_optimizer,
+    plateau_scale,
+    plateau_states,
+    update_plateau,
+)
+from jaxreg.train.state import TrainState, create_train_state
+from jaxreg.train.step import default_loss, evaluate, train_step
+
+DEVICE_DATA_BYTES = 1 << 30
+"""Training sets up to this size run in scan mode by default."""
+
+
+def monitor_mode(monitor: str) -> str:
+    """Keras's ``mode="auto"``: ``"max"`` for accuracy-like names (containing ``acc``),
+    ``"min"`` otherwise (losses)."""
+    return "max" if "acc" in monitor else "min"
+
+
+def split_data(data: Any, validation_split: float, validation_data: Any = None) -> tuple:
+    """``(x, y), validation (x, y) or None, test (x, y) or None`` of a dataset or ``(x, y)``:
+    validation holds out the last ``round(len(x) * validation_split)`` examples, as Keras."""
+    if isinstance(data, (tuple, list)):
+        (x, y), test = data, None
+    else:
+        x, y, test = data.x_train, data.y_train, (data.x_test, data.y_test)
+    x, y = np.asarray(x), np.asarray(y)
+    if validation_data is None and validation_split:
+        n_val = int(round(len(x) * validation_split))
+        validation_data = (x[-n_val:], y[-n_val:])
+        x, y = x[:-n_val], y[:-n_val]
+    return (x, y), validation_data, test
+
+
+def epoch_logs(metrics: dict[str, Any]) -> dict[str, float]:
+    """Means of an epoch's stacked step metrics over its applied (not skipped) steps, and the
+    count of skipped ones (``skipped_steps``)."""
+    metrics = jax.device_get(metrics)
+    applied = ~metrics["skipped"]
+    logs = {k: float(v[applied].mean()) if applied.any() else math.nan
+            for k, v in metrics.items() if k != "skipped"}
+    logs["skipped_steps"] = int((~applied).sum())
+    return logs
+
+
+def hyperparams(opt_state: Any, batch_size: int, batch_scaled: bool) -> dict[str, np.ndarray]:
+    """The history's ``learning_rate`` (times the plateau scale), ``l2_strength`` (effective,
+    :func:`jaxreg.train.optimizer.effective_l2`) and ``l1_strength`` in effect at the last step,
+    read from the injected hyperparameters (NaN when the optimizer does not expose them):
+    0-d arrays for one state, ``[K]`` for ``K`` stacked (vmapped) states."""
+    values = jax.device_get(optax.tree_utils.tree_get(opt_state, "hyperparams", default={}))
+    lr, l2, l1 = (np.asarray(values.get(k, math.nan), np.float64)
+                  for k in ("learning_rate", "l2", "l1"))
+    scale = np.asarray(jax.device_get(plateau_scale(opt_state)), np.float64)
+    return {"learning_rate": lr * scale,
+            "l2_strength": np.asarray(effective_l2(l2, batch_size, batch_scaled)),
+            "l1_strength": l1}
+
+
+def epoch_entry(metrics: dict[str, Any], seconds: float, hyper: dict[str, Any],
+                validation: dict[str, float] | None = None) -> dict[str, float]:
+    """One epoch's history entry, as :func:`jaxreg.train.fit` and :func:`jaxreg.train.sweep`
+    record it: :func:`epoch_logs`, ``epoch_seconds``, the ``val_*`` metrics and the
+    :func:`hyperparams` of one state."""
+    logs = epoch_logs(metrics)
+    logs["epoch_seconds"] = seconds
+    logs.update({f"val_{k}": v for k, v in (validation or {}).items()})
+    logs.update({k: float(v) for k, v in hyper.items()})
+    return logs
+
+
+def append(history: dict[str, list], entry: dict[str, Any]) -> None:
+    """Appends each value of an epoch's ``entry`` to ``history``'s list of its key."""
+    for k, v in entry.items():
+        history.setdefault(k, []).append(v)
+
+
+class Placement(NamedTuple):
+    """Where a run's arrays live: the initial ``state`` (sharded over a mesh or on the default
+    device), its ``state_sharding`` (``None`` without a mesh), the jit ``out_shardings``
+    keyword arguments of a step or epoch (``sharded``), how to place a batch (``put_batch``:
+    split over the devices) and whole arrays (``put_data``: replicated), and the
+    ``batch_sharding``."""
+
+    state: TrainState
+    state_sharding: Any
+    sharded: dict[str, Any]
+    put_batch: Callable[[Any], Any]
+    put_data: Callable[[Any], Any]
+    batch_sharding: Any
+
+
+def place(init: Callable[[], TrainState], mesh: jax.sharding.Mesh | None) -> Placement:
+    """The state made by ``init`` and the placement functions, for ``mesh`` or one device."""
+    if mesh is None:
+        return Placement(init(), None, {}, jax.device_put, jax.device_put, None)
+    state, state_sharding = distributed.create_sharded(init, mesh)
+    return Placement(
+        state, state_sharding, dict(out_shardings=(state_sharding, distributed.replicated(mesh))),
+        functools.partial(distributed.put, sharding=distributed.batch_sharding(mesh)),
+        functools.partial(distributed.put, sharding=distributed.replicated(mesh)),
+        distributed.batch_sharding(mesh))
+
+
+class Plan(NamedTuple):
+    """A planned run (:func:`make_plan`).
+
+    Attributes:
+        model: the model (an ``nnx.Module`` wrapped, :mod:`jaxreg.train.nnx_bridge`).
+        optimizer: the resolved :class:`jaxreg.train.RunOptimizer`.
+        x, y: the training arrays (on the devices in scan mode, else on the host).
+        validation: the placed validation ``(x, y)``, or ``None``.
+        test_data: the test split ``(x, y)`` to evaluate at the end, or ``None``.
+        epochs, batch_size, seed, monitor: as given to :func:`make_plan`.
+        steps: steps per epoch, ``len(x) // batch_size``.
+        on_device: scan mode (the epoch is one ``lax.scan``) or streamed.
+        placement: the initial state and placement functions (:class:`Placement`).
+        run_epoch: ``(state, x, y, key[, on_step=]) -> (state, stacked metrics)``.
+        evaluate: ``(state, x, y) -> metrics`` with the run's model, loss and dtype.
+        feed_plateau: jitted :func:`jaxreg.train.update_plateau`, or ``None`` without plateau.
+        identity: what a checkpoint of this run must match (see :func:`fingerprint`).
+    """
+
+    model: Any
+    optimizer: RunOptimizer
+    x: Any
+    y: Any
+    validation: tuple[Any, Any] | None
+    test_data: tuple[Any, Any] | None
+    epochs: int
+    batch_size: int
+    seed: int
+    monitor: str
+    steps: int
+    on_device: bool
+    placement: Placement
+    run_epoch: Callable
+    evaluate: Callable[[TrainState, Any, Any], dict[str, float]]
+    feed_plateau: Callable | None
+    identity: dict[str, Any]
+
+
+def resolve_optimizer(optimizer: Any, total_steps: int, monitor: str) -> RunOptimizer:
+    """A :class:`RunOptimizer` from ``fit``'s ``optimizer`` argument: as is, from
+    :func:`make_optimizer` keyword arguments (``total_steps`` and the plateau's ``auto`` mode
+    filled in), or a plain optax transformation."""
+    if isinstance(optimizer, RunOptimizer):
+        return optimizer
+    if isinstance(optimizer, dict):
+        plateau = optimizer.get("plateau")
+        if plateau is not None and plateau.get("mode", "auto") == "auto":
+            optimizer = {**optimizer, "plateau": {**plateau, "mode": monitor_mode(monitor)}}
+        return make_optimizer(**{"total_steps": total_steps, **optimizer})
+    return RunOptimizer(tx=optimizer)
+
+
+def _check_plateau_mode(opt_state: Any, monitor: str) -> bool:
+    """Whether ``opt_state`` holds plateau states; ValueError if one of them minimizes an
+    accuracy-like ``monitor`` or maximizes a loss (read from its configuration)."""
+    states = plateau_states(opt_state)
+    expected = monitor_mode(monitor)
+    for s in states:
+        if s.config.mode != expected and ("acc" in monitor or "loss" in monitor):
+            raise ValueError(f"the plateau has mode={s.config.mode!r} but monitors {monitor!r}, "
+                             f"which should be {'maximized' if expected == 'max' else 'minimized'}:"
+                             f" build it with mode={expected!r} (fit's optimizer dicts choose "
+                             f"the mode from monitor when plateau has no mode or mode='auto')")
+    return bool(states)
+
+
+def _epoch_runner(step: Callable, placement: Placement, *, on_device: bool, batch_size: int,
+                  unroll: int) -> Callable:
+    """``run_epoch(state, x, y, key, ...) -> (state, metrics)``: one jitted ``lax.scan`` over
+    device-resident data (:func:`scan_epoch`), or a jitted step fed batches from the host
+    (:func:`stream_epoch`, which takes ``on_step=``); the state's buffers are donated."""
+    if on_device:
+        return jax.jit(functools.partial(scan_epoch, step=step, batch_size=batch_size,
+                                         unroll=unroll,
+                                         batch_sharding=placement.batch_sharding),
+                       donate_argnums=0, **placement.sharded)
+    return functools.partial(
+        stream_epoch, step=jax.jit(step, donate_argnums=0, **placement.sharded),
+        batch_size=batch_size, put=placement.put_batch)
+
+
+def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = 10, batch_size: int = 128,
+              seed: int = 0, validation_split: float = 0.0, validation_data: Any = None,
+              test: bool = True, loss_fn: Callable | None = None, monitor: str = "val_loss",
+              skip_nonfinite: bool = True, compute_dtype: Any = None,
+              on_device: bool | None = None, unroll: int = 1,
+              mesh: jax.sharding.Mesh | None = None, accumulate: int = 1) -> Plan:
+    """Checks the arguments (as :func:`jaxreg.train.fit` documents them) and plans the run.
+
+    Returns:
+        A :class:`Plan`: the initial state in ``plan.placement.state``; nothing is trained.
+
+    Raises:
+        TypeError, ValueError: a bad argument, named with its value, before any work.
+    """
+    model = nnx_bridge.wrap(model)
+    check_fit_inputs(model, optimizer, data, epochs=epochs, batch_size=batch_size, seed=seed,
+                     validation_split=validation_split, validation_data=validation_data, test=test,
+                     monitor=monitor, accumulate=accumulate, unroll=unroll, loss_fn=loss_fn)
+    (x, y), validation, test_data = split_data(data, validation_split, validation_data)
+    steps = len(x) // batch_size
+    total_steps = run_config.check_steps(epochs, steps)
+    opt = resolve_optimizer(optimizer, total_steps=total_steps, monitor=monitor)
+    loss_fn = default_loss(y) if loss_fn is None else loss_fn
+    mesh = distributed.default_mesh() if mesh is None else mesh
+    devices = 1 if mesh is None else mesh.size
+    require(batch_size % (accumulate * devices) == 0, "batch_size",
+            f"a multiple of accumulate={accumulate} times the {devices} devices", batch_size)
+    step = functools.partial(train_step, model=model, tx=opt.tx, loss_fn=loss_fn,
+                             compute_dtype=compute_dtype, accumulate=accumulate,
+                             skip_nonfinite=skip_nonfinite)
+    placement = place(functools.partial(create_train_state, model, opt.tx, x[:1], seed), mesh)
+    has_plateau = _check_plateau_mode(placement.state.opt_state, monitor)
+    require(not has_plateau or not monitor.startswith("val_") or validation is not None,
+            "validation_split", f"> 0, or validation_data given: the plateau monitors {monitor!r}",
+            validation_split)
+    if on_device is None:
+        on_device = x.nbytes + y.nbytes <= DEVICE_DATA_BYTES
+    if on_device:
+        x, y = placement.put_data(x), placement.put_data(y)
+    evaluate_run = functools.partial(evaluate, model, loss_fn=loss_fn, compute_dtype=compute_dtype)
+
+    def evaluate_placed(state, x, y):
+        x, y = (a if isinstance(a, jax.Array) else placement.put_data(np.asarray(a))
+                for a in (x, y))
+        return evaluate_run(state, x, y)
+
+    if validation is not None:  # placed once, not at every epoch's evaluation
+        validation = tuple(placement.put_data(np.asarray(a)) for a in validation)
+    feed_plateau = None if not has_plateau else jax.jit(
+        update_plateau,
+        **({} if mesh is None else dict(out_shardings=placement.state_sharding.opt_state)))
+    identity = dict(model=model, optimizer=(optimizer if isinstance(optimizer, dict)
+                                            else type(optimizer).__name__),
+                    batch_size=batch_size, seed=seed)
+    return Plan(model, opt, x, y, validation, test_data if test else None, epochs, batch_size,
+                seed, monitor, steps, on_device, placement,
+                _epoch_runner(step, placement, on_device=on_device, batch_size=batch_size,
+                              unroll=unroll),
+                evaluate_placed, feed_plateau, identity)
+
+
+def fingerprint(plan: Plan) -> dict[str, str]:
+    """The run's fingerprint a checkpoint of it carries (:func:`jaxreg.train.checkpoint.
+    fingerprint`): model, optimizer, its state's structure, batch size, seed, data shapes."""
+    from jaxreg.train import checkpoint  # orbax, only when checkpointing
+
+    return checkpoint.fingerprint(**plan.identity,
+                                  optimizer_state=_tree_signature(plan.placement.state.opt_state),
+                                  train_data=(plan.x, plan.y), validation_data=plan.validation)
+
+
+def _tree_signature(tree: Any) -> str:
+    """A short digest of a pytree's structure and its leaves' shapes and dtypes."""
+    text = (
+        f"{jax.tree.structure(tree)} {[(np.shape(a), str(a.dtype)) for a in jax.tree.leaves(tree)]}"
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

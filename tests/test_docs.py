@@ -19,8 +19,8 @@ MODULES = (
     "jaxreg.nn",
     "jaxreg.nnx",
     "jaxreg.data",
-    "jaxreg.train.models",
-    "jaxreg.train.models_nnx",
+    "jaxreg.models",
+    "jaxreg.models.nnx",
     "jaxreg.train",
     "jaxreg.train.distributed",
 )

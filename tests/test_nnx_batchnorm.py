@@ -251,7 +251,7 @@ def test_fold_batchnorm_nnx_keeps_outputs_and_reads_epsilon():
     model(x)  # train: non-trivial running statistics
     model.eval()
     expected = model(x)
-    with pytest.raises(ValueError, match="epsilon=1e-05 but"):
+    with pytest.raises(ValueError, match="got epsilon=1e-05"):
         fold_batchnorm(model, [(model.dense, model.bn)], epsilon=1e-5)
     fold_batchnorm(model, [(model.dense, model.bn), (model.out, model.bn2)])
     _close(model(x), expected, atol=1e-4)
@@ -266,3 +266,11 @@ def test_momentum_converters_apply_to_nnx():
     bn(X)
     xd = np.asarray(X, np.float64).reshape(-1, 6)
     np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * xd.var(0, ddof=1), rtol=1e-5)
+
+
+def test_recalibrate_names_its_two_forms():
+    model = Net(nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"\(model, batches\) for an NNX model"):
+        recalibrate_batch_stats(model, {}, [jnp.ones((2, 3))])
+    with pytest.raises(ValueError, match=r"\(apply_fn, variables, batches\) for linen"):
+        recalibrate_batch_stats(lambda v, x, **kw: x, [jnp.ones((2, 3))])

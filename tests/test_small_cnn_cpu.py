@@ -1,5 +1,6 @@
-"""jaxreg.models' CPU-fast SmallCNN pieces against flax / lax: max_pool_2x2 vs flax's max_pool,
-im2col_conv vs lax.conv_general_dilated (values and gradients), SmallCNN vs its flax original."""
+"""jaxreg.nn.layers (SmallCNN's CPU-fast pieces) against flax / lax: max_pool_2x2 vs flax's
+max_pool, im2col_conv vs lax.conv_general_dilated (values and gradients), SmallCNN vs its flax
+original."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import optax
 import pytest
 
 from jaxreg import models
-from jaxreg.train.models import max_pool_2x2
+from jaxreg.nn import BatchNorm, im2col_conv, max_pool_2x2
 
 
 def _flax_pool(x):
@@ -64,7 +65,8 @@ class _FlaxSmallCNN(models.SmallCNN):
     def __call__(self, x, train):
         for c in self.channels:
             x = nn.Conv(c, (3, 3))(x)  # lax.conv_general_dilated
-            x = models._batch_norm(self, train)(x)
+            x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                          epsilon=models.BN_EPSILON)(x)
             x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
         return nn.Dense(self.num_classes)(x)
@@ -107,7 +109,7 @@ def test_im2col_conv_values_and_gradients_equal_lax(shape, padding):
             return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)
 
         def ours(x, w):
-            return models.im2col_conv(x, w, (1, 1), padding, dimension_numbers=dn)
+            return im2col_conv(x, w, (1, 1), padding, dimension_numbers=dn)
 
         y = ref(x, w)
         np.testing.assert_allclose(jax.jit(ours)(x, w), y, rtol=1e-12, atol=1e-12)
@@ -120,7 +122,7 @@ def test_im2col_conv_values_and_gradients_equal_lax(shape, padding):
 def test_im2col_conv_in_flax_conv_float32():
     x = jax.random.normal(jax.random.key(0), (4, 9, 9, 2))
     ref = nn.Conv(6, (3, 3))
-    ours = nn.Conv(6, (3, 3), conv_general_dilated=models.im2col_conv)
+    ours = nn.Conv(6, (3, 3), conv_general_dilated=im2col_conv)
     variables = ref.init(jax.random.key(1), x)
     assert jax.tree.structure(variables) == jax.tree.structure(ours.init(jax.random.key(1), x))
     np.testing.assert_allclose(ours.apply(variables, x), ref.apply(variables, x), atol=1e-5)
@@ -137,5 +139,5 @@ def test_im2col_conv_rejects_what_it_does_not_implement(bad):
     args = {"window_strides": (1, 1), "dimension_numbers": ("NHWC", "HWIO", "NHWC"), **bad}
     name = next(iter(bad))
     with pytest.raises(ValueError, match=name):
-        models.im2col_conv(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)),
+        im2col_conv(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)),
                            args.pop("window_strides"), "SAME", **args)

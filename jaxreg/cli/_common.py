@@ -13,9 +13,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxreg import models
 from jaxreg._validate import SEED_LIMIT
 from jaxreg.data import DataError, Dataset, load, sources
-from jaxreg.train import distributed, models, models_nnx
+from jaxreg.train import distributed
 
 DEFAULT_L2 = 0.025
 """Default L2 strength, batch-scaled: the penalty gradient is ``(0.025 / 128) w`` (about
@@ -112,14 +113,11 @@ def load_dataset(name: str | None, data_dir: Path | None,
 
 
 def build_model(config: dict[str, Any], data: Dataset) -> Any:
-    """The run's model: ``config["model"]`` from :data:`jaxreg.train.models.MODELS` (linen), or
-    with ``config["api"] == "nnx"`` its NNX form (:mod:`jaxreg.train.models_nnx`), built for
-    ``data``'s input shape with ``nnx.Rngs(config["seed"])``."""
-    if config.get("api", "linen") == "nnx":
-        return models_nnx.get(
-            config["model"], data.x_train.shape[1:], data.num_classes, config["seed"]
-        )
-    return models.get(config["model"], data.num_classes)
+    """The run's model: ``config["model"]`` from :data:`jaxreg.models.MODELS`, linen or, with
+    ``config["api"] == "nnx"``, NNX (built for ``data``'s input shape with
+    ``nnx.Rngs(config["seed"])``)."""
+    return models.get(config["model"], data.num_classes, api=config.get("api", "linen"),
+                      input_shape=data.x_train.shape[1:], seed=config["seed"])
 
 
 def write_json(path: Path, obj: Any) -> None:

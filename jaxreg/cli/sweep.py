@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
+from jaxreg import models
 from jaxreg._validate import SEED_LIMIT
 from jaxreg.cli._common import (
     DEFAULT_L2,
@@ -49,7 +50,7 @@ from jaxreg.cli._common import (
     seed_int,
 )
 from jaxreg.data import DATASETS
-from jaxreg.train import models, rundir
+from jaxreg.train import rundir
 from jaxreg.train.optimizer import OPTIMIZERS
 from jaxreg.transforms import penalties
 

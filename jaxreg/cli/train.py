@@ -31,6 +31,7 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
+from jaxreg import models
 from jaxreg.cli._common import (
     DEFAULT_L2,
     build_model,
@@ -49,7 +50,7 @@ from jaxreg.cli._common import (
     write_json,
 )
 from jaxreg.data import DATASETS, Dataset, load
-from jaxreg.train import distributed, fit, make_optimizer, models, rundir
+from jaxreg.train import distributed, fit, make_optimizer, rundir
 from jaxreg.train._inputs import check_fit_inputs
 from jaxreg.train.fit import _split_data
 from jaxreg.train.optimizer import OPTIMIZERS, POLY_POWER, SCHEDULE_FORMULAS, SCHEDULES
@@ -150,7 +151,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument(
         "--api",
         choices=("linen", "nnx"),
-        help="the model's flax API: linen, or nnx (jaxreg.train.models_nnx, "
+        help="the model's flax API: linen, or nnx (jaxreg.models.nnx, "
         f"the same architecture as an nnx.Module) (default: {DEFAULTS['api']})",
     )
     training.add_argument("--epochs", type=positive_int,

@@ -268,6 +268,25 @@ def test_momentum_converters_apply_to_nnx():
     np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * xd.var(0, ddof=1), rtol=1e-5)
 
 
+def test_view_info_describes_our_layers_as_flax_describes_its_own():
+    """nnx.view_info parses set_view's docstring; without an Args section it raised
+    KeyError: 'use_running_average'."""
+
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.ours = jnnx.BatchNorm(3, rngs=rngs)
+            self.renorm = jnnx.BatchRenorm(3, rngs=rngs)
+            self.theirs = nnx.BatchNorm(3, rngs=rngs)
+
+    model = Model(nnx.Rngs(0))
+    info = nnx.view_info(model)
+    flax_info = nnx.view_info(model.theirs)
+    assert flax_info.startswith("BatchNorm:\n  use_running_average: bool | None = None\n")
+    body = flax_info.removeprefix("BatchNorm:")
+    assert info.count(f"BatchNorm:{body}") == 2 and f"BatchRenorm:{body}" in info, info
+    assert nnx.view(model, use_running_average=True).renorm.use_running_average is True
+
+
 def test_recalibrate_names_its_two_forms():
     model = Net(nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"\(model, batches\) for an NNX model"):

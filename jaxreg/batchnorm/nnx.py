@@ -166,7 +166,12 @@ class BatchNorm(nnx.Module):
         return out.y
 
     def set_view(self, use_running_average: bool | None = None) -> None:
-        """Used by ``nnx.view`` (and ``.train()``/``.eval()``)."""
+        """Sets the mode; used by ``nnx.view``, ``.train()`` and ``.eval()``.
+
+        Args:
+          use_running_average: if True, the stored batch statistics will be
+            used instead of computing the batch statistics on the input.
+        """
         if use_running_average is not None:
             self.use_running_average = use_running_average
 

@@ -287,6 +287,18 @@ def test_view_info_describes_our_layers_as_flax_describes_its_own():
     assert nnx.view(model, use_running_average=True).renorm.use_running_average is True
 
 
+def test_fold_batchnorm_nnx_refuses_training_mode_before_changing_anything():
+    model = Net(nnx.Rngs(0))
+    model(jax.random.normal(jax.random.key(7), (16, 3)) + 1.0)  # still in .train() mode
+    before = jax.tree.map(np.asarray, nnx.state(model))
+    with pytest.raises(ValueError, match=r"`pairs\[0\]\[1\].use_running_average` must be True"):
+        fold_batchnorm(model, [(model.dense, model.bn), (model.out, model.bn2)])
+    model.bn.eval()  # the second pair is still training: the first is not folded either
+    with pytest.raises(ValueError, match=r"pairs\[1\]\[1\]"):
+        fold_batchnorm(model, [(model.dense, model.bn), (model.out, model.bn2)])
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(model), before)
+
+
 def test_recalibrate_names_its_two_forms():
     model = Net(nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"\(model, batches\) for an NNX model"):

@@ -196,7 +196,8 @@ def fold_batchnorm(
     (:func:`jaxreg.batchnorm.core.fold_scale_shift`).
 
     Args:
-      variables: a linen model's variables (``params`` and ``batch_stats``), or an NNX model.
+      variables: a linen model's variables (``params`` and ``batch_stats``), or an NNX model
+        in ``.eval()`` mode (the folded model is only right in inference).
       pairs: ``(layer, bn)`` pairs; linen: paths (tuples of names or ``"/"``-joined strings,
         e.g. ``("Conv_0", "BatchNorm_0")``); NNX: the submodules (``(model.conv, model.bn)``).
         The layer's ``kernel`` has the output features last; the BatchNorm has ``axis=-1``.
@@ -215,7 +216,10 @@ def fold_batchnorm(
     if isinstance(variables, nnx.Module):
         require(not remove_bn, "remove_bn", "False for an NNX model, whose structure is its "
                 "code (remove_bn=True is for linen variables)", remove_bn)
-        for _, bn in pairs:
+        for i, (_, bn) in enumerate(pairs):
+            require(bn.use_running_average is True, f"pairs[{i}][1].use_running_average",
+                    "True (call model.eval() before folding: the folded model is only right "
+                    "in inference)", bn.use_running_average)
             require(epsilon is None or epsilon == bn.epsilon, "epsilon",
                     f"the BatchNorm module's epsilon={bn.epsilon!r} (or None)", epsilon)
         model = variables

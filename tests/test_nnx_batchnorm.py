@@ -231,6 +231,7 @@ class Net(nnx.Module):
         return self.bn2(self.out(nnx.relu(self.bn(self.dense(x)))))
 
 
+@pytest.mark.usefixtures("highest_precision")  # the reference is a float64 Linear's output
 def test_recalibrate_nnx_gives_population_statistics():
     model = Net(nnx.Rngs(0))
     model.eval()
@@ -245,6 +246,7 @@ def test_recalibrate_nnx_gives_population_statistics():
         recalibrate_batch_stats(model, [])
 
 
+@pytest.mark.usefixtures("highest_precision")  # folding is exact; the matmuls round
 def test_fold_batchnorm_nnx_keeps_outputs_and_reads_epsilon():
     model = Net(nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(7), (16, 3)) + 1.0

@@ -3,8 +3,9 @@
 ``.ci/run`` runs it from a temporary directory (so the source tree is not on ``sys.path``) in a
 fresh venv holding ``dist/jaxreg-*.whl`` and what ``pip install jaxreg`` pulls in. It checks
 that the installed package is the wheel, an optax chain with ``batch_scaled_l2`` under ``jit``
-against the closed form, a ``jaxreg.nn.BatchNorm`` forward against NumPy, and that the training
-side and the ``jaxreg`` command say, in one line, how to install the ``[train]`` extra.
+against the closed form, a ``jaxreg.nn.BatchNorm`` forward against NumPy, a built-in model
+(``jaxreg.models``, core only), and that the training side and the ``jaxreg`` command say, in
+one line, how to install the ``[train]`` extra.
 """
 import importlib.metadata
 import shutil
@@ -39,6 +40,11 @@ xn = np.asarray(x, np.float64)
 expected = (xn - xn.mean(0)) / np.sqrt(xn.var(0) + 1e-5)
 np.testing.assert_allclose(y, expected, atol=1e-5)
 
+import jaxreg.models  # noqa: E402  (flax only: the built-in models need no [train] extra)
+
+logits = jaxreg.models.get("seed-mlp", 3, api="nnx", input_shape=(5,))(x)
+assert logits.shape == (16, 3), logits.shape
+
 for module in ("jaxreg.train", "jaxreg.data"):
     try:
         __import__(module)
@@ -52,4 +58,5 @@ assert command.returncode == 1 and command.stderr.count("\n") == 1, command
 assert 'pip install "jaxreg[train]"' in command.stderr, command.stderr
 
 print(f"wheel smoke test: jaxreg {jaxreg.__version__} from {jaxreg.__file__} on "
-      f"{sys.version.split()[0]}, jax {jax.__version__}: chain, BatchNorm, [train] message ok")
+      f"{sys.version.split()[0]}, jax {jax.__version__}: chain, BatchNorm, models, [train] "
+      "message ok")

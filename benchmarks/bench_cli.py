@@ -84,8 +84,8 @@ def _pair(dataset: str, epochs: int, tmp: Path, index: int) -> dict[str, Any]:
 def _fit_end_to_end(dataset: str, epochs: int, tmp: Path) -> tuple[float, float, float, float]:
     """In-process ``fit`` with checkpoints vs the flax loop's ``train``, compilation included."""
     import jaxreg.data
+    from jaxreg.models import SeedMLP
     from jaxreg.train import fit
-    from jaxreg.train.models import SeedMLP
 
     ds = jaxreg.data.load(dataset)
     start = time.perf_counter()

@@ -3,8 +3,8 @@
 ``SmallCNN`` (Conv 3x3 32 -> BN -> relu -> pool, Conv 3x3 64 -> BN -> relu -> pool, Dense 128,
 Dense 10), Adam 1e-3, batch 128 of 28x28x1 images, ``jit(scan_epoch(step=train_step))`` with the
 state donated, against the same model written with flax's ``nn.Conv`` (``lax.conv``) and
-``nn.max_pool`` -- what SmallCNN was before :func:`jaxreg.models.im2col_conv` and
-:func:`jaxreg.models.max_pool_2x2` (which it uses on CPU only). Rows give seconds per epoch of
+``nn.max_pool`` -- what SmallCNN was before :func:`jaxreg.nn.im2col_conv` and
+:func:`jaxreg.nn.max_pool_2x2` (which it uses on CPU only). Rows give seconds per epoch of
 ``steps`` steps and, in ``gflops``, XLA's FLOP count of one step over its time. Target on CPU: a
 60000-example epoch (468 steps) in at most 30 s, i.e. 64 ms per step; information on GPU,
 where both sides use ``lax.conv``. ``--quick``: 2 steps.
@@ -23,6 +23,7 @@ import optax
 
 from benchmarks.timing import interleaved_medians, row
 from jaxreg import models
+from jaxreg.nn import BatchNorm
 from jaxreg.train import create_train_state, scan_epoch, train_step
 
 BATCH_SIZE = 128
@@ -35,7 +36,8 @@ class FlaxLayersCNN(models.SmallCNN):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         for c in self.channels:
             x = nn.Conv(c, (3, 3))(x)
-            x = models._batch_norm(self, train)(x)
+            x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                          epsilon=models.BN_EPSILON)(x)
             x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
         return nn.Dense(self.num_classes)(x)

@@ -37,8 +37,8 @@ from benchmarks.bench_training import (
     jaxreg_step,
 )
 from benchmarks.timing import row
+from jaxreg.models import SeedMLP
 from jaxreg.train import create_train_state, scan_epoch
-from jaxreg.train.models import SeedMLP
 
 
 def _analysis(fn: Any, *args: Any) -> Any:

@@ -1,7 +1,7 @@
 """Training an NNX model: ``jaxreg.train.fit`` on an ``nnx.Module`` vs flax's NNX loop and vs
 ``fit`` on the linen twin.
 
-The recipe (seed 004): the NNX ``SeedMLP`` (``jaxreg.train.models_nnx``: Linear(50) ->
+The recipe (seed 004): the NNX ``SeedMLP`` (``jaxreg.models.nnx``: Linear(50) ->
 jaxreg.nnx.BatchNorm -> relu -> Linear(10)), Adam 1e-3, batch size 128, softmax cross-entropy,
 Fashion-MNIST for 10 epochs (digits when its files are absent; --quick: digits, 2 epochs), then
 the test split. Every timed call starts from the same freshly built model and includes all its
@@ -31,8 +31,9 @@ from flax import nnx
 
 import jaxreg.data
 from benchmarks.timing import interleaved_medians, row
+from jaxreg import models
 from jaxreg.data import DataError
-from jaxreg.train import fit, models, models_nnx
+from jaxreg.train import fit
 
 BATCH_SIZE, LEARNING_RATE, SEED = 128, 1e-3, 0
 
@@ -50,7 +51,7 @@ def _data(quick: bool) -> tuple[Any, str]:
 
 def nnx_tutorial_loop(ds: Any, epochs: int) -> float:
     """flax's NNX training loop (MNIST tutorial) on the NNX SeedMLP; returns the test accuracy."""
-    model = models_nnx.get("seed-mlp", ds.x_train.shape[1:], 10, seed=SEED)
+    model = models.get("seed-mlp", 10, api="nnx", input_shape=ds.x_train.shape[1:], seed=SEED)
     optimizer = nnx.Optimizer(model, optax.adam(LEARNING_RATE), wrt=nnx.Param)
     metrics = nnx.MultiMetric(accuracy=nnx.metrics.Accuracy(), loss=nnx.metrics.Average("loss"))
 
@@ -118,7 +119,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
         {
             "fit_nnx": timed(
                 "fit_nnx",
-                lambda: _fit(models_nnx.get("seed-mlp", shape, 10, seed=SEED), ds, epochs),
+                lambda: _fit(models.get("seed-mlp", 10, api="nnx", input_shape=shape, seed=SEED),
+                             ds, epochs),
             ),
             "fit_linen": timed("fit_linen", lambda: _fit(models.SeedMLP(), ds, epochs)),
             "nnx_loop": timed("nnx_loop", lambda: nnx_tutorial_loop(ds, epochs)),

@@ -18,8 +18,8 @@ import jax
 
 from benchmarks.timing import interleaved_medians, row
 from jaxreg.data import load
+from jaxreg.models import SeedMLP
 from jaxreg.train import fit, sweep
-from jaxreg.train.models import SeedMLP
 
 
 def _sizes(quick: bool) -> tuple[int, int]:

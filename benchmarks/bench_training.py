@@ -36,8 +36,8 @@ import optax
 import jaxreg.data
 from benchmarks import flax_loop
 from benchmarks.timing import interleaved_medians, row
+from jaxreg.models import SeedMLP
 from jaxreg.train import create_train_state, fit, scan_epoch, train_step
-from jaxreg.train.models import SeedMLP
 
 BATCH_SIZE, LEARNING_RATE, SEED = 128, 1e-3, 0
 

@@ -5,10 +5,11 @@ Layers, lowest first, one folder each; a lower layer never imports a higher one:
 * :mod:`jaxreg.transforms`: the optax layer (masks, penalties, regularizers, proximal,
   schedules, plateau, batch-size scaling rules), re-exported here (``jaxreg.add_l2``,
   ``jaxreg.masks``, ``jaxreg.scaling``, ...);
-* :mod:`jaxreg.nn`, :mod:`jaxreg.nnx`: flax linen and NNX modules (the batch normalization
-  family, one numerical core in :mod:`jaxreg.nn.functional`);
-* :mod:`jaxreg.data`: datasets;
-* :mod:`jaxreg.train`: the training engine and its models (:mod:`jaxreg.train.models`);
+* :mod:`jaxreg.batchnorm`: the batch normalization family (one core, the linen and NNX front
+  ends, the tools), whose public faces are :mod:`jaxreg.nn` (linen, with the layer functions of
+  :mod:`jaxreg.nn.layers`) and :mod:`jaxreg.nnx`;
+* :mod:`jaxreg.models`, :mod:`jaxreg.data`: the built-in models (linen and NNX) and datasets;
+* :mod:`jaxreg.train`: the training engine;
 * :mod:`jaxreg.cli`: the ``jaxreg`` command and its plots.
 
 ``jaxreg._validate`` (argument checks) sits below them all.
@@ -38,16 +39,17 @@ from jaxreg.transforms import (
 
 __all__ = [  # transforms.__all__ and the layers
     "ReduceOnPlateauState", "ScheduleState", "add_l1", "add_l2", "batch_scaled_l2",
-    "batch_scaled_strength", "cli", "data", "data_scaled_l1", "data_scaled_l2", "masks", "models",
-    "nn", "nnx", "penalties", "proximal_elastic_net", "proximal_l1", "raveled",
-    "reduce_on_plateau", "scaling", "schedules", "train", "transforms",
+    "batch_scaled_strength", "batchnorm", "cli", "data", "data_scaled_l1", "data_scaled_l2",
+    "masks", "models", "nn", "nnx", "penalties", "proximal_elastic_net", "proximal_l1",
+    "raveled", "reduce_on_plateau", "scaling", "schedules", "train", "transforms",
 ]
 
 # The higher layers are imported on first use (``jaxreg.nn``, ``jaxreg.train``, ...), so that
-# the transforms stay light to import (no flax modules, orbax or matplotlib). ``jaxreg.models``
-# is :mod:`jaxreg.train.models`; ``jaxreg.plots`` is :mod:`jaxreg.cli.plots`.
-_LAZY = {"nn": "jaxreg.nn", "nnx": "jaxreg.nnx", "data": "jaxreg.data", "train": "jaxreg.train",
-         "cli": "jaxreg.cli", "models": "jaxreg.train.models", "plots": "jaxreg.cli.plots"}
+# the transforms stay light to import (no flax modules, orbax or matplotlib). ``jaxreg.plots``
+# is :mod:`jaxreg.cli.plots`.
+_LAZY = {"batchnorm": "jaxreg.batchnorm", "nn": "jaxreg.nn", "nnx": "jaxreg.nnx",
+         "models": "jaxreg.models", "data": "jaxreg.data", "train": "jaxreg.train",
+         "cli": "jaxreg.cli", "plots": "jaxreg.cli.plots"}
 
 
 def __getattr__(name: str):

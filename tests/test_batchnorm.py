@@ -22,7 +22,7 @@ def _axes(ndim, axis):
 def np_batchnorm(x, axis, gamma, beta, dy, mask=None, eps=EPS):
     """Float64 reference: outputs, batch mean/var (biased) and the backprop formulas.
 
-    Unmasked (seed 004): dgamma = sum(dy * x_hat), dbeta = sum(dy),
+    Unmasked (docs/formulas.md): dgamma = sum(dy * x_hat), dbeta = sum(dy),
     dx = (1/N) * gamma / sqrt(var + eps) * (N*dy - sum(dy) - x_hat * sum(dy * x_hat)).
     With a mask w (elements outside it are normalized but do not enter the statistics) the same
     derivation gives

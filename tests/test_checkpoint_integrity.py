@@ -167,7 +167,7 @@ def test_differences():
 
 
 def test_fingerprint_describes_settings_stably():
-    from jaxreg.train import models
+    from jaxreg import models
     x = np.zeros((100, 8, 8, 1), np.float32)
     a = checkpoint.fingerprint(
         model=models.SeedMLP(num_classes=10),
@@ -196,7 +196,8 @@ def test_fingerprint_describes_settings_stably():
 # and every saved epoch is complete on disk when fit returns or raises.
 
 def _fit(directory, **kwargs):
-    from jaxreg.train import fit, models
+    from jaxreg import models
+    from jaxreg.train import fit
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 8)).astype(np.float32)
     settings = dict(

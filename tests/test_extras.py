@@ -15,7 +15,8 @@ from jaxreg import _extras
 
 HEAVY = ("orbax", "tqdm", "matplotlib", "sklearn")
 CORE = ("jaxreg", "jaxreg.masks", "jaxreg.penalties", "jaxreg.transforms", "jaxreg.proximal",
-        "jaxreg.schedules", "jaxreg.plateau", "jaxreg.nn", "jaxreg.nnx")
+        "jaxreg.schedules", "jaxreg.plateau", "jaxreg.batchnorm", "jaxreg.nn", "jaxreg.nnx",
+        "jaxreg.models")
 BLOCK = f"import sys\nfor name in {HEAVY!r}:\n    sys.modules[name] = None\n"
 
 

@@ -20,7 +20,8 @@ import warnings
 import numpy as np
 import pytest
 
-from jaxreg.train import checkpoint, fit, models, rundir
+from jaxreg import models
+from jaxreg.train import checkpoint, fit, rundir
 
 SIGINT_IN_FIT = 12
 """SIGINTs sent to one process looping over ``fit`` (each must stop it at a safe point)."""
@@ -68,7 +69,8 @@ FIT = dict(batch_size=64, progress=False, test=False)
 CHILD = textwrap.dedent("""
     import sys
     import numpy as np
-    from jaxreg.train import checkpoint, fit, interrupt, models
+    from jaxreg import models
+    from jaxreg.train import checkpoint, fit, interrupt
 
     directory, mode = sys.argv[1], sys.argv[2]
     rng = np.random.default_rng(0)

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import pytest
+from flax import nnx
 
 from jaxreg import models
 
@@ -62,3 +63,27 @@ def test_seed_and_keras_mlps_are_configurations_of_one_mlp(config, hidden):
         ref = same.apply(variables, x, train=train, mutable=["batch_stats"] if train else False)
         assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), out, ref))
     assert isinstance(config(), models.MLP) and models.SeedMLP(hidden=8).hidden == 8
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_one_registry_builds_both_forms(name):
+    """MODELS[name] holds the linen and NNX classes: get builds either, with the same number
+    of parameters and the same output shape."""
+    shape, x = (8, 8, 1), jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
+    linen_model = models.get(name, 7)
+    nnx_model = models.get(name, 7, api="nnx", input_shape=shape, seed=3)
+    assert isinstance(linen_model, models.MODELS[name].linen)
+    assert isinstance(nnx_model, models.MODELS[name].nnx) and isinstance(nnx_model, nnx.Module)
+    variables = linen_model.init(jax.random.key(1), x, train=False)
+    params = nnx.state(nnx_model, nnx.Param)
+    assert sum(v.size for v in jax.tree.leaves(variables["params"])) == sum(
+        v.get_value().size for _, v in nnx.to_flat_state(params))
+    nnx_model.eval()
+    assert nnx_model(x).shape == linen_model.apply(variables, x, train=False).shape == (4, 7)
+
+
+def test_get_checks_api_and_input_shape():
+    with pytest.raises(ValueError, match="`api` must be one of 'linen', 'nnx'; got api='torch'"):
+        models.get("seed-mlp", api="torch")
+    with pytest.raises(ValueError, match="`input_shape` must be one example's shape"):
+        models.get("seed-mlp", api="nnx")

@@ -231,6 +231,7 @@ class Net(nnx.Module):
         return self.bn2(self.out(nnx.relu(self.bn(self.dense(x)))))
 
 
+@pytest.mark.usefixtures("highest_precision")  # the reference is a float64 Linear's output
 def test_recalibrate_nnx_gives_population_statistics():
     model = Net(nnx.Rngs(0))
     model.eval()
@@ -245,13 +246,14 @@ def test_recalibrate_nnx_gives_population_statistics():
         recalibrate_batch_stats(model, [])
 
 
+@pytest.mark.usefixtures("highest_precision")  # folding is exact; the matmuls round
 def test_fold_batchnorm_nnx_keeps_outputs_and_reads_epsilon():
     model = Net(nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(7), (16, 3)) + 1.0
     model(x)  # train: non-trivial running statistics
     model.eval()
     expected = model(x)
-    with pytest.raises(ValueError, match="epsilon=1e-05 but"):
+    with pytest.raises(ValueError, match="got epsilon=1e-05"):
         fold_batchnorm(model, [(model.dense, model.bn)], epsilon=1e-5)
     fold_batchnorm(model, [(model.dense, model.bn), (model.out, model.bn2)])
     _close(model(x), expected, atol=1e-4)
@@ -266,3 +268,42 @@ def test_momentum_converters_apply_to_nnx():
     bn(X)
     xd = np.asarray(X, np.float64).reshape(-1, 6)
     np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * xd.var(0, ddof=1), rtol=1e-5)
+
+
+def test_view_info_describes_our_layers_as_flax_describes_its_own():
+    """nnx.view_info parses set_view's docstring; without an Args section it raised
+    KeyError: 'use_running_average'."""
+
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.ours = jnnx.BatchNorm(3, rngs=rngs)
+            self.renorm = jnnx.BatchRenorm(3, rngs=rngs)
+            self.theirs = nnx.BatchNorm(3, rngs=rngs)
+
+    model = Model(nnx.Rngs(0))
+    info = nnx.view_info(model)
+    flax_info = nnx.view_info(model.theirs)
+    assert flax_info.startswith("BatchNorm:\n  use_running_average: bool | None = None\n")
+    body = flax_info.removeprefix("BatchNorm:")
+    assert info.count(f"BatchNorm:{body}") == 2 and f"BatchRenorm:{body}" in info, info
+    assert nnx.view(model, use_running_average=True).renorm.use_running_average is True
+
+
+def test_fold_batchnorm_nnx_refuses_training_mode_before_changing_anything():
+    model = Net(nnx.Rngs(0))
+    model(jax.random.normal(jax.random.key(7), (16, 3)) + 1.0)  # still in .train() mode
+    before = jax.tree.map(np.asarray, nnx.state(model))
+    with pytest.raises(ValueError, match=r"`pairs\[0\]\[1\].use_running_average` must be True"):
+        fold_batchnorm(model, [(model.dense, model.bn), (model.out, model.bn2)])
+    model.bn.eval()  # the second pair is still training: the first is not folded either
+    with pytest.raises(ValueError, match=r"pairs\[1\]\[1\]"):
+        fold_batchnorm(model, [(model.dense, model.bn), (model.out, model.bn2)])
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(model), before)
+
+
+def test_recalibrate_names_its_two_forms():
+    model = Net(nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"\(model, batches\) for an NNX model"):
+        recalibrate_batch_stats(model, {}, [jnp.ones((2, 3))])
+    with pytest.raises(ValueError, match=r"\(apply_fn, variables, batches\) for linen"):
+        recalibrate_batch_stats(lambda v, x, **kw: x, [jnp.ones((2, 3))])

@@ -1,14 +1,16 @@
-"""jaxreg.models' CPU-fast SmallCNN pieces against flax / lax: max_pool_2x2 vs flax's max_pool,
-im2col_conv vs lax.conv_general_dilated (values and gradients), SmallCNN vs its flax original."""
+"""jaxreg.nn.layers (SmallCNN's CPU-fast pieces) against flax / lax: max_pool_2x2 vs flax's
+max_pool, im2col_conv vs lax.conv_general_dilated (values and gradients), SmallCNN vs its flax
+original."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from precision import matmul_tolerance
 
 from jaxreg import models
-from jaxreg.train.models import max_pool_2x2
+from jaxreg.nn import BatchNorm, im2col_conv, max_pool_2x2
 
 
 def _flax_pool(x):
@@ -64,7 +66,8 @@ class _FlaxSmallCNN(models.SmallCNN):
     def __call__(self, x, train):
         for c in self.channels:
             x = nn.Conv(c, (3, 3))(x)  # lax.conv_general_dilated
-            x = models._batch_norm(self, train)(x)
+            x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                          epsilon=models.BN_EPSILON)(x)
             x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
         return nn.Dense(self.num_classes)(x)
@@ -107,7 +110,7 @@ def test_im2col_conv_values_and_gradients_equal_lax(shape, padding):
             return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)
 
         def ours(x, w):
-            return models.im2col_conv(x, w, (1, 1), padding, dimension_numbers=dn)
+            return im2col_conv(x, w, (1, 1), padding, dimension_numbers=dn)
 
         y = ref(x, w)
         np.testing.assert_allclose(jax.jit(ours)(x, w), y, rtol=1e-12, atol=1e-12)
@@ -117,17 +120,22 @@ def test_im2col_conv_values_and_gradients_equal_lax(shape, padding):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_im2col_conv_in_flax_conv_float32():
+@pytest.mark.parametrize("precision", [None, "highest"])
+def test_im2col_conv_in_flax_conv_float32(precision):
+    """Equal to flax's Conv to float32 rounding at "highest", to the rounding of the backend's
+    default precision otherwise (TF32 on GPU): both follow jax_default_matmul_precision."""
     x = jax.random.normal(jax.random.key(0), (4, 9, 9, 2))
     ref = nn.Conv(6, (3, 3))
-    ours = nn.Conv(6, (3, 3), conv_general_dilated=models.im2col_conv)
+    ours = nn.Conv(6, (3, 3), conv_general_dilated=im2col_conv)
     variables = ref.init(jax.random.key(1), x)
     assert jax.tree.structure(variables) == jax.tree.structure(ours.init(jax.random.key(1), x))
-    np.testing.assert_allclose(ours.apply(variables, x), ref.apply(variables, x), atol=1e-5)
-    g_ours = jax.grad(lambda v: (ours.apply(v, x) ** 2).sum())(variables)
-    g_ref = jax.grad(lambda v: (ref.apply(v, x) ** 2).sum())(variables)
+    with jax.default_matmul_precision(precision):
+        tol = matmul_tolerance(1e-5)
+        np.testing.assert_allclose(ours.apply(variables, x), ref.apply(variables, x), atol=tol)
+        g_ours = jax.grad(lambda v: (ours.apply(v, x) ** 2).sum())(variables)
+        g_ref = jax.grad(lambda v: (ref.apply(v, x) ** 2).sum())(variables)
     for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(a, b, rtol=max(tol, 1e-4), atol=max(tol, 1e-4))
 
 
 @pytest.mark.parametrize("bad", [{"window_strides": (2, 2)}, {"rhs_dilation": (2, 2)},
@@ -137,5 +145,5 @@ def test_im2col_conv_rejects_what_it_does_not_implement(bad):
     args = {"window_strides": (1, 1), "dimension_numbers": ("NHWC", "HWIO", "NHWC"), **bad}
     name = next(iter(bad))
     with pytest.raises(ValueError, match=name):
-        models.im2col_conv(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)),
+        im2col_conv(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)),
                            args.pop("window_strides"), "SAME", **args)

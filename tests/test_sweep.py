@@ -12,9 +12,9 @@ import pytest
 from devices import run_on_cpu_devices
 
 from jaxreg.data import load
+from jaxreg.models import Linear, SeedMLP
 from jaxreg.nn import BatchNorm
 from jaxreg.train import fit
-from jaxreg.train.models import Linear, SeedMLP
 from jaxreg.train.sweep import chunk_capacity, expand, group_key, sweep
 from jaxreg.train.sweep.memory import chunk_layout
 
@@ -102,7 +102,7 @@ def test_eight_devices_match_one(tmp_path, swept):
     script = textwrap.dedent(f"""
         import jax, numpy as np
         from jaxreg.data import load
-        from jaxreg.train.models import Linear, SeedMLP
+        from jaxreg.models import Linear, SeedMLP
         from jaxreg.train.sweep import sweep
         assert jax.local_device_count() == 8
         # 3 settings padded to 8

@@ -1,4 +1,4 @@
-"""The engine on Flax NNX modules (jaxreg.train.nnx_bridge, jaxreg.train.models_nnx).
+"""The engine on Flax NNX modules (jaxreg.train.nnx_bridge, jaxreg.models.nnx).
 
 References: the linen twin of each built-in model with the same weights (copied), and the
 plain ``@nnx.jit`` + ``nnx.Optimizer`` loop flax's documentation teaches.
@@ -12,8 +12,10 @@ import optax
 import pytest
 from flax import nnx
 
+from jaxreg import models
 from jaxreg.cli import main
-from jaxreg.train import evaluate, fit, models, models_nnx, sweep
+from jaxreg.models import nnx as models_nnx
+from jaxreg.train import evaluate, fit, sweep
 from jaxreg.train.nnx_bridge import NNXModel, wrap
 
 N, SHAPE = 256, (6, 6, 1)
@@ -177,7 +179,7 @@ def test_resume_is_bit_exact(data, tmp_path):
 
 
 def test_sweep_with_nnx_model(data):
-    module = models_nnx.get("seed-mlp", SHAPE, 3)
+    module = models.get("seed-mlp", 3, api="nnx", input_shape=SHAPE)
     result = sweep(
         module, data, {"learning_rate": [1e-3, 1e-1]}, epochs=1, batch_size=64, progress=False
     )
@@ -198,9 +200,9 @@ def test_sweep_with_nnx_model(data):
 
 
 def test_wrap_is_hashable_by_architecture():
-    a, b = (wrap(models_nnx.get("seed-mlp", SHAPE, 3, seed=s)) for s in (0, 1))
+    a, b = (wrap(models.get("seed-mlp", 3, api="nnx", input_shape=SHAPE, seed=s)) for s in (0, 1))
     assert isinstance(a, NNXModel) and a == b and hash(a) == hash(b)
-    assert a != wrap(models_nnx.get("keras-mlp", SHAPE, 3))
+    assert a != wrap(models.get("keras-mlp", 3, api="nnx", input_shape=SHAPE))
     linen = models.get("seed-mlp", 3)
     assert wrap(linen) is linen
 

@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxreg import models
 from jaxreg._validate import SEED_LIMIT
 from jaxreg.data import DataError, Dataset, load, sources
 from jaxreg.train import config as run_config
-from jaxreg.train import distributed, models, models_nnx
+from jaxreg.train import distributed
 from jaxreg.train.config import RunConfig
 from jaxreg.train.plan import Plan, make_plan
 
@@ -128,12 +129,11 @@ def load_dataset(name: str | None, data_dir: Path | None,
 
 
 def build_model(config: RunConfig, data: Dataset) -> Any:
-    """The run's model: ``config.model`` from :data:`jaxreg.train.models.MODELS` (linen), or
-    with ``config.api == "nnx"`` its NNX form (:mod:`jaxreg.train.models_nnx`), built for
-    ``data``'s input shape with ``nnx.Rngs(config.seed)``."""
-    if config.api == "nnx":
-        return models_nnx.get(config.model, data.x_train.shape[1:], data.num_classes, config.seed)
-    return models.get(config.model, data.num_classes)
+    """The run's model: ``config.model`` from :data:`jaxreg.models.MODELS`, linen or, with
+    ``config.api == "nnx"``, NNX (built for ``data``'s input shape with
+    ``nnx.Rngs(config.seed)``)."""
+    return models.get(config.model, data.num_classes, api=config.api,
+                      input_shape=data.x_train.shape[1:], seed=config.seed)
 
 
 def plan_config(config: RunConfig, data: Dataset, mesh: Any = None) -> Plan:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
+from jaxreg import models
 from jaxreg._validate import SEED_LIMIT
 from jaxreg.cli import tensorboard
 from jaxreg.cli._common import (
@@ -54,7 +55,7 @@ from jaxreg.cli._common import (
     seed_int,
 )
 from jaxreg.data import DATASETS
-from jaxreg.train import models, rundir
+from jaxreg.train import rundir
 from jaxreg.train.config import OptimizerConfig, RunConfig, default, field
 from jaxreg.train.optimizer import OPTIMIZERS
 from jaxreg.transforms import penalties

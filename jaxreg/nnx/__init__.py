@@ -1,20 +1,14 @@
-"""Flax NNX modules: the batch normalization family (the core is :mod:`jaxreg.nn.functional`).
+"""Flax NNX layers: the batch normalization family (:mod:`jaxreg.batchnorm`).
 
-The tools of :mod:`jaxreg.nn` take NNX models too and are re-exported here:
-``recalibrate_batch_stats(model, batches)`` (PreciseBN, in place), ``fold_batchnorm(model,
-[(model.linear, model.bn)])`` (epsilon read from the layer) and the momentum converters
-(``BatchNorm(n, momentum=momentum_from_torch(0.1), unbiased_running_var=True, rngs=...)`` is
-PyTorch's ``BatchNorm(momentum=0.1)``).
-
-jaxreg.nnx depends only on jax/flax/numpy and jaxreg.nn (never on jaxreg.train, data or cli).
+The tools take NNX models: ``recalibrate_batch_stats(model, batches)`` (PreciseBN, in place)
+and ``fold_batchnorm(model, [(model.linear, model.bn)])`` (the model in ``.eval()`` mode;
+epsilon read from the layer); ``BatchNorm(n, momentum=momentum_from_torch(0.1),
+unbiased_running_var=True, rngs=...)`` is PyTorch's ``BatchNorm(momentum=0.1)``. Depends only
+on jax, flax and numpy (never on jaxreg.train, data or cli).
 """
-from jaxreg.nn import (
-    fold_batchnorm,
-    momentum_from_keras,
-    momentum_from_torch,
-    recalibrate_batch_stats,
-)
-from jaxreg.nnx.normalization import BatchMoments, BatchNorm, BatchRenorm
+from jaxreg.batchnorm.core import momentum_from_keras, momentum_from_torch
+from jaxreg.batchnorm.nnx import BatchMoments, BatchNorm, BatchRenorm
+from jaxreg.batchnorm.tools import fold_batchnorm, recalibrate_batch_stats
 
 __all__ = [
     "BatchMoments",

@@ -4,8 +4,7 @@ Modules, lowest first: ``state`` (the pytree) -> ``step`` (one pure step, evalua
 ``epoch`` (scan / streamed epoch) -> ``optimizer`` (the optax chain) -> ``config`` (the run
 description) -> ``checkpoint`` (orbax) -> ``plan`` (a run checked and set up once) -> ``fit``
 (the loop) -> ``sweep`` (many settings at once, vmapped: a subpackage,
-settings / memory / run). ``models`` holds the models the CLI and benchmarks train
-(:data:`jaxreg.train.models.MODELS`), ``models_nnx`` the same as ``nnx.Module``s;
+settings / memory / run). The models the CLI and benchmarks train are :mod:`jaxreg.models`;
 ``nnx_bridge`` lets every entry point take an ``nnx.Module``; ``distributed`` the meshes and
 multi-process start; ``rundir`` what makes a directory a run, its checks and lock;
 ``interrupt`` Ctrl-C deferred to safe points.

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from jaxreg import models
 from jaxreg._validate import SEED_LIMIT, message
 from jaxreg.data import DATASETS
-from jaxreg.train import models
 from jaxreg.train.optimizer import OPTIMIZERS, POLY_POWER, SCHEDULE_FORMULAS, SCHEDULES
 
 STEP_LIMIT = 2**31 - 1
@@ -198,7 +198,7 @@ class RunConfig:
     model: str = option("seed-mlp", "seed-mlp: Dense(50)+BN+Dense; keras-mlp: Dense(128)+BN, "
                                     "Dense(64)+BN; small-cnn: 2 conv blocks + Dense(128); linear",
                         str, choices=tuple(models.MODELS))
-    api: str = option("linen", "the model's flax API: linen, or nnx (jaxreg.train.models_nnx, "
+    api: str = option("linen", "the model's flax API: linen, or nnx (jaxreg.models.nnx, "
                                "the same architecture as an nnx.Module)", str,
                       choices=("linen", "nnx"))
     epochs: int = option(10, "training epochs; with --resume, more epochs train a run further",

@@ -1,12 +1,10 @@
-"""The built-in models (:mod:`jaxreg.train.models`) in Flax NNX form, and their registry.
+"""The built-in models as flax NNX modules, layer for layer the linen ones.
 
-Same architectures, layer for layer, as the linen models: ``nnx.Linear``/``nnx.Conv`` for
-``nn.Dense``/``nn.Conv`` and :class:`jaxreg.nnx.BatchNorm` (the numerical core of
-:class:`jaxreg.nn.BatchNorm`) with Keras' epsilon and the model's ``bn_momentum``. Given the
-same weights, an NNX model and its linen twin compute the same outputs, so
-:func:`jaxreg.train.fit` gives them the same loss history. An NNX module needs the input shape
-at construction (``input_shape``, one example's shape, e.g. ``(28, 28)`` or ``(28, 28, 1)``)
-and is called as ``model(x)``, in ``.train()`` or ``.eval()`` mode::
+``nnx.Linear``/``nnx.Conv`` for ``nn.Dense``/``nn.Conv`` and :class:`jaxreg.nnx.BatchNorm`
+with Keras' epsilon and the model's ``bn_momentum``: given the same weights, an NNX model and
+its linen twin (:mod:`jaxreg.models.linen`) compute the same outputs. An NNX module needs one
+example's shape at construction (``input_shape``, e.g. ``(28, 28)`` or ``(28, 28, 1)``) and
+is called as ``model(x)`` in ``.train()`` or ``.eval()`` mode::
 
     model = SeedMLP((28, 28), rngs=nnx.Rngs(0))
     result = jaxreg.train.fit(model, dict(name="adam"), data)
@@ -16,16 +14,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxreg._validate import check_choice
+from jaxreg.models.linen import BN_EPSILON, BN_MOMENTUM
+from jaxreg.nn.layers import im2col_conv, max_pool_2x2
 from jaxreg.nnx import BatchNorm
-from jaxreg.train.models import BN_EPSILON, BN_MOMENTUM, im2col_conv, max_pool_2x2
 
 
 def _batch_norm(features: int, momentum: float, rngs: nnx.Rngs) -> BatchNorm:
@@ -34,7 +32,7 @@ def _batch_norm(features: int, momentum: float, rngs: nnx.Rngs) -> BatchNorm:
 
 class MLP(nnx.Module):
     """``[Linear(h) -> BatchNorm -> relu] for h in hidden -> Linear(num_classes)`` on the
-    flattened input (:class:`jaxreg.train.models.MLP`). Subclasses set the default ``HIDDEN``."""
+    flattened input (:class:`jaxreg.models.MLP`). Subclasses set the default ``HIDDEN``."""
 
     HIDDEN: tuple[int, ...] = (50,)
 
@@ -61,21 +59,22 @@ class MLP(nnx.Module):
 
 
 class SeedMLP(MLP):
-    """Seed 004's model: ``Linear(50) -> BatchNorm -> relu -> Linear(num_classes)``."""
+    """``Linear(50) -> BatchNorm -> relu -> Linear(num_classes)``
+    (:class:`jaxreg.models.SeedMLP`)."""
 
     HIDDEN = (50,)
 
 
 class KerasMLP(MLP):
-    """Seed 001's Keras model: ``Linear(128) -> BN -> relu -> Linear(64) -> BN -> relu ->
-    Linear(num_classes)``."""
+    """``Linear(128) -> BN -> relu -> Linear(64) -> BN -> relu -> Linear(num_classes)`` (the
+    :class:`jaxreg.models.KerasMLP`)."""
 
     HIDDEN = (128, 64)
 
 
 class SmallCNN(nnx.Module):
     """``[Conv(3x3, c) -> BN -> relu -> max-pool(2x2)] for c in channels -> Linear(hidden) ->
-    relu -> Linear(num_classes)`` on ``[N, H, W, C]`` images (:class:`jaxreg.train.models.SmallCNN`,
+    relu -> Linear(num_classes)`` on ``[N, H, W, C]`` images (:class:`jaxreg.models.SmallCNN`,
     with the same CPU convolution and pooling); ``input_shape`` is ``(H, W, C)``."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int = 10,
@@ -83,7 +82,7 @@ class SmallCNN(nnx.Module):
                  bn_momentum: float = BN_MOMENTUM, rngs: nnx.Rngs):
         height, width, in_channels = input_shape
         sizes = [in_channels, *channels]
-        # the linen model's CPU path (see jaxreg.train.models.SmallCNN): im2col convolutions
+        # the linen model's CPU path: im2col convolutions
         conv: dict[str, Any] = (
             {"conv_general_dilated": im2col_conv} if jax.default_backend() == "cpu" else {})
         self.conv = nnx.List([nnx.Conv(a, b, (3, 3), rngs=rngs, **conv)
@@ -102,29 +101,10 @@ class SmallCNN(nnx.Module):
 
 
 class Linear(nnx.Module):
-    """``Linear(num_classes)`` on the flattened input (:class:`jaxreg.train.models.Linear`)."""
+    """``Linear(num_classes)`` on the flattened input (:class:`jaxreg.models.Linear`)."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int = 1, *, rngs: nnx.Rngs):
         self.dense = nnx.Linear(math.prod(input_shape), num_classes, rngs=rngs)
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         return self.dense(x.reshape(x.shape[0], -1))
-
-
-MODELS: dict[str, Callable[..., nnx.Module]] = {
-    "linear": Linear,
-    "seed-mlp": SeedMLP,
-    "keras-mlp": KerasMLP,
-    "small-cnn": SmallCNN,
-}
-"""The NNX forms of :data:`jaxreg.train.models.MODELS`, under the same names."""
-
-
-def get(
-    name: str, input_shape: Sequence[int], num_classes: int | None = 10, seed: int = 0
-) -> nnx.Module:
-    """The registered model ``name`` for inputs of ``input_shape`` with ``num_classes`` outputs
-    (``None``: one), its weights drawn from ``nnx.Rngs(seed)``."""
-    return MODELS[check_choice("name", name, MODELS)](
-        tuple(input_shape), num_classes=num_classes or 1, rngs=nnx.Rngs(seed)
-    )

@@ -1,19 +1,19 @@
 """The batch normalization maths as pure functions of arrays: the one core of both front ends.
 
-:mod:`jaxreg.nn.normalization` (flax linen) and :mod:`jaxreg.nnx` (flax NNX) only create and
-store variables; every number comes from here. Nothing in this module knows about flax modules.
-
-Per feature, over the reduction axes of one batch of ``N`` valid elements::
+:mod:`jaxreg.batchnorm.linen` and :mod:`jaxreg.batchnorm.nnx` only create and store variables;
+every number comes from here (public name: :mod:`jaxreg.nn.functional`). Nothing in this
+module knows about flax modules. Per feature, over the reduction axes of a batch of ``N``
+valid elements::
 
     mean  = (1/N) sum_i x_i
     var   = (1/N) sum_i |x_i - mean|^2                  # biased; real for complex x
     y     = scale * (x - mean) / sqrt(var + epsilon) + bias
     running <- momentum * running + (1 - momentum) * batch
 
-Entry points: :func:`check_hyperparameters` (validation shared by both constructors),
-:func:`batch_norm` (one call: statistics, normalization, new running statistics) and its
-pieces :func:`ghost_batches`, :func:`moments`, :func:`normalize`, :func:`renorm_correction`,
-:func:`update_running_stats`, :func:`pooled_moments`, :func:`fold_scale_shift`.
+(the momentum convention, PyTorch's and Keras': ``docs/conventions.md``). Entry points:
+:func:`batch_norm` (statistics, normalization, new running statistics in one call), its pieces
+and :func:`check_hyperparameters`, :func:`check_renorm_bounds` (the constructors' checks),
+:func:`momentum_from_torch`, :func:`momentum_from_keras`.
 """
 from __future__ import annotations
 
@@ -62,8 +62,6 @@ def check_hyperparameters(
     epsilon: Any,
     virtual_batch_size: Any = None,
     unbiased_running_var: bool = False,
-    r_max: Any = None,
-    d_max: Any = None,
     axis_name: Any = None,
 ) -> None:
     """Raise a ValueError/TypeError naming the argument for any invalid hyperparameter.
@@ -71,9 +69,7 @@ def check_hyperparameters(
     ``momentum`` in ``[0, 1)``; ``epsilon`` finite and ``> 0`` (``inf`` would map every output
     to 0); ``virtual_batch_size`` a positive int (not a bool), and ``> 1`` with
     ``unbiased_running_var`` (the ``N / (N - 1)`` correction of one element is ``1 / 0``);
-    not combined with ``axis_name``; BatchRenorm's ``r_max >= 1`` (``[1 / r_max, r_max]`` is
-    otherwise empty) and ``d_max >= 0``
-    unless they are schedules (callables, evaluated per step). Traced values are not checked.
+    not combined with ``axis_name``. Traced values are not checked.
     """
     m = _concrete("momentum", momentum)
     require(m is None or 0.0 <= m < 1.0, "momentum", "in [0, 1)", m)
@@ -88,13 +84,35 @@ def check_hyperparameters(
         require(not (unbiased_running_var and vbs == 1), "virtual_batch_size",
                 "> 1 with unbiased_running_var=True (the unbiased variance of one element is "
                 "N / (N - 1) = 1 / 0)", vbs)
-    if r_max is not None and not callable(r_max):
+
+
+def check_renorm_bounds(r_max: Any, d_max: Any) -> None:
+    """BatchRenorm's ``r_max >= 1`` (``[1 / r_max, r_max]`` is otherwise empty) and
+    ``d_max >= 0``, unless they are schedules (callables, evaluated per step) or traced."""
+    if not callable(r_max):
         r = _concrete("r_max", r_max)
         # ``not r >= 1`` also rejects NaN
         require(r is None or r >= 1.0, "r_max", ">= 1 (r is clipped to [1/r_max, r_max])", r)
-    if d_max is not None and not callable(d_max):
+    if not callable(d_max):
         d = _concrete("d_max", d_max)
         require(d is None or d >= 0.0, "d_max", ">= 0 (d is clipped to [-d_max, d_max])", d)
+
+
+def momentum_from_torch(momentum: float) -> float:
+    """PyTorch's BatchNorm ``momentum`` ``a`` (the weight of the batch) -> ours: ``1 - a``.
+
+    ``0.1 -> 0.9``; for PyTorch's running variance also set ``unbiased_running_var=True``
+    (the conventions: ``docs/conventions.md``).
+    """
+    require(0.0 < momentum <= 1.0, "momentum", "a PyTorch momentum in (0, 1]", momentum)
+    return 1.0 - momentum
+
+
+def momentum_from_keras(momentum: float) -> float:
+    """Keras' BatchNormalization ``momentum`` -> ours: the identity (the same convention,
+    ``docs/conventions.md``); it only validates the value."""
+    require(0.0 <= momentum < 1.0, "momentum", "a Keras momentum in [0, 1)", momentum)
+    return float(momentum)
 
 
 def canonicalize_axes(rank: int, axes: int | Iterable[int]) -> tuple[int, ...]:

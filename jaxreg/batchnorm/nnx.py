@@ -1,24 +1,11 @@
-"""NNX :class:`BatchNorm` and :class:`BatchRenorm`: drop-ins for ``flax.nnx.BatchNorm``.
+"""Flax NNX :class:`BatchNorm` and :class:`BatchRenorm`: drop-ins for ``flax.nnx.BatchNorm``.
 
 Same constructor, variables (``scale``/``bias`` as ``nnx.Param``, ``mean``/``var`` as
-``nnx.BatchStat``), call signature and ``.train()``/``.eval()`` modes as flax 0.12. The maths
-is :func:`jaxreg.nn.functional.batch_norm`, shared with the linen :class:`jaxreg.nn.BatchNorm`
-(see :mod:`jaxreg.nn.normalization` for the formulas and the momentum conventions). What
-differs from flax:
-
-* ``use_fast_variance`` defaults to ``False``: the same one pass of sums as flax's fast
-  variance (bit for bit on ordinary inputs), recomputed around the mean only for batches where
-  ``E[x^2] - E[x]^2`` would lose digits, so the statistics are accurate at any
-  ``|mean| / std``.
-* With ``axis_name`` and a ``mask``, element counts and sums are ``psum``-ed: exact
-  cross-device statistics for unequal counts.
-* The running statistics stay float32 with ``dtype=bfloat16`` (flax computes the batch
-  statistics in float32 too, but normalizes with running statistics cast to bfloat16).
-* Complex inputs: the running mean becomes complex, as in ``flax.linen.BatchNorm``
-  (``flax.nnx.BatchNorm`` writes it into its float32 array, dropping the imaginary part with a
-  ``ComplexWarning``); the running variance is real, ``E|x - mean|^2``.
-* Extras: ``virtual_batch_size`` (ghost batches), ``unbiased_running_var`` (PyTorch's running
-  variance); :class:`BatchRenorm`.
+``nnx.BatchStat``), call signature and ``.train()``/``.eval()`` modes as flax 0.12, with the
+formulas of the linen :class:`jaxreg.nn.BatchNorm`: both call :mod:`jaxreg.batchnorm.core`.
+What differs from flax (stable variance by default, exact cross-device statistics, float32
+running statistics under ``dtype=bfloat16``, complex running means) and the momentum
+convention are in ``docs/conventions.md``.
 """
 from __future__ import annotations
 
@@ -31,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes, initializers
 
-from jaxreg.nn import functional as F
+from jaxreg.batchnorm import core, layer
 
 Array = jax.Array
 _ZEROS, _ONES = initializers.zeros_init(), initializers.ones_init()
@@ -53,7 +40,7 @@ class BatchNorm(nnx.Module):
       use_running_average: use ``mean``/``var`` instead of the input's statistics
         (``.eval()`` sets it True, ``.train()`` False; the call argument takes precedence).
       axis: feature axis (or axes, whose sizes multiply to ``num_features`` as one axis does).
-      momentum: in ``[0, 1)``; ``running = momentum * running + (1 - momentum) * batch``.
+      momentum: in ``[0, 1)``, the weight of the running statistics in their update.
       epsilon: finite, ``> 0``, added to the variance.
       dtype: dtype of the computation and output (default: promoted from input and params);
         statistics are computed in at least float32.
@@ -116,10 +103,9 @@ class BatchNorm(nnx.Module):
         bias_metadata: Mapping[str, Any] = MappingProxyType({}),
         scale_metadata: Mapping[str, Any] = MappingProxyType({}),
     ):
-        F.check_hyperparameters(
+        core.check_hyperparameters(
             momentum=momentum, epsilon=epsilon, virtual_batch_size=virtual_batch_size,
             unbiased_running_var=unbiased_running_var, axis_name=axis_name,
-            r_max=getattr(self, "r_max", None), d_max=getattr(self, "d_max", None),
         )
         shape = (num_features,)
         self.mean = nnx.BatchStat(jnp.zeros(shape, jnp.float32))
@@ -166,35 +152,26 @@ class BatchNorm(nnx.Module):
         bias = None if self.bias is None else self.bias[...]
         x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
         stats_dtype = jnp.promote_types(jnp.result_type(x), jnp.float32)
-        out = F.batch_norm(
-            x, scale, bias, self.mean[...], self.var[...],
-            axis=self.axis,
-            use_running_average=bool(use_running_average),
-            momentum=self.momentum,
-            epsilon=self.epsilon,
-            stats_dtype=stats_dtype,
-            mask=mask,
-            axis_name=self.axis_name,
-            axis_index_groups=self.axis_index_groups,
-            use_fast_variance=self.use_fast_variance,
-            virtual_batch_size=self.virtual_batch_size,
-            unbiased_running_var=self.unbiased_running_var,
-            renorm_bounds=renorm_bounds,
-        )
+        out = layer.call(self, x, scale, bias, self.mean[...], self.var[...],
+                         use_running_average=bool(use_running_average),
+                         stats_dtype=stats_dtype, mask=mask, renorm_bounds=renorm_bounds)
         if not use_running_average:
             # Replaced, not written into (`[...] =`), so that a complex mean stays complex.
             self.mean.set_value(jax.lax.stop_gradient(out.mean))
             self.var.set_value(jax.lax.stop_gradient(out.var))
             if self.record_moments:  # appended per call, like nnx's sow
-                ddof = jnp.asarray(1.0 if self.unbiased_running_var else 0.0)
                 previous = getattr(self, "batch_moments", None)
                 calls = () if previous is None else previous.get_value()
-                self.batch_moments = BatchMoments((*calls, {**(out.moments or {}), "ddof": ddof}))
-        args = [a for a in (x, scale, bias) if a is not None]
-        return jnp.asarray(out.y, dtypes.canonicalize_dtype(*args, dtype=self.dtype))
+                self.batch_moments = BatchMoments((*calls, out.moments))
+        return out.y
 
     def set_view(self, use_running_average: bool | None = None) -> None:
-        """Used by ``nnx.view`` (and ``.train()``/``.eval()``)."""
+        """Sets the mode; used by ``nnx.view``, ``.train()`` and ``.eval()``.
+
+        Args:
+          use_running_average: if True, the stored batch statistics will be
+            used instead of computing the batch statistics on the input.
+        """
         if use_running_average is not None:
             self.use_running_average = use_running_average
 
@@ -209,18 +186,18 @@ class BatchRenorm(BatchNorm):
 
     def __init__(self, num_features: int, *, r_max: Any = 3.0, d_max: Any = 5.0,
                  **kwargs: Any):
+        core.check_renorm_bounds(r_max, d_max)
+        super().__init__(num_features, **kwargs)
         self.r_max = r_max
         self.d_max = d_max
-        super().__init__(num_features, **kwargs)
         self.step = nnx.BatchStat(jnp.zeros((), jnp.int32))
 
     def __call__(
         self, x: Array, use_running_average: bool | None = None, *, mask: Array | None = None
     ) -> Array:
         step = self.step[...]
-        r_max = self.r_max(step) if callable(self.r_max) else self.r_max
-        d_max = self.d_max(step) if callable(self.d_max) else self.d_max
-        y = self._normalize(x, use_running_average, mask, renorm_bounds=(r_max, d_max))
+        y = self._normalize(x, use_running_average, mask,
+                            renorm_bounds=layer.renorm_bounds(self, step))
         training = not (self.use_running_average if use_running_average is None
                         else use_running_average)
         if training:

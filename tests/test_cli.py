@@ -170,6 +170,20 @@ def test_help_mentions_every_flag():
     assert run_main(["bogus"])[:2] == (2, "")
 
 
+def test_train_flags_are_the_run_descriptions_fields():
+    """Every field of the run description with a flag is a flag of jaxreg train (issue 22.1)."""
+    import dataclasses
+
+    from jaxreg.train.config import OptimizerConfig, RunConfig, flag_name
+
+    _, out, _ = run_main(["train", "--help"])
+    fields = [*dataclasses.fields(RunConfig), *dataclasses.fields(OptimizerConfig)]
+    flags = [flag_name(f) for f in fields if flag_name(f) is not None]
+    assert {"lr", "optimizer", "epochs", "plateau-patience"} <= set(flags)
+    for flag in flags:
+        assert f"--{flag} " in out or f"--{flag}," in out or f"--{flag}\n" in out, flag
+
+
 @pytest.fixture
 def corrupt_dir(tmp_path):
     """A directory with the four IDX file names holding garbage."""

@@ -207,6 +207,16 @@ def test_resume_with_more_epochs_extends_a_finished_run(digits_run, tmp_path):
             "--epochs 1 is fewer than the 2 epochs the run has trained")
 
 
+def test_resume_applies_checkpoint_every(digits_run, tmp_path):
+    """--checkpoint-every is resumable: --resume records it rather than ignoring it."""
+    run_dir = copy_run(digits_run, tmp_path)
+    status, _, err = run_main(["train", "--resume", "--out", run_dir, "--epochs", "2",
+                               "--checkpoint-every", "2", "--no-progress"])
+    assert status == 0, err
+    assert json.loads((run_dir / "config.json").read_text())["checkpoint_every"] == 2
+    assert (run_dir / "checkpoints" / "2").is_dir()
+
+
 def test_resume_cannot_extend_a_decaying_schedule(tmp_path):
     run_dir = tmp_path / "run"
     status, _, err = run_main(["train", *DIGITS, "--schedule", "cosine", "--out", run_dir])

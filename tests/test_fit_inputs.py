@@ -207,8 +207,9 @@ def test_no_optimizer_is_named(tmp_path):
 
 def test_float_targets_not_shaped_as_the_outputs_are_named(tmp_path):
     x, y = arrays()
-    refused(ValueError, r"`data targets` must be shaped as the model's outputs \(3,\) for the "
-            r"default squared-error loss", tmp_path, data=(x, y.astype(np.float64)))
+    refused(ValueError, r"`data targets` must be as many values per example as the model's "
+            r"outputs \(3,\) for the default squared-error loss", tmp_path,
+            data=(x, y.astype(np.float64)))
 
 
 def test_string_inputs_are_named(tmp_path):

@@ -110,3 +110,15 @@ def test_flags_conditions_and_the_sweep_schema_derive_from_the_description():
     assert swept["l2"].default == OptimizerConfig().l2 and swept["batch_size"].default == 128
     with pytest.raises(ValueError, match="`l2` must be a number >= 0 up to"):
         Setting(l2=1e23)
+
+
+def test_fit_and_make_plan_defaults_are_the_descriptions():
+    import inspect
+
+    from jaxreg.train import fit, make_plan
+
+    run = RunConfig()
+    for function in (fit, make_plan):
+        parameters = inspect.signature(function).parameters
+        for name in ("epochs", "batch_size", "seed", "validation_split"):
+            assert parameters[name].default == getattr(run, name), (function.__name__, name)

@@ -299,10 +299,10 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
 
 
 def _resumed_config(args: argparse.Namespace, config: RunConfig, run_dir: Path) -> RunConfig:
-    """``config`` with what ``--resume`` may change applied (``--epochs``); ValueError for a
-    flag of a field that is not ``resumable`` (:mod:`jaxreg.train.config`), for no checkpoint
-    to continue from, for fewer epochs than trained, or more with a schedule other than
-    ``fixed`` (its learning rate follows the epochs planned)."""
+    """``config`` with what ``--resume`` may change applied (the ``resumable`` fields of
+    :mod:`jaxreg.train.config`: ``--epochs``, ``--checkpoint-every``); ValueError for a flag
+    of another field, for no checkpoint to continue from, or for epochs
+    :func:`_check_more_epochs` refuses."""
     given = [_flag(dest, getattr(args, dest)) for dest, f in _described().items()
              if getattr(args, dest) is not None and not f.metadata["resumable"]]
     if args.config is not None:
@@ -310,13 +310,23 @@ def _resumed_config(args: argparse.Namespace, config: RunConfig, run_dir: Path) 
     if given:
         raise ValueError(f"--resume cannot change {', '.join(given)}: a resumed run keeps the "
                          f"settings of {run_dir / 'config.json'} (it can change --epochs, to "
-                         f"train further, and --data-dir, to the same data elsewhere)")
+                         f"train further, --checkpoint-every, and --data-dir, to the same data "
+                         f"elsewhere)")
     if not rundir.step_dirs(run_dir / "checkpoints") and (run_dir / "metrics.json").exists():
         raise ValueError(f"--resume: {run_dir / 'checkpoints'} holds no checkpoint of this "
                          f"finished run (deleted?): nothing to continue from; start a new run "
                          f"in another --out")
-    if args.epochs is None or args.epochs == config.epochs:
-        return config
+    changes = {f.name: getattr(args, dest) for dest, f in _described().items()
+               if f.metadata["resumable"] and getattr(args, dest) not in (None,
+                                                                          getattr(config, f.name))}
+    if "epochs" in changes:
+        _check_more_epochs(args.epochs, config, run_dir)
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def _check_more_epochs(epochs: int, config: RunConfig, run_dir: Path) -> None:
+    """ValueError for ``--resume --epochs`` fewer than trained, or other than planned with a
+    schedule other than ``fixed`` (its learning rate follows the epochs planned)."""
     schedule = config.optimizer.schedule
     if schedule != "fixed":
         raise ValueError(f"--resume cannot change --epochs of a run with --schedule {schedule}: "
@@ -326,10 +336,9 @@ def _resumed_config(args: argparse.Namespace, config: RunConfig, run_dir: Path) 
     mngr = checkpoint.manager(run_dir / "checkpoints")
     trained = mngr.latest_step() or 0
     mngr.close()
-    if args.epochs < trained:
-        raise ValueError(f"--epochs {args.epochs} is fewer than the {trained} epochs the run "
+    if epochs < trained:
+        raise ValueError(f"--epochs {epochs} is fewer than the {trained} epochs the run "
                          f"has trained")
-    return dataclasses.replace(config, epochs=args.epochs)
 
 
 def run_train(args: argparse.Namespace) -> int:

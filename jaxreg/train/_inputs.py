@@ -8,6 +8,7 @@ x[:1], train=False)`` with :func:`jax.eval_shape` (no computation, no compilatio
 """
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
 from typing import Any
@@ -119,7 +120,8 @@ def check_fit_inputs(
     test split numeric arrays (no dicts or pytrees) with as many targets as inputs, non-empty,
     every split shaped as the training data; ``monitor`` a history key; ``model`` callable with
     ``train=``; with the default loss, integer labels in ``[0, K)`` for the model's ``K``
-    outputs (and the dataset's ``num_classes``), other targets shaped as the outputs; with a
+    outputs (and the dataset's ``num_classes``), other targets as many per example as the
+    outputs; with a
     plateau in ``optimizer`` monitoring a ``val_*`` metric, validation data.
     """
     require(isinstance(optimizer, (Mapping, RunOptimizer))
@@ -171,7 +173,7 @@ def check_fit_inputs(
                     f"in [0, {num_classes}) (the model's outputs and the dataset's classes)",
                     f"labels in [{low}, {high}]")
     elif loss_fn is None:  # default loss: squared error, targets shaped as the outputs
-        require(y.shape[1:] == outputs.shape[1:], "data targets",
-                f"shaped as the model's outputs {outputs.shape[1:]} for the default squared-error "
-                f"loss (integer labels: classification), or a loss_fn given",
-                f"{y.dtype} targets of shape {y.shape[1:]}")
+        require(math.prod(y.shape[1:]) == math.prod(outputs.shape[1:]), "data targets",
+                f"as many values per example as the model's outputs {outputs.shape[1:]} for the "
+                f"default squared-error loss (integer labels: classification), or a loss_fn "
+                f"given", f"{y.dtype} targets of shape {y.shape[1:]}")

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from jaxreg._validate import check_int
 from jaxreg.train import distributed, interrupt, nnx_bridge
+from jaxreg.train.config import RunConfig
 from jaxreg.train.optimizer import RunOptimizer
 from jaxreg.train.plan import Plan, append, epoch_entry, fingerprint, hyperparams, make_plan
 from jaxreg.train.state import TrainState
@@ -92,10 +93,10 @@ def fit(
     optimizer: RunOptimizer | optax.GradientTransformation | dict[str, Any],
     data: Any,
     *,
-    epochs: int = 10,
-    batch_size: int = 128,
-    seed: int = 0,
-    validation_split: float = 0.0,
+    epochs: int = RunConfig.epochs,
+    batch_size: int = RunConfig.batch_size,
+    seed: int = RunConfig.seed,
+    validation_split: float = RunConfig.validation_split,
     validation_data: tuple[Any, Any] | None = None,
     test: bool = True,
     loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
@@ -154,9 +155,7 @@ def fit(
         TypeError, ValueError: a bad argument (named with its value) before any work, or a
             plateau that cannot be fed; :class:`TrainingDiverged`: ``max_consecutive_skips``.
     """
-    if max_consecutive_skips is not None:
-        check_int("max_consecutive_skips", max_consecutive_skips, 1)
-    checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
+    _check_loop(checkpoint_every, max_consecutive_skips)  # before the plan's work
     plan = make_plan(model, optimizer, data, epochs=epochs, batch_size=batch_size, seed=seed,
                      validation_split=validation_split, validation_data=validation_data,
                      test=test, loss_fn=loss_fn, monitor=monitor, skip_nonfinite=skip_nonfinite,
@@ -174,7 +173,9 @@ def fit_plan(plan: Plan, *, callbacks: Sequence[Callback] = (), progress: bool =
     """Trains a :class:`jaxreg.train.plan.Plan` (the loop of :func:`fit`, whose arguments these
     are). ``claimed``: the caller has already checked and locked the run directory holding
     ``checkpoint_dir`` (``jaxreg train``'s ``--out``), so it is neither checked nor locked again.
+    A plan trains once: its initial state's buffers are donated to the first epoch.
     """
+    _check_loop(checkpoint_every, max_consecutive_skips)
     state, start, consecutive_skips = plan.placement.state, 0, 0
     history: dict[str, list] = {}
     data_key = jax.random.fold_in(jax.random.key(plan.seed), 1)
@@ -240,6 +241,14 @@ def fit_plan(plan: Plan, *, callbacks: Sequence[Callback] = (), progress: bool =
     test_metrics = None if plan.test_data is None else plan.evaluate(state, *plan.test_data)
     return FitResult(state=state, history=history, test=test_metrics, evaluate=plan.evaluate,
                      model=nnx_bridge.merge(plan.model, state))
+
+
+def _check_loop(checkpoint_every: Any, max_consecutive_skips: Any) -> None:
+    """ValueError/TypeError naming ``checkpoint_every`` or ``max_consecutive_skips`` unless an
+    integer >= 1 (``max_consecutive_skips`` may be ``None``)."""
+    check_int("checkpoint_every", checkpoint_every, 1)
+    if max_consecutive_skips is not None:
+        check_int("max_consecutive_skips", max_consecutive_skips, 1)
 
 
 def _open_checkpoints(directory: str | Path, resume: bool, stack: contextlib.ExitStack,

@@ -23,6 +23,7 @@ from jaxreg._validate import require
 from jaxreg.train import config as run_config
 from jaxreg.train import distributed, nnx_bridge
 from jaxreg.train._inputs import check_fit_inputs
+from jaxreg.train.config import RunConfig
 from jaxreg.train.epoch import scan_epoch, stream_epoch
 from jaxreg.train.optimizer import (
     RunOptimizer,
@@ -211,8 +212,9 @@ def _epoch_runner(step: Callable, placement: Placement, *, on_device: bool, batc
         batch_size=batch_size, put=placement.put_batch)
 
 
-def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = 10, batch_size: int = 128,
-              seed: int = 0, validation_split: float = 0.0, validation_data: Any = None,
+def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.epochs,
+              batch_size: int = RunConfig.batch_size, seed: int = RunConfig.seed,
+              validation_split: float = RunConfig.validation_split, validation_data: Any = None,
               test: bool = True, loss_fn: Callable | None = None, monitor: str = "val_loss",
               skip_nonfinite: bool = True, compute_dtype: Any = None,
               on_device: bool | None = None, unroll: int = 1,

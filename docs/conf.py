@@ -7,10 +7,12 @@ import dataclasses
 import importlib.util
 import inspect
 import json
+import re
 import textwrap
 from pathlib import Path
 
 import flax.linen
+from docutils import nodes
 from sphinx.ext import intersphinx
 from sphinx.util.nodes import make_refnode
 
@@ -48,11 +50,11 @@ autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented_params"
 autodoc_preserve_defaults = True
 autoclass_content = "class"
+toc_object_entries_show_parents = "hide"  # on-page contents: `momentum`, not `BatchNorm.momentum`
 autosummary_generate = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
-napoleon_use_ivar = False
 
 # MathJax 3 from the sphinx-mathjax-offline package, one self-contained file (SVG output, no
 # fonts to fetch): every formula renders without a network.
@@ -185,6 +187,35 @@ def _resolve(app, env, node, contnode):
     return None
 
 
+LINKABLE = re.compile(r"((?:jaxreg|optax|jax|flax|numpy)(?:\.\w+)+)(?:\(.*\))?")
+
+
+def _link_code(app, doctree, docname):
+    """Inline code that names a documented object, called or not (``jaxreg.add_l2(s)``,
+    ``optax.chain``), links to its entry: on this site, else through the inventories."""
+    if app.builder.format != "html":
+        return
+    objects = app.env.get_domain("py").objects
+    inventory = getattr(app.env, "intersphinx_inventory", {})
+    for literal in list(doctree.findall(nodes.literal)):
+        match = LINKABLE.fullmatch(literal.astext())
+        if not match or isinstance(literal.parent, (nodes.reference, nodes.title)):
+            continue
+        name = match.group(1)
+        if name in objects:
+            uri = (app.builder.get_relative_uri(docname, objects[name].docname) + "#"
+                   + objects[name].node_id)
+        else:
+            uri = next((inv[name].uri if hasattr(inv[name], "uri") else inv[name][2]
+                        for role, inv in inventory.items()
+                        if role.startswith("py:") and name in inv), None)
+            if uri is None:
+                continue
+        reference = nodes.reference("", "", internal=name in objects, refuri=uri)
+        literal.replace_self(reference)
+        reference.append(literal)
+
+
 def _thumbnails(app):
     """The examples gallery's pictures: each notebook's first figure, in examples/_thumbs/."""
     thumbs = Path(app.srcdir) / "examples" / "_thumbs"
@@ -218,5 +249,6 @@ def setup(app):
     app.connect("autodoc-skip-member", _skip_namedtuple_fields)
     app.connect("autodoc-process-docstring", _summary_literal_block)
     app.connect("builder-inited", _thumbnails)
+    app.connect("doctree-resolved", _link_code)
     app.connect("missing-reference", _resolve, priority=400)
     app.connect("autodoc-process-signature", _module_signature)

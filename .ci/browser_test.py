@@ -52,7 +52,7 @@ window.addEventListener("load", async () => {
   if (window.MathJax && MathJax.startup) { await MathJax.startup.promise; }
   const article = document.querySelector("article") || document.body;
   const right = article.getBoundingClientRect().right;
-  const found = {raw_latex: [], clipped: [], links: []};
+  const found = {raw_latex: [], clipped: [], links: [], code: 0, scrolling: 0};
   const texts = document.createTreeWalker(article, NodeFilter.SHOW_TEXT);
   while (texts.nextNode()) {
     const node = texts.currentNode;
@@ -71,6 +71,10 @@ window.addEventListener("load", async () => {
     const reach = Math.max(box.right, box.left + spill);
     if (reach > right + 1 && !el.closest(".table-wrapper, div.highlight, .cell_output"))
       found.clipped.push(what + ` (reaches ${Math.round(reach - right)} px past the column)`);
+  }
+  for (const pre of article.querySelectorAll("pre")) {
+    found.code += 1;
+    if (pre.scrollWidth > pre.clientWidth + 1) found.scrolling += 1;
   }
   for (const a of document.querySelectorAll("a[href]")) found.links.push(a.href);
   document.body.setAttribute("data-site-check", JSON.stringify(found));
@@ -112,13 +116,16 @@ def anchors(page: Path) -> set[str]:
     return set(re.findall(r'\bid="([^"]+)"', page.read_text(encoding="utf-8")))
 
 
-def check_page(site: Path, base: str, page: str) -> list[str]:
-    """The problems a reader meets on one page."""
+def check_page(site: Path, base: str, page: str, code: list[int]) -> list[str]:
+    """The problems a reader meets on one page; adds its code blocks, and how many of them
+    scroll sideways, to ``code``."""
     dom = chromium("--dump-dom", f"{base}/{page}")
     match = re.search(r'data-site-check="([^"]*)"', dom)
     if match is None:
         return [f"{page}: the page did not finish loading (no check result)"]
     found = json.loads(html.unescape(match.group(1)))
+    code[0] += found["code"]
+    code[1] += found["scrolling"]
     problems = [f"{page}: raw LaTeX (formula not rendered): {t!r}" for t in found["raw_latex"]]
     problems += [f"{page}: code or content wider than the column: {c}" for c in found["clipped"]]
     for href in sorted(set(found["links"])):
@@ -148,7 +155,8 @@ def main() -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        problems = [p for page in dict.fromkeys(pages) for p in check_page(site, base, page)]
+        code = [0, 0]
+        problems = [p for page in dict.fromkeys(pages) for p in check_page(site, base, page, code)]
         if args.screenshots:
             args.screenshots.mkdir(parents=True, exist_ok=True)
             for page in SCREENSHOTS:
@@ -158,7 +166,8 @@ def main() -> int:
         server.shutdown()
     for problem in problems:
         print(problem)
-    print(f"browser_test: {len(dict.fromkeys(pages))} pages, {len(problems)} problems")
+    print(f"browser_test: {len(dict.fromkeys(pages))} pages, {len(problems)} problems; "
+          f"{code[1]} of {code[0]} code blocks scroll sideways (at 1280 px)")
     return 1 if problems else 0
 
 

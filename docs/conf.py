@@ -187,7 +187,7 @@ def _resolve(app, env, node, contnode):
     return None
 
 
-LINKABLE = re.compile(r"((?:jaxreg|optax|jax|flax|numpy)(?:\.\w+)+)(?:\(.*\))?")
+LINKABLE = re.compile(r"((?:jaxreg|optax|jax|flax|numpy)(?:\.\w+)+)(?:\([^()]*\))?")
 
 
 def _link_code(app, doctree, docname):

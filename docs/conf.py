@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import inspect
 import json
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -17,6 +18,10 @@ from sphinx.ext import intersphinx
 from sphinx.util.nodes import make_refnode
 
 import jaxreg
+
+# The CLI reference prints the help texts, which name the cache directory: as the variable, not
+# the build machine's path.
+os.environ["XDG_CACHE_HOME"] = "$XDG_CACHE_HOME"
 
 project = "jaxreg"
 author = "The jaxreg developers"
@@ -41,6 +46,7 @@ source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtex
 exclude_patterns = ["_build", "_inv", "jupyter_execute", "**.ipynb_checkpoints"]
 myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3
+smartquotes = False  # `--flag` stays two hyphens (not an en dash) in the CLI reference
 nb_execution_mode = "off"  # the notebooks are shown with their committed outputs
 
 # The API pages: each parameter once (types in its description), defaults as written in the

@@ -13,10 +13,11 @@ reports, in the DOM that ``chromium --dump-dom`` prints:
   overflowing content reaches past the article's right edge (code blocks and tables scroll
   inside the column instead);
 - broken links: a link to a page of the site that does not exist, or to an anchor that page
-  does not have (checked here against the files).
+  does not have (checked here against the files);
+- a search (``search.html?q=batch_scaled_l2``) that finds nothing.
 
 Pages: the index, a guide, the formulas and conventions pages, every API page (one per public
-module), the CLI reference, the benchmarks and an example notebook. Exit status 1 naming each
+module), the module index, the CLI reference, the benchmarks, an example notebook and a search. Exit status 1 naming each
 problem, else 0.
 """
 from __future__ import annotations
@@ -38,7 +39,8 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["index.html", "guides/train_state.html", "formulas.html", "conventions.html",
-         "cli.html", "benchmarks.html", "examples/05_nnx.html", "api/index.html"]
+         "cli.html", "benchmarks.html", "examples/05_nnx.html", "api/index.html",
+         "py-modindex.html", "search.html?q=batch_scaled_l2"]
 SCREENSHOTS = ["index.html", "formulas.html", "conventions.html", "api/nn.html",
                "api/transforms.html", "guides/from_add_decayed_weights.html",
                "examples/index.html", "examples/05_nnx.html"]
@@ -52,7 +54,12 @@ window.addEventListener("load", async () => {
   if (window.MathJax && MathJax.startup) { await MathJax.startup.promise; }
   const article = document.querySelector("article") || document.body;
   const right = article.getBoundingClientRect().right;
-  const found = {raw_latex: [], clipped: [], links: [], code: 0, scrolling: 0};
+  const found = {raw_latex: [], clipped: [], links: [], code: 0, scrolling: 0, results: -1};
+  if (location.pathname.endsWith("/search.html")) {  // the search runs after the index loads
+    for (let i = 0; i < 100 && !document.querySelector("#search-results li"); i++)
+      await new Promise((done) => setTimeout(done, 100));
+    found.results = document.querySelectorAll("#search-results li").length;
+  }
   const texts = document.createTreeWalker(article, NodeFilter.SHOW_TEXT);
   while (texts.nextNode()) {
     const node = texts.currentNode;
@@ -127,6 +134,8 @@ def check_page(site: Path, base: str, page: str, code: list[int]) -> list[str]:
     code[0] += found["code"]
     code[1] += found["scrolling"]
     problems = [f"{page}: raw LaTeX (formula not rendered): {t!r}" for t in found["raw_latex"]]
+    if found["results"] == 0:
+        problems.append(f"{page}: the search found nothing")
     problems += [f"{page}: code or content wider than the column: {c}" for c in found["clipped"]]
     for href in sorted(set(found["links"])):
         url = urlsplit(urljoin(f"{base}/{page}", href))

@@ -14,11 +14,13 @@ reports, in the DOM that ``chromium --dump-dom`` prints:
   inside the column instead);
 - broken links: a link to a page of the site that does not exist, or to an anchor that page
   does not have (checked here against the files);
+- a code block without a copy button, or whose button copies ``>>> `` / ``... `` prompts
+  (the site's ``copybutton.js`` formatting, run on the block's text);
 - a search (``search.html?q=batch_scaled_l2``) that finds nothing.
 
 Pages: the index, a guide, the formulas and conventions pages, every API page (one per public
-module), the module index, the CLI reference, the benchmarks, an example notebook and a search. Exit status 1 naming each
-problem, else 0.
+module), the module index, the CLI reference, the benchmarks, an example notebook and a search.
+Exit status 1 naming each problem, else 0.
 """
 from __future__ import annotations
 
@@ -49,8 +51,13 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-component-update", "--disable-sync",
                   "--virtual-time-budget=20000", "--window-size=1280,900"]
 # Runs in the page: waits for MathJax, then writes its findings into <body data-site-check>.
-CHECK = """<script>
+CHECK = r"""<script>
 window.addEventListener("load", async () => {
+  try { await check(); } catch (error) {
+    document.body.setAttribute("data-site-check", JSON.stringify({error: String(error)}));
+  }
+});
+async function check() {
   if (window.MathJax && MathJax.startup) { await MathJax.startup.promise; }
   const article = document.querySelector("article") || document.body;
   const right = article.getBoundingClientRect().right;
@@ -63,7 +70,7 @@ window.addEventListener("load", async () => {
   const texts = document.createTreeWalker(article, NodeFilter.SHOW_TEXT);
   while (texts.nextNode()) {
     const node = texts.currentNode;
-    if (/\\\\[(\\[]/.test(node.textContent) && !node.parentElement.closest("pre, code, script"))
+    if (/\\[(\[]/.test(node.textContent) && !node.parentElement.closest("pre, code, script"))
       found.raw_latex.push(node.textContent.trim().slice(0, 80));
   }
   for (const el of article.querySelectorAll("*")) {
@@ -83,9 +90,25 @@ window.addEventListener("load", async () => {
     found.code += 1;
     if (pre.scrollWidth > pre.clientWidth + 1) found.scrolling += 1;
   }
+  // What each copy button copies (copybutton.js's call with the site's settings, run on the
+  // block's text by the package's own copybutton_funcs.js): no `>>> ` / `... ` prompts.
+  found.copy = [];
+  const script = [...document.scripts].find((s) => /copybutton\.js/.test(s.src));
+  const call = script && (await (await fetch(script.src)).text())
+    .match(/return (formatCopyText\(text, .*\))/);
+  const {formatCopyText} = call ? await import(new URL("copybutton_funcs.js", script.src)) : {};
+  for (const block of article.querySelectorAll("div.highlight")) {
+    const text = block.querySelector("pre").innerText;
+    if (!block.querySelector("button.copybtn") || !call) {
+      found.copy.push("no copy button: " + text.slice(0, 60));
+      continue;
+    }
+    const copied = Function("formatCopyText", "text", "return " + call[1])(formatCopyText, text);
+    if (/^(>>>|\.\.\.) /m.test(copied)) found.copy.push("copies prompts: " + copied.slice(0, 60));
+  }
   for (const a of document.querySelectorAll("a[href]")) found.links.push(a.href);
   document.body.setAttribute("data-site-check", JSON.stringify(found));
-});
+}
 </script>"""
 
 
@@ -131,9 +154,12 @@ def check_page(site: Path, base: str, page: str, code: list[int]) -> list[str]:
     if match is None:
         return [f"{page}: the page did not finish loading (no check result)"]
     found = json.loads(html.unescape(match.group(1)))
+    if "error" in found:
+        return [f"{page}: the check script failed: {found['error']}"]
     code[0] += found["code"]
     code[1] += found["scrolling"]
     problems = [f"{page}: raw LaTeX (formula not rendered): {t!r}" for t in found["raw_latex"]]
+    problems += [f"{page}: {c}" for c in found["copy"]]
     if found["results"] == 0:
         problems.append(f"{page}: the search found nothing")
     problems += [f"{page}: code or content wider than the column: {c}" for c in found["clipped"]]

@@ -15,6 +15,7 @@ from pathlib import Path
 import flax.linen
 from docutils import nodes
 from sphinx.ext import intersphinx
+from sphinx.ext.autosummary import ImportExceptionGroup, import_by_name
 from sphinx.util.nodes import make_refnode
 
 import jaxreg
@@ -156,18 +157,13 @@ def _module_signature(app, what, name, obj, options, signature, return_annotatio
     return f"({', '.join(params)})", return_annotation
 
 
-def _import(name: str):
-    """The object a dotted name documents, or None."""
-    parts = name.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-            for part in parts[cut:]:
-                obj = getattr(obj, part)
-            return obj
-        except (ImportError, AttributeError):
-            continue
-    return None
+def _identity(name: str):
+    """What a documented name is, to tell two names of one object (``id``), or the name itself
+    where it is no importable attribute (a module's data documented by hand)."""
+    try:
+        return id(import_by_name(name)[1])
+    except (ImportError, ImportExceptionGroup):
+        return name
 
 
 def _resolve(app, env, node, contnode):
@@ -185,7 +181,7 @@ def _resolve(app, env, node, contnode):
         matches = {}  # one per Python object: a class documented under two paths is one
         for name, obj in domain.find_obj(env, module, None, target, None, searchmode=1):
             if name.startswith("jaxreg."):
-                matches.setdefault(id(_import(name)), (name, obj))
+                matches.setdefault(_identity(name), (name, obj))
         if len(matches) == 1:
             name, obj = matches.popitem()[1]
             return make_refnode(app.builder, node["refdoc"], obj.docname, obj.node_id, contnode,

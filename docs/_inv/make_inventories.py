@@ -21,6 +21,8 @@ import re
 import zlib
 from pathlib import Path
 
+from sphinx.ext.autosummary import ImportExceptionGroup, import_by_name
+
 HERE = Path(__file__).resolve().parent
 # Each inventory: its name, the project's version label, and its API source folders
 # (relative to the checkout) with the folder their pages are published from.
@@ -36,19 +38,10 @@ OPTION = re.compile(r"^\s+:(\w+):\s*(\S+)")
 
 def resolve(name: str):
     """The installed object named ``name`` (``pkg.mod.attr``), or None."""
-    parts = name.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except Exception:  # not a module (or one that does not import here)
-            continue
-        try:
-            for part in parts[cut:]:
-                obj = getattr(obj, part)
-        except AttributeError:
-            return None
-        return obj
-    return None
+    try:
+        return import_by_name(name)[1]
+    except (ImportError, ImportExceptionGroup):  # a name this installation does not have
+        return None
 
 
 def entries(name: str, uri: str):

@@ -14,11 +14,15 @@ from pathlib import Path
 
 import flax.linen
 from docutils import nodes
+from flax import nnx
 from sphinx.ext import intersphinx
+from sphinx.ext.autodoc.preserve_defaults import update_defvalue
 from sphinx.ext.autosummary import ImportExceptionGroup, import_by_name
 from sphinx.util.nodes import make_refnode
 
 import jaxreg
+import jaxreg.nnx
+import jaxreg.train.models_nnx
 
 # The CLI reference prints the help texts, which name the cache directory: as the variable, not
 # the build machine's path.
@@ -111,9 +115,11 @@ intersphinx_mapping = {
     }.items()
 }
 
-# Type hints name the classes where they are defined; the documentation knows them by their
-# public names.
+# Type hints name the classes where they are defined, or as their module imports them (string
+# annotations); the documentation knows them by their public names.
 PUBLIC_NAMES = {
+    "Array": "jax.Array",
+    "nnx.Rngs": "flax.nnx.Rngs",
     "jax.jaxlib._jax.Array": "jax.Array",
     "jaxlib._jax.Array": "jax.Array",
     "jaxlib._jax.Sharding": "jax.sharding.Sharding",
@@ -155,6 +161,20 @@ def _module_signature(app, what, name, obj, options, signature, return_annotatio
     defaults = _field_defaults(obj)
     params = [f"{f.name}={defaults[f.name]}" if f.name in defaults else f.name for f in fields]
     return f"({', '.join(params)})", return_annotation
+
+
+def _nnx_signatures(app):
+    """flax builds NNX modules through its metaclass (``*args, **kwargs``): give jaxreg's NNX
+    modules their ``__init__``'s signature, without ``self``, with the defaults as written."""
+    for module in (jaxreg.nnx, jaxreg.train.models_nnx):
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, nnx.Module) and obj.__module__.startswith(
+                    "jaxreg."):
+                update_defvalue(app, obj.__init__, False)
+                sig = inspect.signature(obj.__init__)
+                obj.__signature__ = sig.replace(
+                    parameters=list(sig.parameters.values())[1:],
+                    return_annotation=inspect.Signature.empty)
 
 
 def _identity(name: str):
@@ -251,6 +271,7 @@ def setup(app):
     app.connect("autodoc-skip-member", _skip_namedtuple_fields)
     app.connect("autodoc-process-docstring", _summary_literal_block)
     app.connect("builder-inited", _thumbnails)
+    app.connect("builder-inited", _nnx_signatures)
     app.connect("doctree-resolved", _link_code)
     app.connect("missing-reference", _resolve, priority=400)
     app.connect("autodoc-process-signature", _module_signature)

@@ -93,6 +93,8 @@ html_theme_options = {
     "navigation_with_keys": False,
 }
 html_last_updated_fmt = ""
+# The sidebar without its own search field (the header has one).
+html_sidebars = {"**": ["navbar-logo.html", "icon-links.html", "sbt-sidebar-nav.html"]}
 
 # The copy button leaves out `>>> ` / `... ` prompts and the doctests' expected output, and
 # `$ ` shell prompts.

@@ -27,7 +27,9 @@ MODULES = (
 )
 
 
-def resolve(path: str):
+def resolve(path: str, module: bool = False):
+    if module:  # automodule
+        return importlib.import_module(path)
     parts = path.split(".")
     for split in range(len(parts) - 1, 0, -1):  # as autodoc: the object is an attribute
         try:
@@ -41,10 +43,10 @@ def resolve(path: str):
 
 
 def documented() -> dict[int, str]:
-    paths = re.findall(r"^\.\. auto\w+:: (\S+)", "".join(p.read_text() for p in API.glob("*.rst")),
-                       re.M)
+    paths = re.findall(r"^\.\. (auto\w+):: (\S+)",
+                       "".join(p.read_text() for p in API.glob("*.rst")), re.M)
     assert len(paths) > 50, paths
-    return {id(resolve(path)): path for path in paths}
+    return {id(resolve(path, kind == "automodule")): path for kind, path in paths}
 
 
 def public_names(module) -> list[str]:

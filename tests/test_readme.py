@@ -32,7 +32,8 @@ def test_ci_runs_every_check():
     ci = (ROOT / ".ci/run").read_text()
     for step in ("python .ci/check_debian_data.py", "\nruff check .\n", "\nmypy\n",
                  "python -m pytest -q --doctest-modules jaxreg/",
-                 "python -m sphinx -q -W -b html docs", "python -m sphinx -q -W -b doctest docs",
+                 "python -m sphinx -q -n -W -b html docs", "python -m sphinx -q -W -b doctest docs",
+                 "python .ci/browser_test.py",
                  "python -m build", ".ci/wheel_smoke.py", "python notebooks/execute.py"):
         assert step in ci, f"{step!r} is not in .ci/run"
     assert ci.index("python -m pytest -n 2") < ci.index("check_debian_data.py")

@@ -1,6 +1,6 @@
 """The batch normalization maths as pure functions of arrays: the one core of both front ends.
 
-:mod:`jaxreg.batchnorm.linen` and :mod:`jaxreg.batchnorm.nnx` only create and store variables;
+``jaxreg.batchnorm.linen`` and ``jaxreg.batchnorm.nnx`` only create and store variables;
 every number comes from here (public name: :mod:`jaxreg.nn.functional`). Nothing in this
 module knows about flax modules. Per feature, over the reduction axes of a batch of ``N``
 valid elements::

@@ -147,7 +147,7 @@ class Plan(NamedTuple):
         run_epoch: ``(state, x, y, key[, on_step=]) -> (state, stacked metrics)``.
         evaluate: ``(state, x, y) -> metrics`` with the run's model, loss and dtype.
         feed_plateau: jitted :func:`jaxreg.train.update_plateau`, or ``None`` without plateau.
-        identity: what a checkpoint of this run must match (see :func:`fingerprint`).
+        identity: what a checkpoint of this run must match (see :func:`jaxreg.train.plan.fingerprint`).
     """
 
     model: Any
@@ -275,8 +275,9 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
 
 
 def fingerprint(plan: Plan) -> dict[str, str]:
-    """The run's fingerprint a checkpoint of it carries (:func:`jaxreg.train.checkpoint.
-    fingerprint`): model, optimizer, its state's structure, batch size, seed, data shapes."""
+    """The run's fingerprint a checkpoint of it carries
+    (:func:`jaxreg.train.checkpoint.fingerprint`): model, optimizer, its state's structure,
+    batch size, seed, data shapes."""
     from jaxreg.train import checkpoint  # orbax, only when checkpointing
 
     return checkpoint.fingerprint(**plan.identity,

@@ -147,7 +147,8 @@ class Plan(NamedTuple):
         run_epoch: ``(state, x, y, key[, on_step=]) -> (state, stacked metrics)``.
         evaluate: ``(state, x, y) -> metrics`` with the run's model, loss and dtype.
         feed_plateau: jitted :func:`jaxreg.train.update_plateau`, or ``None`` without plateau.
-        identity: what a checkpoint of this run must match (see :func:`jaxreg.train.plan.fingerprint`).
+        identity: what a checkpoint of this run must match (see
+            :func:`jaxreg.train.plan.fingerprint`).
     """
 
     model: Any

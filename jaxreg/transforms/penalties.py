@@ -43,7 +43,8 @@ def l2(params, mask: masks.Mask = None) -> jax.Array:
 
 
 def l1(params, mask: masks.Mask = None) -> jax.Array:
-    """``sum abs(w)`` over the masked leaves; arguments and result as for :func:`jaxreg.penalties.l2`."""
+    """``sum abs(w)`` over the masked leaves; arguments and result as for
+    :func:`jaxreg.penalties.l2`."""
     return _masked_sum(jnp.abs, params, mask)
 
 

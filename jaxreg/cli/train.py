@@ -4,7 +4,8 @@ A run directory (``--out``, default ``runs/<UTC timestamp>``) holds::
 
     config.json    the resolved settings and the data's fingerprint, written once every
                    setting is checked, before training; ``--resume`` and ``eval`` rebuild the
-                   run from it (a resumed run keeps its settings; only ``--epochs`` may grow)
+                   run from it (a resumed run keeps its settings; only ``--epochs`` may grow;
+                   ``deterministic`` records ``--deterministic``, which a resume may change)
     checkpoints/   orbax checkpoints every ``--checkpoint-every`` epochs and after the last,
                    each with an integrity record (:mod:`jaxreg.train.checkpoint`)
     .lock          held while a run trains: a second run on the same directory is refused
@@ -33,7 +34,7 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
-from jaxreg.cli import tensorboard
+from jaxreg.cli import determinism, tensorboard
 from jaxreg.cli._common import (
     DEFAULT_L2,
     build_model,
@@ -286,6 +287,7 @@ def make_config(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
         epochs=setting(args, "epochs"),
         batch_size=setting(args, "batch_size"), seed=setting(args, "seed"),
         validation_split=validation_split, checkpoint_every=args.checkpoint_every,
+        deterministic=determinism.enabled(),
         optimizer=dict(name=optimizer, learning_rate=setting(args, "lr"), schedule=schedule,
                        l2=l2, l1=l1, batch_scaled=batch_scaled, proximal=setting(args, "proximal"),
                        plateau=plateau, **extra),
@@ -476,6 +478,10 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"resuming {run_dir} with its config.json"
                   + ("" if config is saved else f", to {config['epochs']} epochs")
                   + f"; dataset: {data.name}, from {data.source}")
+            note = determinism.resume_note(saved.get("deterministic", False),
+                                           jax.default_backend())
+            if note:
+                print(note)
         events = run_dir / tensorboard.FOLDER  # kept up when resuming a run that has it
         metrics = train_run(config, data, run_dir, resume=args.resume,
                             progress=not args.no_progress, mesh=mesh,

@@ -112,7 +112,10 @@ bench batchnorm 35 200
 bench sweep 55 300
 bench cnn 20 300
 bench cli 105 600
-# -v: each result in log.txt as it comes, kept if the limit stops the part before junit is written
+# The tests start processes beside a parent that may hold the GPU (kill-and-resume, multi-process):
+# no process preallocates 75% of its memory. -v: each result in log.txt as it comes, kept if the
+# limit stops the part before junit is written.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
 part tests 50 200 "$PY" -m pytest -v --tb=short -p no:cacheprovider --junitxml="$OUT/tests.xml" \
   "${TESTS[@]}"
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true" \

@@ -7,7 +7,9 @@ state donated, against the same model written with flax's ``nn.Conv`` (``lax.con
 :func:`jaxreg.nn.max_pool_2x2` (which it uses on CPU only). Rows give seconds per epoch of
 ``steps`` steps and, in ``gflops``, XLA's FLOP count of one step over its time. Target on CPU: a
 60000-example epoch (468 steps) in at most 30 s, i.e. 64 ms per step; information on GPU,
-where both sides use ``lax.conv``. ``--quick``: 2 steps.
+where both sides use ``lax.conv``. ``--quick``: 2 steps. Each side compiles its epoch once;
+the FLOP count comes from the lowered step, not a second compilation (which made the CPU dry
+run of ``benchmarks/gpu.sh`` overrun its limit).
 """
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
                         donate_argnums=0)
         fns[name] = functools.partial(lambda e, s: e(jax.tree.map(jnp.copy, s), x, y, key)[1],
                                       epoch, state0)
-        cost = jax.jit(step).lower(state0, x[:BATCH_SIZE], y[:BATCH_SIZE]).compile().cost_analysis()
+        # XLA's count on the lowered (not compiled) step: no compilation beyond the timed epoch's
+        cost = jax.jit(step).lower(state0, x[:BATCH_SIZE], y[:BATCH_SIZE]).cost_analysis()
         assert cost is not None, "the backend reports no cost analysis"
         flops[name] = (cost[0] if isinstance(cost, list) else cost).get("flops", float("nan"))
     times = interleaved_medians(fns, repeats=2 if quick else 3, warmup=1)

@@ -8,22 +8,18 @@ the state donated, a numpy permutation per epoch, the epoch's metrics fetched on
 and the test accuracy at the end. It imports nothing from jaxreg (the model is written here in
 flax, with ``flax.linen.BatchNorm`` at Keras' momentum and epsilon like ``jaxreg``'s
 ``SeedMLP``; the data are read with numpy / scikit-learn), so its process time is what such a
-script costs. No checkpoints: the minimal loop.
+script costs (the data: :mod:`benchmarks.loop_data`, numpy only). No checkpoints: the
+minimal loop.
 
-Run as a script it prints one JSON line ``{"train_seconds", "test_accuracy", "epochs"}``::
+Run as a module it prints one JSON line ``{"train_seconds", "test_accuracy", "epochs"}``::
 
-    python benchmarks/flax_loop.py --dataset digits --epochs 10 [--data-dir DIR]
+    python -m benchmarks.flax_loop --dataset digits --epochs 10 [--data-dir DIR]
 
 ``train_seconds`` spans initialization, compilation, the epochs and the test evaluation, as
 ``jaxreg train``'s ``train_seconds`` spans its ``fit`` call.
 """
 from __future__ import annotations
 
-import argparse
-import gzip
-import json
-import time
-from pathlib import Path
 from typing import Any, cast
 
 import jax
@@ -33,38 +29,10 @@ import optax
 from flax import linen as nn
 from flax.training import train_state
 
-BATCH_SIZE, LEARNING_RATE, L2, SEED = 128, 1e-3, 0.025, 0
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+from benchmarks.loop_data import BATCH_SIZE, L2, LEARNING_RATE, SEED, main
 
-
-def _idx(path: Path) -> np.ndarray:
-    """An IDX file (gzipped or not) as a numpy array."""
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
-    ndim = raw[3]
-    shape = np.frombuffer(raw, ">i4", ndim, 4)
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load(dataset: str, data_dir: Path = FASHION_DIR) -> tuple[np.ndarray, np.ndarray,
-                                                             np.ndarray, np.ndarray]:
-    """``x_train, y_train, x_test, y_test``: Fashion-MNIST / 255, or digits / 16 with
-    ``jaxreg.data``'s stratified 1437/360 split."""
-    if dataset == "digits":
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-        d = load_digits()
-        x = (d.images[..., None] / 16.0).astype(np.float32)
-        x_tr, x_te, y_tr, y_te = train_test_split(x, d.target.astype(np.int32), test_size=360,
-                                                  stratify=d.target, random_state=0)
-        return x_tr, y_tr, x_te, y_te
-
-    def split(prefix: str) -> tuple[np.ndarray, np.ndarray]:
-        def find(stem: str) -> Path:
-            return next(p for p in (data_dir / f"{stem}.gz", data_dir / stem) if p.exists())
-
-        x = _idx(find(f"{prefix}-images-idx3-ubyte"))[..., None].astype(np.float32) / 255.0
-        return x, _idx(find(f"{prefix}-labels-idx1-ubyte")).astype(np.int32)
-    return (*split("train"), *split("t10k"))
+__all__ = ["BATCH_SIZE", "L2", "LEARNING_RATE", "SEED", "SeedMLP", "State", "run_epochs", "step",
+           "train"]
 
 
 class SeedMLP(nn.Module):
@@ -127,18 +95,5 @@ def train(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
     return float((jnp.argmax(logits, -1) == y_test).mean())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", choices=("fashion-mnist", "digits"), default="fashion-mnist")
-    parser.add_argument("--data-dir", type=Path, default=FASHION_DIR)
-    parser.add_argument("--epochs", type=int, default=10)
-    args = parser.parse_args()
-    data = load(args.dataset, args.data_dir)
-    t0 = time.perf_counter()
-    accuracy = train(*data, epochs=args.epochs)
-    print(json.dumps({"train_seconds": time.perf_counter() - t0, "test_accuracy": accuracy,
-                      "epochs": args.epochs}))
-
-
 if __name__ == "__main__":
-    main()
+    main(train, __doc__)

@@ -2,12 +2,14 @@
 
 Usage::
 
-    python -m benchmarks.run [--quick] [--only CASE [CASE ...]] [--json OUT]
+    python -m benchmarks.run [--quick] [--only CASE [CASE ...]] [--json OUT] [--jsonl ROWS]
 
-Each case is a module ``benchmarks/bench_<case>.py`` exposing ``run(quick: bool) -> list[dict]``;
-each row (built with :func:`benchmarks.timing.row`) holds jaxreg's median seconds, the reference
-implementation's median seconds measured in the same process, their ratio and the target.
-``--quick`` uses sizes that finish in about a minute on a 2-core CPU.
+Each case is a module ``benchmarks/bench_<case>.py`` exposing ``run(quick: bool)``, which returns
+or yields its rows; each row (built with :func:`benchmarks.timing.row`) holds jaxreg's median
+seconds, the reference implementation's median seconds measured in the same process, their
+ratio and the target. ``--quick`` uses sizes that finish in about a minute on a 2-core CPU.
+``--jsonl`` appends each row to a file as soon as its case yields it, so that a run stopped
+part-way (``benchmarks/gpu.sh`` gives each case a time limit) keeps the rows it measured.
 """
 from __future__ import annotations
 
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json", type=Path, metavar="OUT", help="also write the results as JSON to OUT"
     )
+    parser.add_argument("--jsonl", type=Path, metavar="ROWS",
+                        help="append each row to ROWS as one JSON line as soon as it is measured")
     args = parser.parse_args(argv)
 
     env = environment()
@@ -88,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for case in args.only or cases:
         module = importlib.import_module(f"benchmarks.bench_{case}")
-        case_rows = module.run(quick=args.quick)
+        case_rows = []
+        for r in module.run(quick=args.quick):
+            case_rows.append(r)
+            if args.jsonl:
+                with args.jsonl.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
         print(format_table(case_rows), flush=True)
         rows.extend(case_rows)
     if args.json:

@@ -20,7 +20,9 @@ Every command keeps XLA's compiled programs in JAX's persistent compilation cach
 ``$XDG_CACHE_HOME/jaxreg/xla`` (``~/.cache/jaxreg/xla``), so a repeated run (the same model,
 shapes and settings) loads them instead of compiling again; ``--no-compile-cache`` turns this
 off, and a cache directory the user configured for JAX (``JAX_COMPILATION_CACHE_DIR``) is used
-as is. The library itself (``jaxreg.train.fit``) leaves JAX's configuration alone.
+as is. ``--deterministic`` asks XLA for deterministic GPU kernels before jax starts
+(:mod:`jaxreg.cli.determinism`), so that a resumed run is bit-exact on a GPU too. The library
+itself (``jaxreg.train.fit``) leaves JAX's configuration alone.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import jax
 
-from jaxreg.cli import compare, evaluate, sweep, train
+from jaxreg.cli import compare, determinism, evaluate, sweep, train
 from jaxreg.data import DataError
 from jaxreg.data.sources import cache_root
 from jaxreg.train import TrainingDiverged, interrupt
@@ -71,6 +73,10 @@ def build_parser() -> ArgumentParser:
             "--no-compile-cache", dest="compile_cache", action="store_false",
             help=f"do not keep compiled XLA programs in {compile_cache_dir()} (default: kept, so a "
                  f"repeated run skips most compilation)")
+        command_parser.add_argument(
+            "--deterministic", action="store_true",
+            help="XLA's deterministic GPU kernels, without autotuning: a resumed run is "
+                 "bit-exact on a GPU too, at some speed (jaxreg.cli.determinism; no effect on CPU)")
     return parser
 
 
@@ -113,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parser.parse_args(argv)
             prog = args.parser.prog
             try:
+                determinism.request(args.deterministic)  # before jax starts its backend
                 with compile_cache(args.compile_cache):
                     return args.run(args)
             except TrainingDiverged as e:  # the run failed, not its arguments: status 1

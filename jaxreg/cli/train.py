@@ -4,7 +4,8 @@ A run directory (``--out``, default ``runs/<UTC timestamp>``) holds::
 
     config.json    the resolved settings and the data's fingerprint, written once every
                    setting is checked, before training; ``--resume`` and ``eval`` rebuild the
-                   run from it (a resumed run keeps its settings; only ``--epochs`` may grow)
+                   run from it (a resumed run keeps its settings; only ``--epochs`` may grow;
+                   ``deterministic`` records ``--deterministic``, which a resume may change)
     checkpoints/   orbax checkpoints every ``--checkpoint-every`` epochs and after the last,
                    each with an integrity record (:mod:`jaxreg.train.checkpoint`)
     .lock          held while a run trains: a second run on the same directory is refused
@@ -34,7 +35,7 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
-from jaxreg.cli import tensorboard
+from jaxreg.cli import determinism, tensorboard
 from jaxreg.cli._common import (
     DEFAULT_L2,
     check_run_data,
@@ -216,7 +217,7 @@ def make_config(args: argparse.Namespace, data: Dataset,
     run.update(dataset=data.name, fingerprint=data.fingerprint,
                input_shape=list(data.x_train.shape[1:]), num_classes=data.num_classes,
                data_dir=data_dir if data_dir is not None or base.dataset != data.name
-               else base.data_dir)
+               else base.data_dir, deterministic=determinism.enabled())
     return dataclasses.replace(base, **run, optimizer=optimizer)
 
 
@@ -384,6 +385,10 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"resuming {run_dir} with its config.json"
                   + ("" if config is saved else f", to {config.epochs} epochs")
                   + f"; dataset: {data.name}, from {data.source}")
+            note = determinism.resume_note(saved.deterministic,
+                                           jax.default_backend())
+            if note:
+                print(note)
         events = run_dir / tensorboard.FOLDER  # kept up when resuming a run that has it
         metrics = train_run(config, plan, run_dir, resume=args.resume,
                             progress=not args.no_progress, data_source=data.source,

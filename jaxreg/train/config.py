@@ -212,6 +212,9 @@ class RunConfig:
                                      open="high")
     checkpoint_every: int = option(1, "checkpoint every N epochs (and after the last)", int,
                                    low=1, high=STEP_LIMIT, resumable=True)
+    deterministic: bool = option(False, "trained under jaxreg --deterministic (XLA's "
+                                        "deterministic GPU kernels)", bool, flag=None,
+                                 resumable=True)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
 
     def __post_init__(self) -> None:

@@ -7,6 +7,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from jaxreg.train import checkpoint, rundir
@@ -89,8 +90,38 @@ def _delete_record(step_dir):
     return "integrity.json"
 
 
+def _record(content):
+    """A damage writing ``content`` as the step's integrity record (after flipping a byte of
+    its data: a record that lists nothing, or is malformed, must not let that through)."""
+    def damage(step_dir):
+        _flip(step_dir)
+        (step_dir / checkpoint.RECORD).write_text(json.dumps(content))
+        return "integrity.json"
+    damage.__name__ = f"_record_{json.dumps(content)}"
+    return damage
+
+
+def _record_lists_fewer_files(step_dir):
+    flipped = _flip(step_dir)
+    record = json.loads((step_dir / checkpoint.RECORD).read_text())
+    del record["files"][flipped]
+    (step_dir / checkpoint.RECORD).write_text(json.dumps(record))
+    return f"{flipped} is not in integrity.json"
+
+
+def _record_is_a_directory(step_dir):
+    (step_dir / checkpoint.RECORD).unlink()
+    (step_dir / checkpoint.RECORD).mkdir()
+    return "integrity.json"
+
+
 DAMAGES = [_flip, _truncate, _delete_history, _empty, _delete_manifest, _delete_metadata,
-           _garbage_json, _garbage_step_metadata, _delete_record]
+           _garbage_json, _garbage_step_metadata, _delete_record,
+           # issue 25 items 4 and 7: records listing nothing or too little, malformed ones
+           _record({"files": {}}), _record({"files": {"run/metadata": 5}}),
+           _record({"files": {"x": [1, 2, 3]}}), _record({"files": {"x": ["1", "2"]}}),
+           _record({"files": []}), _record([1, 2, 3]), _record_lists_fewer_files,
+           _record_is_a_directory]
 
 
 def test_every_step_has_a_record_that_verifies(saved):
@@ -118,6 +149,22 @@ def test_damaged_latest_falls_back_to_the_previous_step(saved, tmp_path, damage)
     assert "\n" not in message
     assert f"{directory / '3'} is damaged" in message and what.rstrip("/") in message, message
     assert f"restored {directory / '2'} (epoch 2)" in message
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_each_step_holds_the_history_of_its_epochs_only(tmp_path, asynchronous):
+    """Issue 25 item 1: the history is saved as it was when save was called, not as the caller
+    changed it afterwards (an asynchronous write used to save the next epoch's entry too)."""
+    mngr = checkpoint.manager(tmp_path, keep=8, asynchronous=asynchronous)
+    history = {"loss": []}
+    for k in range(1, 9):
+        history["loss"].append(float(k))
+        checkpoint.save(mngr, k, _state(k), history, run=RUN)
+    mngr.close()
+    for k in range(1, 9):
+        saved = checkpoint.manager(tmp_path).restore(k, args=ocp.args.Composite(
+            history=ocp.args.JsonRestore())).history
+        assert saved == {"epoch": k, "history": {"loss": [float(i) for i in range(1, k + 1)]}}
 
 
 def test_set_aside_renames_the_damaged_step_so_training_can_save_it_again(saved, tmp_path):

@@ -33,6 +33,7 @@ another host count.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -122,26 +123,42 @@ def _files(step_dir: Path) -> list[Path]:
     return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != RECORD)
 
 
+def _relative(step_dir: Path) -> list[str]:
+    return [p.relative_to(step_dir).as_posix() for p in _files(step_dir)]
+
+
+def _valid_record(files: Any) -> bool:
+    """Whether ``files`` is ``{relative path: [size, sha256]}`` with an int size and a str hash."""
+    return isinstance(files, dict) and all(
+        isinstance(name, str) and isinstance(entry, list) and len(entry) == 2
+        and type(entry[0]) is int and isinstance(entry[1], str)
+        for name, entry in files.items())
+
+
 def _write_record(step_dir: Path) -> None:
     """Writes ``step_dir/integrity.json`` (atomically: a temporary file renamed into place)."""
-    record = {"files": {p.relative_to(step_dir).as_posix(): _digest(p) for p in _files(step_dir)}}
+    record = {"files": {name: _digest(step_dir / name) for name in _relative(step_dir)}}
     tmp = step_dir / f".{RECORD}.tmp"
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, step_dir / RECORD)
 
 
 def verify(step_dir: str | Path) -> str | None:
-    """``None`` if every file ``step_dir/integrity.json`` lists is there with its size and
-    sha256, else what is wrong (the first problem found)."""
+    """``None`` if ``step_dir/integrity.json`` lists every file of the step and each is there
+    with its size and sha256, else what is wrong (the first problem found): a malformed record,
+    or one listing fewer files than the step holds, is damage too."""
     step_dir = Path(step_dir)
     try:
         files = json.loads((step_dir / RECORD).read_text())["files"]
-        if not isinstance(files, dict):
-            raise TypeError
     except FileNotFoundError:
         return f"no {RECORD} (the save did not complete)"
-    except (ValueError, TypeError, KeyError):
-        return f"{RECORD} is not a valid integrity record"
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        return f"{RECORD} is not a valid integrity record ({_first_line(e)})"
+    if not _valid_record(files):
+        return f"{RECORD} is not a valid integrity record (not {{path: [size, sha256]}})"
+    if unlisted := sorted(set(_relative(step_dir)) - set(files)):
+        return f"{unlisted[0]} is not in {RECORD} (the record lists {len(files)} of " \
+               f"{len(files) + len(unlisted)} files)"
     for name, (size, sha256) in files.items():
         path = step_dir / name
         if not path.is_file():
@@ -163,10 +180,13 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state: Any, history: dict[str,
     """Writes the state, history and run fingerprint ``run`` after ``epoch`` completed epochs,
     then the step's integrity record (in the background for an asynchronous manager)."""
     finish(mngr)
+    # Copies, taken now: an asynchronous save serializes them later, while the caller goes on
+    # (appending the next epoch to ``history`` would save it with this step).
+    saved = copy.deepcopy({"epoch": epoch, "history": history})
     mngr.save(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        history=ocp.args.JsonSave({"epoch": epoch, "history": history}),
-        run=ocp.args.JsonSave(run or {}),
+        history=ocp.args.JsonSave(saved),
+        run=ocp.args.JsonSave(copy.deepcopy(run or {})),
     ))
     step_dir = Path(mngr.directory) / str(epoch)
 

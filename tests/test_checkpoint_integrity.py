@@ -1,7 +1,10 @@
 """Checkpoint integrity: every step has an integrity record; a damaged newest step is reported by
 name and the newest intact one restored; a checkpoint of another run is refused."""
 import json
+import logging
+import resource
 import shutil
+import signal
 import warnings
 
 import jax
@@ -290,3 +293,48 @@ def test_fit_error_leaves_the_last_checkpoint_complete(tmp_path):
         _fit(tmp_path, epochs=5, callbacks=[fail])
     assert sorted(int(p.name) for p in rundir.step_dirs(tmp_path)) == [2, 3]
     assert all(checkpoint.verify(p) is None for p in rundir.step_dirs(tmp_path))
+
+
+def test_orbax_log_lines_do_not_reach_the_user(tmp_path, caplog):
+    """Issue 25 item 11: a step left half-written (a killed run) is removed and saved again
+    without orbax's "WARNING:absl:Attempted to create temporary directory ..." line, and its
+    other chatter (e.g. "Waiting for previous save") stays out too."""
+    mngr = checkpoint.manager(tmp_path, asynchronous=True)
+    checkpoint.save(mngr, 1, _state(1), {"loss": [1.0]}, run=RUN)
+    mngr.close()
+    shutil.copytree(tmp_path / "1", tmp_path / "2.orbax-checkpoint-tmp")
+    with caplog.at_level(logging.DEBUG):
+        mngr = checkpoint.manager(tmp_path, asynchronous=True)
+        checkpoint.save(mngr, 2, _state(2), {"loss": [1.0, 2.0]}, run=RUN)
+        checkpoint.save(mngr, 3, _state(3), {"loss": [1.0, 2.0, 3.0]}, run=RUN)
+        mngr.close()
+    assert [r.getMessage() for r in caplog.records if "orbax" in r.pathname] == []
+    assert sorted(p.name for p in rundir.step_dirs(tmp_path)) == ["2", "3"]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_failed_write_is_one_line_naming_the_intact_checkpoint(tmp_path, asynchronous):
+    """Issue 25 item 13: a disk that fills (here: a file size limit, so orbax's own writes
+    fail) raises one OSError line saying which step could not be written and which is intact."""
+    mngr = checkpoint.manager(tmp_path, asynchronous=asynchronous)
+    checkpoint.save(mngr, 1, _state(1), {"loss": [1.0]}, run=RUN)
+    checkpoint.finish(mngr)
+    big = {"w": jax.random.normal(jax.random.key(0), (100_000,)), "b": jnp.zeros(3)}
+    limit, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.getsignal(signal.SIGXFSZ)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, limit[1]))
+    try:
+        with pytest.raises(OSError) as error:
+            checkpoint.save(mngr, 2, big, {"loss": [1.0, 2.0]}, run=RUN)
+            checkpoint.finish(mngr)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, handler)
+    mngr.close()
+    message = error.value.strerror
+    assert "\n" not in message and message.startswith(
+        f"could not write the checkpoint of epoch 2 to {tmp_path / '2'} (")
+    assert message.endswith(f"the newest intact checkpoint is {tmp_path / '1'} (epoch 1): free "
+                            f"some space and continue from it (--resume / resume=True)")
+    epoch, _, _ = checkpoint.restore_latest(checkpoint.manager(tmp_path), STATE, run=RUN)
+    assert epoch == 1

@@ -371,3 +371,30 @@ def test_eval_and_resume_skip_a_damaged_latest_checkpoint_with_one_warning(tmp_p
     assert (out / "checkpoints" / "3.damaged").is_dir() and checkpoint.verify(
         out / "checkpoints" / "3"
     ) is None
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_naming_the_intact_one(
+        tmp_path, capsys, monkeypatch):
+    """Issue 25 item 13: a disk that fills while epoch 3's checkpoint is written (ENOSPC
+    injected into the save path) ends the command with one line: what could not be written and
+    which checkpoint is intact (was: exit 2 after 39 lines of orbax's traceback)."""
+    write_record = checkpoint._write_record
+
+    def full_disk(step_dir):
+        if step_dir.name == "3":
+            raise OSError(28, "No space left on device")
+        write_record(step_dir)
+
+    monkeypatch.setattr(checkpoint, "_write_record", full_disk)
+    out = tmp_path / "run"
+    status, _, err = _main(["train", "--dataset", "digits", "--model", "linear", "--epochs", "5",
+                            "--no-progress", "--out", str(out)], capsys)
+    ckpt = out / "checkpoints"
+    held = status == 2 and err == (
+        f"jaxreg train: error: could not write the checkpoint of epoch 3 to {ckpt / '3'} "
+        f"(OSError: [Errno 28] No space left on device); the newest intact checkpoint is "
+        f"{ckpt / '2'} (epoch 2): free some space and continue from it (--resume / "
+        f"resume=True)\n")
+    _count("disk full during a run", held)
+    assert held, (status, err)
+    assert _intact_steps(ckpt)[-1] == 2

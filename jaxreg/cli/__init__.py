@@ -99,6 +99,14 @@ def compile_cache(enabled: bool) -> Iterator[None]:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
 
 
+def _text(error: BaseException) -> str:
+    """What an error says: an ``OSError(errno, message)`` of jaxreg's without Python's
+    ``[Errno N]`` prefix (an OSError naming a file keeps it: "[Errno 2] ...: 'path'")."""
+    if isinstance(error, OSError) and error.strerror and error.filename is None:
+        return error.strerror
+    return str(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``jaxreg`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     prog = "jaxreg"
@@ -120,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             except (DataError, ValueError, OSError) as e:
                 command_parser: argparse.ArgumentParser = args.parser  # the command's usage
-                command_parser.error("; ".join(line.strip() for line in str(e).splitlines()
+                command_parser.error("; ".join(line.strip() for line in _text(e).splitlines()
                                                if line.strip()) or type(e).__name__)
     except SystemExit as e:  # argparse's --help (0) and errors (2)
         return e.code if isinstance(e.code, int) else 1

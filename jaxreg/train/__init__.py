@@ -7,14 +7,16 @@ settings / memory / run). ``models`` holds the models the CLI and benchmarks tra
 (:data:`jaxreg.train.models.MODELS`), ``models_nnx`` the same as ``nnx.Module``s;
 ``nnx_bridge`` lets every entry point take an ``nnx.Module``; ``distributed`` the meshes and
 multi-process start; ``rundir`` what makes a directory a run, its checks and lock;
-``interrupt`` Ctrl-C deferred to safe points.
+``interrupt`` Ctrl-C deferred to safe points; ``divergence`` when skipped (non-finite) steps end
+a run.
 """
 from jaxreg._extras import require_train
 
 require_train("jaxreg.train")
 
+from jaxreg.train.divergence import TrainingDiverged
 from jaxreg.train.epoch import prefetch, scan_epoch, stream_epoch
-from jaxreg.train.fit import FitResult, TrainingDiverged, fit
+from jaxreg.train.fit import FitResult, fit
 from jaxreg.train.optimizer import (
     Optimizer,
     learning_rate_schedule,

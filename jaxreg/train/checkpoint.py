@@ -3,7 +3,8 @@
 Layout of ``checkpoint_dir`` (orbax ``CheckpointManager``; ``<k>`` = completed epochs)::
 
     <k>/state/            TrainState (params, batch_stats, opt_state incl. step counts, RNG key)
-    <k>/history/          JSON: {"epoch": k, "history": {name: [per-epoch values]}}
+    <k>/history/          JSON: {"epoch": k, "history": {name: [per-epoch values]},
+                          "skips": skipped steps in a row at its end}
     <k>/run/              JSON: the run's configuration fingerprint (see :func:`differences`)
     <k>/integrity.json    sha256 and size of every other file of <k>, written once <k> is complete
 
@@ -54,7 +55,7 @@ import jax
 import orbax.checkpoint as ocp
 
 __all__ = ["RECORD", "CheckpointError", "CheckpointWarning", "differences", "fingerprint", "finish",
-           "manager", "restore_latest", "save", "verify"]
+           "manager", "restore_latest", "save", "skips", "verify"]
 
 RECORD = "integrity.json"
 """Name of a step's integrity record: ``{"files": {relative path: [size, sha256]}}``."""
@@ -244,13 +245,15 @@ def finish(mngr: ocp.CheckpointManager) -> None:
 
 
 def save(mngr: ocp.CheckpointManager, epoch: int, state: Any, history: dict[str, list],
-         run: dict[str, Any] | None = None) -> None:
+         run: dict[str, Any] | None = None, *, skips: int = 0) -> None:
     """Writes the state, history and run fingerprint ``run`` after ``epoch`` completed epochs,
-    then the step's integrity record (in the background for an asynchronous manager)."""
+    then the step's integrity record (in the background for an asynchronous manager).
+    ``skips``: the skipped steps in a row at the end of the epoch (:func:`skips` reads it back,
+    so that a resumed run counts them as an uninterrupted one does)."""
     finish(mngr)
     # Copies, taken now: an asynchronous save serializes them later, while the caller goes on
     # (appending the next epoch to ``history`` would save it with this step).
-    saved = copy.deepcopy({"epoch": epoch, "history": history})
+    saved = copy.deepcopy({"epoch": epoch, "history": history, "skips": int(skips)})
     try:
         mngr.save(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
@@ -280,6 +283,14 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state: Any, history: dict[str,
     else:
         record_caught()
         finish(mngr)
+
+
+def skips(mngr: ocp.CheckpointManager, epoch: int) -> int:
+    """The ``skips`` :func:`save` wrote with step ``epoch`` (0 for a step saved without it)."""
+    with _orbax_quiet():
+        record = mngr.restore(epoch, args=ocp.args.Composite(history=ocp.args.JsonRestore()))
+    count = record.history.get("skips", 0)
+    return count if type(count) is int and count >= 0 else 0
 
 
 def _describe(value: Any) -> str:

@@ -40,8 +40,9 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxreg._validate import check_int, require
-from jaxreg.train import distributed, interrupt, nnx_bridge
+from jaxreg.train import distributed, divergence, interrupt, nnx_bridge
 from jaxreg.train._inputs import check_fit_inputs
+from jaxreg.train.divergence import MAX_CONSECUTIVE_SKIPS
 from jaxreg.train.epoch import scan_epoch, stream_epoch
 from jaxreg.train.optimizer import (
     Optimizer,
@@ -58,21 +59,6 @@ DEVICE_DATA_BYTES = 1 << 30
 """Training sets up to this size run in scan mode by default."""
 
 Callback = Callable[[int, TrainState, dict[str, float]], Any]
-
-MAX_CONSECUTIVE_SKIPS = 100
-"""Default ``max_consecutive_skips`` of :func:`fit`: after this many non-finite steps in a row
-the run has diverged and stops with :class:`TrainingDiverged`."""
-
-
-class TrainingDiverged(RuntimeError):
-    """Raised by :func:`fit` after ``max_consecutive_skips`` non-finite steps in a row. The
-    checkpoint of the last completed epoch before it (if any) is kept; ``history`` holds the
-    epochs up to and including the diverged one."""
-
-    def __init__(self, message: str, history: dict[str, list]):
-        super().__init__(message)
-        self.history = history
-
 
 def monitor_mode(monitor: str) -> str:
     """Keras's ``mode="auto"``: ``"max"`` for accuracy-like names (containing ``acc``),
@@ -141,13 +127,6 @@ def _epoch_logs(metrics: dict[str, jax.Array]) -> dict[str, float]:
             for k, v in metrics.items() if k != "skipped"}
     logs["skipped_steps"] = int((~applied).sum())
     return logs
-
-
-def _trailing_skips(metrics: dict[str, Any], before: int) -> int:
-    """Skipped steps in a row at the end of this epoch (``before``: at the end of the last)."""
-    skipped = np.asarray(jax.device_get(metrics["skipped"]))
-    applied = np.flatnonzero(~skipped)
-    return before + len(skipped) if applied.size == 0 else len(skipped) - 1 - int(applied[-1])
 
 
 def _stops(answer: Any) -> bool:
@@ -276,8 +255,11 @@ def fit(
             the result: a NaN learning rate gives finite gradients but NaN parameters; see
             :func:`train_step`).
         max_consecutive_skips: after this many skipped steps in a row (default
-            :data:`MAX_CONSECUTIVE_SKIPS`; checked at the end of each epoch), raise
-            :class:`TrainingDiverged` before that epoch is checkpointed. ``None``: never.
+            :data:`MAX_CONSECUTIVE_SKIPS`; checked at the end of each epoch, counted across a
+            resume), or an epoch with every step skipped, raise :class:`TrainingDiverged`
+            before that epoch is checkpointed; more than 10% of an epoch's steps skipped is a
+            :class:`jaxreg.train.divergence.SkipWarning` (:mod:`jaxreg.train.divergence`).
+            ``None``: never raise.
         compute_dtype: e.g. ``jnp.bfloat16`` for mixed precision (float32 parameters, batch
             statistics and loss).
         on_device: run each epoch as one ``lax.scan`` over device-resident data; default: when
@@ -325,7 +307,8 @@ def fit(
         ``skipped_steps`` and ``epoch_seconds``.
 
     Raises:
-        TrainingDiverged: ``max_consecutive_skips`` skipped steps in a row.
+        TrainingDiverged: ``max_consecutive_skips`` skipped steps in a row, or an epoch
+            with every step skipped.
         ValueError: bad arguments (see above), a plateau that cannot be fed or whose mode
             contradicts ``monitor``.
     """
@@ -404,6 +387,7 @@ def fit(
                 restored := checkpoint.restore_latest(mngr, state, run=run, set_aside=True)
             ):
                 start, state, history = restored
+                consecutive_skips = checkpoint.skips(mngr, start)
         interrupt.check()
         bar = stack.enter_context(tqdm(total=epochs * steps, initial=start * steps, unit="step",
                                        disable=not progress or not distributed.is_primary()))
@@ -423,27 +407,21 @@ def fit(
                 state = state.replace(opt_state=feed_plateau(state.opt_state, value=logs[monitor]))
             for k, v in logs.items():
                 history.setdefault(k, []).append(v)
-            consecutive_skips = _trailing_skips(metrics, consecutive_skips)
-            if max_consecutive_skips is not None and consecutive_skips >= max_consecutive_skips:
-                raise TrainingDiverged(  # before this epoch is checkpointed
-                    f"training diverged: the last {consecutive_skips} steps (epoch {epoch + 1}) "
-                    f"gave non-finite gradients, parameters or optimizer state and were skipped "
-                    f"(max_consecutive_skips={max_consecutive_skips}); "
-                    f"{sum(history['skipped_steps'])} steps skipped in all. Lower the learning "
-                    f"rate." + ("" if mngr is None else
-                                " The checkpoint of the last completed epoch is kept."),
-                    history)
+            consecutive_skips = divergence.check_epoch(  # before this epoch is checkpointed
+                jax.device_get(metrics["skipped"]), consecutive_skips, epoch=epoch,
+                max_consecutive_skips=max_consecutive_skips, history=history,
+                checkpointed=mngr is not None)
             saved = mngr is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs
                                           or interrupt.requested())
             if saved:
-                checkpoint.save(mngr, epoch + 1, state, history, run)
+                checkpoint.save(mngr, epoch + 1, state, history, run, skips=consecutive_skips)
             bar.update(steps if on_device else 0)
             bar.set_postfix(
                 {k: f"{v:.4g}" for k, v in logs.items() if "loss" in k or "accuracy" in k}
             )
             stop = any([_stops(cb(epoch, state, logs)) for cb in callbacks])
             if mngr is not None and not saved and (stop or interrupt.requested()):
-                checkpoint.save(mngr, epoch + 1, state, history, run)
+                checkpoint.save(mngr, epoch + 1, state, history, run, skips=consecutive_skips)
             interrupt.check()  # a safe point: the epoch's checkpoint is written (or being written)
             if stop:
                 break

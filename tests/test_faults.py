@@ -353,6 +353,44 @@ def test_sigint_to_jaxreg_train_exits_130_with_one_line(tmp_path, env):
         assert held, (attempt, delay, proc.returncode, stderr[-3000:], stdout)
 
 
+SIGNALS_FROM_START = 6
+"""``jaxreg`` processes sent SIGINT or SIGTERM at a random moment from their start."""
+SHIM = "import sys, _jaxreg_command; sys.exit(_jaxreg_command.command())"
+"""What the ``jaxreg`` console script runs."""
+
+
+@pytest.mark.slow
+def test_a_signal_at_any_moment_is_one_line_and_exit_130_or_143(tmp_path, env):
+    """Issue 25 items 6 and 14: SIGINT or SIGTERM from the first instant (Python importing
+    jaxreg included, ~2.5 s) to the end: one line, exit 130 (SIGINT) or 143 (SIGTERM), every
+    checkpoint complete; a run stopped while training continues with --resume."""
+    rng = random.Random(5)
+    for attempt in range(SIGNALS_FROM_START):
+        out = tmp_path / f"run{attempt}"
+        signum = (signal.SIGINT, signal.SIGTERM)[attempt % 2]
+        argv = ["train", "--dataset", "digits", "--model", "linear", "--epochs", "500",
+                "--batch-size", "64", "--no-progress", "--out", str(out)]
+        proc = subprocess.Popen([sys.executable, "-c", SHIM, *argv], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        delay = rng.uniform(0.0, 5.0)  # imports, parsing, data, compilation, epochs, saves
+        time.sleep(delay)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=120)
+        steps = [p for p in rundir.step_dirs(out / "checkpoints") if p.name.isdigit()]
+        intact = all(checkpoint.verify(p) is None for p in steps)
+        word = "interrupted" if signum == signal.SIGINT else "terminated"
+        held = (proc.returncode == 128 + signum and intact
+                and stderr in (f"jaxreg: {word}\n", f"jaxreg train: {word}\n"))
+        _count("SIGINT or SIGTERM from the start", held)
+        assert held, (attempt, signum, delay, proc.returncode, stderr[-3000:], stdout)
+        if steps:  # stopped while training: --resume continues from its last checkpoint
+            resumed = subprocess.run([sys.executable, "-c", SHIM, "train", "--resume", "--epochs",
+                                      str(int(steps[-1].name) + 1), "--no-progress", "--out",
+                                      str(out)], env=env, text=True, capture_output=True)
+            assert resumed.returncode == 0 and resumed.stderr == "", resumed.stderr
+            assert f"resuming {out}" in resumed.stdout
+
+
 def test_eval_and_resume_skip_a_damaged_latest_checkpoint_with_one_warning(tmp_path, capsys):
     out = tmp_path / "run"
     flags = ["--dataset", "digits", "--model", "linear", "--batch-size", "64", "--no-progress"]

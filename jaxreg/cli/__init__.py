@@ -14,8 +14,11 @@ an epoch with every step skipped, or too many non-finite steps in a row:
 checkpoint stays in ``--out``. A warning (e.g. a damaged checkpoint skipped) is one line,
 ``jaxreg <command>: warning: <message>``. Ctrl-C (SIGINT) stops a command at its next safe
 point (:mod:`jaxreg.train.interrupt`: for training, the end of an epoch, with its checkpoint
-complete) with the one line ``jaxreg <command>: interrupted`` and exit status 130. (Python
-itself handles a SIGINT that arrives before ``main`` runs, while ``jaxreg`` is imported.)
+complete) with the one line ``jaxreg <command>: interrupted`` and exit status 130; SIGTERM (how
+clusters and preemptible VMs stop a job) the same way with ``jaxreg <command>: terminated`` and
+exit status 143: ``jaxreg train --out DIR --resume`` continues the run. Before ``main`` runs,
+while Python imports jaxreg, the console script's first module (``_jaxreg_command``) handles
+them: the same line, ``jaxreg: interrupted`` (130) or ``jaxreg: terminated`` (143).
 
 Every command keeps XLA's compiled programs in JAX's persistent compilation cache,
 ``$XDG_CACHE_HOME/jaxreg/xla`` (``~/.cache/jaxreg/xla``), so a repeated run (the same model,
@@ -131,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 command_parser: argparse.ArgumentParser = args.parser  # the command's usage
                 command_parser.error("; ".join(line.strip() for line in _text(e).splitlines()
                                                if line.strip()) or type(e).__name__)
+    except interrupt.Terminated as e:  # SIGTERM, at a safe point
+        print(f"{prog}: terminated", file=sys.stderr)
+        return int(e.code or 143)
     except SystemExit as e:  # argparse's --help (0) and errors (2)
         return e.code if isinstance(e.code, int) else 1
     except KeyboardInterrupt:

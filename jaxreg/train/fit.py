@@ -22,7 +22,8 @@ Checkpoints are written asynchronously (:mod:`jaxreg.train.checkpoint`): an epoc
 overlaps the next epoch, and every save is complete on disk when ``fit`` returns or raises.
 ``fit`` holds a lock on ``checkpoint_dir`` (:mod:`jaxreg.train.rundir`) while it runs. A SIGINT
 (Ctrl-C) stops it at the next epoch boundary, after that epoch's checkpoint, with
-``KeyboardInterrupt`` (:mod:`jaxreg.train.interrupt`).
+``KeyboardInterrupt``; a SIGTERM the same way, with ``interrupt.Terminated``, a
+``SystemExit(143)`` (:mod:`jaxreg.train.interrupt`).
 """
 from __future__ import annotations
 

@@ -285,7 +285,22 @@ def test_an_unusable_out_is_refused_before_any_work(tmp_path, capsys, command, w
     assert (
         "already holds a run (checkpoints/5)" if where == "a run" else "not a writable directory"
     ) in err
+    assert "[Errno" not in err  # issue 25 item 21: was "error: [Errno 2] --out ... is not ..."
     assert time.perf_counter() - t0 < 30
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--epoch", "2"], "jaxreg train: error: unrecognized arguments: --epoch 2 (did you "
+                                "mean --epochs?)"),
+    (["sweep", "--seed", "1", "--lr-list", "1e-3", "x"],
+     "jaxreg sweep: error: unrecognized arguments: --lr-list 1e-3 x"),
+    (["train", "--lr-powr=2", "--sed", "1"], "jaxreg train: error: unrecognized arguments: "
+     "--lr-powr=2 --sed 1 (--lr-powr: did you mean --lr-power?; --sed: did you mean --seed?)"),
+])
+def test_an_unknown_flag_names_the_command_and_close_flags(capsys, argv, expected):
+    """Issue 25 item 21: was "jaxreg: error: unrecognized arguments: --epoch 2"."""
+    status, stdout, err = _main(argv, capsys)
+    assert (status, stdout, err) == (2, "", expected + "\n")
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -44,6 +45,7 @@ from jaxreg.train import TrainingDiverged, interrupt
 
 __all__ = [
     "COMMANDS", "ArgumentParser", "build_parser", "compile_cache", "compile_cache_dir", "main",
+    "unrecognized",
 ]
 
 COMMANDS = [train, evaluate, sweep]
@@ -103,6 +105,19 @@ def compile_cache(enabled: bool) -> Iterator[None]:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
 
 
+def unrecognized(parser: argparse.ArgumentParser, extras: Sequence[str]) -> str:
+    """argparse's "unrecognized arguments: ..." with, for each unknown flag, the command's
+    closest flags (``difflib``): ``--epoch 2`` -> "(did you mean --epochs?)"."""
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    hints = {}
+    for extra in extras:
+        name = extra.split("=", 1)[0]
+        if name.startswith("--") and (close := difflib.get_close_matches(name, flags, 2, 0.75)):
+            hints[name] = f"did you mean {' or '.join(close)}?"
+    text = "; ".join(hint if len(hints) == 1 else f"{name}: {hint}" for name, hint in hints.items())
+    return f"unrecognized arguments: {' '.join(extras)}" + (f" ({text})" if text else "")
+
+
 def _text(error: BaseException) -> str:
     """What an error says: an ``OSError(errno, message)`` of jaxreg's without Python's
     ``[Errno N]`` prefix (an OSError naming a file keeps it: "[Errno 2] ...: 'path'")."""
@@ -122,8 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with interrupt.deferred(), warnings.catch_warnings():
             warnings.showwarning = one_line
             parser = build_parser()
-            args = parser.parse_args(argv)
+            args, extras = parser.parse_known_args(argv)
             prog = args.parser.prog
+            if extras:  # the command's error, not jaxreg's (argparse names the top parser)
+                args.parser.error(unrecognized(args.parser, extras))
             try:
                 with compile_cache(args.compile_cache):
                     return args.run(args)

@@ -1,5 +1,6 @@
-"""The divergence policy (issue 25 items 2 and 3): an epoch with every step skipped, or
-``max_consecutive_skips`` in a row (counted across a resume), is divergence; more than a tenth
+"""The divergence policy (issue 25 items 2 and 3): an epoch ending with more than half its
+steps skipped in a row, or ``max_consecutive_skips`` in a row (counted across a resume), is
+divergence; more than a tenth
 of an epoch's steps skipped is a one-line warning; the same in ``fit``, the CLI and the sweep."""
 import contextlib
 import io
@@ -45,6 +46,19 @@ def test_an_epoch_with_every_step_skipped_is_divergence(nan_rows, value):
     assert "\n" not in message
 
 
+def test_an_epoch_ending_with_most_steps_skipped_is_divergence():
+    """A huge penalty (l2=1e38: w -> -1e37 w at each step) overflows at the second step
+    (|w| ~ 1e74 > 3.4e38); every later step is skipped, its parameters being those that
+    overflow: not every step of the epoch, but the last 7 of 8."""
+    optimizer = dict(name="sgd", learning_rate=0.1, l2=1e38, batch_scaled=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", divergence.SkipWarning)
+        with pytest.raises(TrainingDiverged, match=r"^training diverged: the last 7 of epoch 1's "
+                                                   r"8 steps were skipped: "):
+            fit(models.Linear(num_classes=2), optimizer, _data(), epochs=3, batch_size=32,
+                progress=False, test=False)
+
+
 def test_more_than_a_tenth_skipped_is_one_warning_per_epoch():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -82,6 +96,9 @@ def test_max_consecutive_skips_none_never_raises():
     assert result.history["skipped_steps"] == [4, 4]
     assert [str(w.message).split(":")[0] for w in caught] == [
         "every step of epoch 1 (4) was skipped", "every step of epoch 2 (4) was skipped"]
+    with pytest.warns(divergence.SkipWarning, match="3 of epoch 1's 5 steps"):  # not at its end
+        assert divergence.check_epoch([1, 1, 1, 0, 0], 0, epoch=0, max_consecutive_skips=9,
+                                      history={}, checkpointed=False) == 0
 
 
 def test_a_diverged_sweep_setting_is_one_warning_naming_it():
@@ -89,7 +106,7 @@ def test_a_diverged_sweep_setting_is_one_warning_naming_it():
         warnings.simplefilter("always")
         result = sweep(models.Linear(num_classes=2), _data(), {"l2": [0.0, 1e38]}, epochs=3,
                        batch_size=64, optimizer="sgd", learning_rate=0.1, progress=False,
-                       test=False)  # l2=1e38: w -> -1e37 w at each step, inf at the third
+                       test=False)  # l2=1e38: w -> -1e37 w at each step, inf at the second
     messages = [str(w.message) for w in caught if w.category is divergence.SkipWarning]
     assert len(result.results) == 2 and len(messages) == 1
     assert messages[0].startswith("sweep setting Setting(learning_rate=0.1, l2=1e+38") and (
@@ -105,16 +122,15 @@ def _main(argv):
 
 def test_jaxreg_train_diverges_with_exit_1_and_so_does_its_resume(tmp_path):
     """Issue 25 items 2 and 3: ``--lr 1e23`` on digits (11 steps per epoch) ended with exit 0,
-    "10 skipped steps"; its resume too."""
+    "10 skipped steps" (the last 10); its resume too."""
     out = tmp_path / "run"
     flags = ["--no-progress", "--no-compile-cache", "--out", str(out)]
     status, _, err = _main(["train", "--dataset", "digits", "--optimizer", "sgd", "--lr", "1e23",
                             "--epochs", "2", *flags])
-    *warned, error = err.splitlines()  # epoch 1: 10 of 11 steps skipped, epoch 2: all
-    assert status == 1 and error.startswith(
-        "jaxreg train: error: training diverged: every step of epoch "), err
-    assert all(line.startswith("jaxreg train: warning: ") for line in warned)
+    assert status == 1 and err.count("\n") == 1 and err.startswith(
+        "jaxreg train: error: training diverged: the last 10 of epoch 1's 11 steps were "
+        "skipped: "), err
     assert not (out / "metrics.json").exists()
     status2, _, err2 = _main(["train", "--resume", *flags])
-    assert (status2, err2.splitlines()[-1]) == (1, error)  # from epoch 1's checkpoint
+    assert (status2, err2) == (1, err)  # no checkpoint: from the start, to the same end
     assert not (out / "metrics.json").exists()

@@ -9,7 +9,7 @@ Errors are one line on stderr, ``jaxreg <command>: error: <message>``, with exit
 argparse's for bad flags, and the same for the library's ``DataError``, ``ValueError`` and
 ``OSError`` raised while a command runs (unreadable or corrupt data, an unusable ``--out``, a
 run directory another run holds). A diverged training run (:class:`jaxreg.train.TrainingDiverged`:
-an epoch with every step skipped, or too many non-finite steps in a row:
+an epoch ending with most of its steps skipped, or too many non-finite steps in a row:
 :mod:`jaxreg.train.divergence`) is the same one line with exit status 1; its last good
 checkpoint stays in ``--out``. A warning (e.g. a damaged checkpoint skipped) is one line,
 ``jaxreg <command>: warning: <message>``. Ctrl-C (SIGINT) stops a command at its next safe

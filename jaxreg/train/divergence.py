@@ -5,14 +5,18 @@ NaN/Inf is skipped (:func:`jaxreg.train.train_step`). The policy, applied after 
 :func:`jaxreg.train.fit` (so by ``jaxreg train``) and to every setting of
 :func:`jaxreg.train.sweep` (so of ``jaxreg sweep``):
 
-* the run has diverged (:class:`TrainingDiverged`) when *every* step of an epoch was skipped
-  (the parameters did not change for a whole epoch), or when ``max_consecutive_skips`` steps in
-  a row were (across epochs, and across a resume: the count is saved with each checkpoint);
+* the run has diverged (:class:`TrainingDiverged`) when an epoch *ended* with more than half
+  of its steps skipped in a row (every step, or the last ones: once a step overflows, every
+  later step is skipped, as the parameters stay those that overflow; a bad example here and
+  there skips a step here and there), or when ``max_consecutive_skips`` steps in a row were
+  (across epochs, and across a resume: the count is saved with each checkpoint);
 * a warning (:class:`SkipWarning`, one line) when more than :data:`WARN_FRACTION` of an epoch's
   steps were skipped: the run goes on, but the data or the learning rate deserve a look.
 
 A sweep trains its settings together, so a diverged setting does not stop the others: it gets
-the warning, saying that it diverged. See ``docs/training.md`` ("Divergence").
+one warning, saying that it diverged (an epoch with every step skipped: the sweep keeps counts
+per epoch) or is unstable (more than :data:`WARN_FRACTION` of an epoch's steps skipped). See
+``docs/training.md`` ("Divergence").
 """
 from __future__ import annotations
 
@@ -70,22 +74,26 @@ def check_epoch(skipped: Any, before: int, *, epoch: int, max_consecutive_skips:
         skipped: per step of the epoch, whether it was skipped.
         before: skipped steps in a row at the end of the previous epoch.
         max_consecutive_skips: as :func:`jaxreg.train.fit`'s; ``None``: never diverged (an
-            epoch with every step skipped is then a warning).
+            epoch ending with more than half its steps skipped is then a warning).
         history: the run's history so far (this epoch included), for the error.
         checkpointed: whether the run has a checkpoint directory (the error says it is kept).
 
     Raises:
-        TrainingDiverged: every step skipped, or ``max_consecutive_skips`` in a row.
+        TrainingDiverged: the epoch ended with more than half its steps skipped in a row, or
+            ``max_consecutive_skips`` were skipped in a row.
     """
     skipped = np.asarray(skipped, bool)
     in_a_row = longest = before
     for s in skipped.tolist():
         in_a_row = in_a_row + 1 if s else 0
         longest = max(longest, in_a_row)
-    every = bool(skipped.all())
-    found = problem(int(skipped.sum()), skipped.size, epoch)
-    if max_consecutive_skips is not None and (every or longest >= max_consecutive_skips):
-        why = found if every else (
+    steps = skipped.size
+    last = min(in_a_row, steps)  # the epoch's own steps at its end, skipped in a row
+    found = problem(int(skipped.sum()), steps, epoch)
+    ended = last * 2 > steps
+    if max_consecutive_skips is not None and (ended or longest >= max_consecutive_skips):
+        why = (found if last == steps else
+               f"the last {last} of epoch {epoch + 1}'s {steps} steps were skipped") if ended else (
             f"{longest} steps in a row (to epoch {epoch + 1}) were skipped "
             f"(max_consecutive_skips={max_consecutive_skips})")
         raise TrainingDiverged(

@@ -257,9 +257,10 @@ def fit(
             :func:`train_step`).
         max_consecutive_skips: after this many skipped steps in a row (default
             :data:`MAX_CONSECUTIVE_SKIPS`; checked at the end of each epoch, counted across a
-            resume), or an epoch with every step skipped, raise :class:`TrainingDiverged`
-            before that epoch is checkpointed; more than 10% of an epoch's steps skipped is a
-            :class:`jaxreg.train.divergence.SkipWarning` (:mod:`jaxreg.train.divergence`).
+            resume), or an epoch ending with more than half its steps skipped in a row, raise
+            :class:`TrainingDiverged` before that epoch is checkpointed; more than 10% of an
+            epoch's steps skipped is a :class:`jaxreg.train.divergence.SkipWarning`
+            (:mod:`jaxreg.train.divergence`).
             ``None``: never raise.
         compute_dtype: e.g. ``jnp.bfloat16`` for mixed precision (float32 parameters, batch
             statistics and loss).
@@ -309,7 +310,7 @@ def fit(
 
     Raises:
         TrainingDiverged: ``max_consecutive_skips`` skipped steps in a row, or an epoch
-            with every step skipped.
+            ending with more than half its steps skipped in a row.
         ValueError: bad arguments (see above), a plateau that cannot be fed or whose mode
             contradicts ``monitor``.
     """

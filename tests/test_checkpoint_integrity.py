@@ -1,12 +1,16 @@
 """Checkpoint integrity: every step has an integrity record; a damaged newest step is reported by
 name and the newest intact one restored; a checkpoint of another run is refused."""
 import json
+import logging
+import resource
 import shutil
+import signal
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from jaxreg.train import checkpoint, rundir
@@ -89,8 +93,38 @@ def _delete_record(step_dir):
     return "integrity.json"
 
 
+def _record(content):
+    """A damage writing ``content`` as the step's integrity record (after flipping a byte of
+    its data: a record that lists nothing, or is malformed, must not let that through)."""
+    def damage(step_dir):
+        _flip(step_dir)
+        (step_dir / checkpoint.RECORD).write_text(json.dumps(content))
+        return "integrity.json"
+    damage.__name__ = f"_record_{json.dumps(content)}"
+    return damage
+
+
+def _record_lists_fewer_files(step_dir):
+    flipped = _flip(step_dir)
+    record = json.loads((step_dir / checkpoint.RECORD).read_text())
+    del record["files"][flipped]
+    (step_dir / checkpoint.RECORD).write_text(json.dumps(record))
+    return f"{flipped} is not in integrity.json"
+
+
+def _record_is_a_directory(step_dir):
+    (step_dir / checkpoint.RECORD).unlink()
+    (step_dir / checkpoint.RECORD).mkdir()
+    return "integrity.json"
+
+
 DAMAGES = [_flip, _truncate, _delete_history, _empty, _delete_manifest, _delete_metadata,
-           _garbage_json, _garbage_step_metadata, _delete_record]
+           _garbage_json, _garbage_step_metadata, _delete_record,
+           # issue 25 items 4 and 7: records listing nothing or too little, malformed ones
+           _record({"files": {}}), _record({"files": {"run/metadata": 5}}),
+           _record({"files": {"x": [1, 2, 3]}}), _record({"files": {"x": ["1", "2"]}}),
+           _record({"files": []}), _record([1, 2, 3]), _record_lists_fewer_files,
+           _record_is_a_directory]
 
 
 def test_every_step_has_a_record_that_verifies(saved):
@@ -118,6 +152,23 @@ def test_damaged_latest_falls_back_to_the_previous_step(saved, tmp_path, damage)
     assert "\n" not in message
     assert f"{directory / '3'} is damaged" in message and what.rstrip("/") in message, message
     assert f"restored {directory / '2'} (epoch 2)" in message
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_each_step_holds_the_history_of_its_epochs_only(tmp_path, asynchronous):
+    """Issue 25 item 1: the history is saved as it was when save was called, not as the caller
+    changed it afterwards (an asynchronous write used to save the next epoch's entry too)."""
+    mngr = checkpoint.manager(tmp_path, keep=8, asynchronous=asynchronous)
+    history = {"loss": []}
+    for k in range(1, 9):
+        history["loss"].append(float(k))
+        checkpoint.save(mngr, k, _state(k), history, run=RUN)
+    mngr.close()
+    for k in range(1, 9):
+        saved = checkpoint.manager(tmp_path).restore(k, args=ocp.args.Composite(
+            history=ocp.args.JsonRestore())).history
+        assert saved["epoch"] == k
+        assert saved["history"] == {"loss": [float(i) for i in range(1, k + 1)]}
 
 
 def test_set_aside_renames_the_damaged_step_so_training_can_save_it_again(saved, tmp_path):
@@ -244,3 +295,48 @@ def test_fit_error_leaves_the_last_checkpoint_complete(tmp_path):
         _fit(tmp_path, epochs=5, callbacks=[fail])
     assert sorted(int(p.name) for p in rundir.step_dirs(tmp_path)) == [2, 3]
     assert all(checkpoint.verify(p) is None for p in rundir.step_dirs(tmp_path))
+
+
+def test_orbax_log_lines_do_not_reach_the_user(tmp_path, caplog):
+    """Issue 25 item 11: a step left half-written (a killed run) is removed and saved again
+    without orbax's "WARNING:absl:Attempted to create temporary directory ..." line, and its
+    other chatter (e.g. "Waiting for previous save") stays out too."""
+    mngr = checkpoint.manager(tmp_path, asynchronous=True)
+    checkpoint.save(mngr, 1, _state(1), {"loss": [1.0]}, run=RUN)
+    mngr.close()
+    shutil.copytree(tmp_path / "1", tmp_path / "2.orbax-checkpoint-tmp")
+    with caplog.at_level(logging.DEBUG):
+        mngr = checkpoint.manager(tmp_path, asynchronous=True)
+        checkpoint.save(mngr, 2, _state(2), {"loss": [1.0, 2.0]}, run=RUN)
+        checkpoint.save(mngr, 3, _state(3), {"loss": [1.0, 2.0, 3.0]}, run=RUN)
+        mngr.close()
+    assert [r.getMessage() for r in caplog.records if "orbax" in r.pathname] == []
+    assert sorted(p.name for p in rundir.step_dirs(tmp_path)) == ["2", "3"]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_failed_write_is_one_line_naming_the_intact_checkpoint(tmp_path, asynchronous):
+    """Issue 25 item 13: a disk that fills (here: a file size limit, so orbax's own writes
+    fail) raises one OSError line saying which step could not be written and which is intact."""
+    mngr = checkpoint.manager(tmp_path, asynchronous=asynchronous)
+    checkpoint.save(mngr, 1, _state(1), {"loss": [1.0]}, run=RUN)
+    checkpoint.finish(mngr)
+    big = {"w": jax.random.normal(jax.random.key(0), (100_000,)), "b": jnp.zeros(3)}
+    limit, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.getsignal(signal.SIGXFSZ)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, limit[1]))
+    try:
+        with pytest.raises(OSError) as error:
+            checkpoint.save(mngr, 2, big, {"loss": [1.0, 2.0]}, run=RUN)
+            checkpoint.finish(mngr)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, handler)
+    mngr.close()
+    message = error.value.strerror
+    assert "\n" not in message and message.startswith(
+        f"could not write the checkpoint of epoch 2 to {tmp_path / '2'} (")
+    assert message.endswith(f"the newest intact checkpoint is {tmp_path / '1'} (epoch 1): free "
+                            f"some space and continue from it (--resume / resume=True)")
+    epoch, _, _ = checkpoint.restore_latest(checkpoint.manager(tmp_path), STATE, run=RUN)
+    assert epoch == 1

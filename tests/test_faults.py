@@ -287,7 +287,22 @@ def test_an_unusable_out_is_refused_before_any_work(tmp_path, capsys, command, w
     assert (
         "already holds a run (checkpoints/5)" if where == "a run" else "not a writable directory"
     ) in err
+    assert "[Errno" not in err  # issue 25 item 21: was "error: [Errno 2] --out ... is not ..."
     assert time.perf_counter() - t0 < 30
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--epoch", "2"], "jaxreg train: error: unrecognized arguments: --epoch 2 (did you "
+                                "mean --epochs?)"),
+    (["sweep", "--seed", "1", "--lr-list", "1e-3", "x"],
+     "jaxreg sweep: error: unrecognized arguments: --lr-list 1e-3 x"),
+    (["train", "--lr-powr=2", "--sed", "1"], "jaxreg train: error: unrecognized arguments: "
+     "--lr-powr=2 --sed 1 (--lr-powr: did you mean --lr-power?; --sed: did you mean --seed?)"),
+])
+def test_an_unknown_flag_names_the_command_and_close_flags(capsys, argv, expected):
+    """Issue 25 item 21: was "jaxreg: error: unrecognized arguments: --epoch 2"."""
+    status, stdout, err = _main(argv, capsys)
+    assert (status, stdout, err) == (2, "", expected + "\n")
 
 
 @pytest.mark.parametrize(
@@ -355,6 +370,44 @@ def test_sigint_to_jaxreg_train_exits_130_with_one_line(tmp_path, env):
         assert held, (attempt, delay, proc.returncode, stderr[-3000:], stdout)
 
 
+SIGNALS_FROM_START = 6
+"""``jaxreg`` processes sent SIGINT or SIGTERM at a random moment from their start."""
+SHIM = "import sys, _jaxreg_command; sys.exit(_jaxreg_command.command())"
+"""What the ``jaxreg`` console script runs."""
+
+
+@pytest.mark.slow
+def test_a_signal_at_any_moment_is_one_line_and_exit_130_or_143(tmp_path, env):
+    """Issue 25 items 6 and 14: SIGINT or SIGTERM from the first instant (Python importing
+    jaxreg included, ~2.5 s) to the end: one line, exit 130 (SIGINT) or 143 (SIGTERM), every
+    checkpoint complete; a run stopped while training continues with --resume."""
+    rng = random.Random(5)
+    for attempt in range(SIGNALS_FROM_START):
+        out = tmp_path / f"run{attempt}"
+        signum = (signal.SIGINT, signal.SIGTERM)[attempt % 2]
+        argv = ["train", "--dataset", "digits", "--model", "linear", "--epochs", "500",
+                "--batch-size", "64", "--no-progress", "--out", str(out)]
+        proc = subprocess.Popen([sys.executable, "-c", SHIM, *argv], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        delay = rng.uniform(0.0, 5.0)  # imports, parsing, data, compilation, epochs, saves
+        time.sleep(delay)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=120)
+        steps = [p for p in rundir.step_dirs(out / "checkpoints") if p.name.isdigit()]
+        intact = all(checkpoint.verify(p) is None for p in steps)
+        word = "interrupted" if signum == signal.SIGINT else "terminated"
+        held = (proc.returncode == 128 + signum and intact
+                and stderr in (f"jaxreg: {word}\n", f"jaxreg train: {word}\n"))
+        _count("SIGINT or SIGTERM from the start", held)
+        assert held, (attempt, signum, delay, proc.returncode, stderr[-3000:], stdout)
+        if steps:  # stopped while training: --resume continues from its last checkpoint
+            resumed = subprocess.run([sys.executable, "-c", SHIM, "train", "--resume", "--epochs",
+                                      str(int(steps[-1].name) + 1), "--no-progress", "--out",
+                                      str(out)], env=env, text=True, capture_output=True)
+            assert resumed.returncode == 0 and resumed.stderr == "", resumed.stderr
+            assert f"resuming {out}" in resumed.stdout
+
+
 def test_eval_and_resume_skip_a_damaged_latest_checkpoint_with_one_warning(tmp_path, capsys):
     out = tmp_path / "run"
     flags = ["--dataset", "digits", "--model", "linear", "--batch-size", "64", "--no-progress"]
@@ -373,3 +426,30 @@ def test_eval_and_resume_skip_a_damaged_latest_checkpoint_with_one_warning(tmp_p
     assert (out / "checkpoints" / "3.damaged").is_dir() and checkpoint.verify(
         out / "checkpoints" / "3"
     ) is None
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_naming_the_intact_one(
+        tmp_path, capsys, monkeypatch):
+    """Issue 25 item 13: a disk that fills while epoch 3's checkpoint is written (ENOSPC
+    injected into the save path) ends the command with one line: what could not be written and
+    which checkpoint is intact (was: exit 2 after 39 lines of orbax's traceback)."""
+    write_record = checkpoint._write_record
+
+    def full_disk(step_dir):
+        if step_dir.name == "3":
+            raise OSError(28, "No space left on device")
+        write_record(step_dir)
+
+    monkeypatch.setattr(checkpoint, "_write_record", full_disk)
+    out = tmp_path / "run"
+    status, _, err = _main(["train", "--dataset", "digits", "--model", "linear", "--epochs", "5",
+                            "--no-progress", "--out", str(out)], capsys)
+    ckpt = out / "checkpoints"
+    held = status == 2 and err == (
+        f"jaxreg train: error: could not write the checkpoint of epoch 3 to {ckpt / '3'} "
+        f"(OSError: [Errno 28] No space left on device); the newest intact checkpoint is "
+        f"{ckpt / '2'} (epoch 2): free some space and continue from it (--resume / "
+        f"resume=True)\n")
+    _count("disk full during a run", held)
+    assert held, (status, err)
+    assert _intact_steps(ckpt)[-1] == 2

@@ -83,3 +83,63 @@ def test_claim_removes_a_directory_it_created_when_the_block_fails_before_writin
     with pytest.raises(RuntimeError), rundir.claim(tmp_path / "old"):
         raise RuntimeError
     assert (tmp_path / "old").is_dir()  # not created by the claim: left alone
+
+
+@pytest.mark.parametrize("plotted", [True, False])
+@pytest.mark.parametrize("record", ["sweep.json", "study.json"])
+def test_a_finished_sweep_says_it_cannot_be_continued(tmp_path, record, plotted):
+    """Issue 25 item 15: ``jaxreg sweep`` has no --resume; the message says what to do, and
+    that a sweep.json without its plot is still a finished sweep."""
+    (tmp_path / record).write_text("{}")
+    plot = record.replace(".json", ".png")
+    if plotted:
+        (tmp_path / plot).write_bytes(b"")
+    with pytest.raises(rundir.RunDirError) as error:
+        rundir.prepare(tmp_path)
+    assert str(error.value) == (
+        f"--out {tmp_path} already holds a run ({record}): a finished sweep, its results in "
+        f"{record}{'' if plotted else f', though its plot {plot} was not written'}; a sweep "
+        f"cannot be continued: choose another --out, or delete {tmp_path} to run it again")
+
+
+def test_a_training_run_says_how_to_continue_it(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(rundir.RunDirError, match=r"\(config.json\): continue it \(jaxreg train "
+                                                 r"--resume / fit\(resume=True\)\) or choose"):
+        rundir.prepare(tmp_path)
+
+
+HOLD_NEW = textwrap.dedent("""
+    import os, sys, time
+    from jaxreg.train import rundir
+    os.mkdir(sys.argv[1])
+    with rundir.lock(sys.argv[1]):
+        print("locked", flush=True)
+        time.sleep(60)
+""")
+
+
+def test_a_claim_that_loses_the_race_removes_nothing(tmp_path, monkeypatch):
+    """Issue 25 item 15: two processes both find ``new`` missing; the other one creates and
+    locks it first. The loser is refused and must not remove the winner's directory (it used
+    to: the directory it thought it had created held only the lock file)."""
+    new = tmp_path / "new"
+    holder = []
+    prepare = rundir.prepare
+
+    def the_other_process_wins(directory, **kwargs):  # runs after claim checked exists()
+        holder.append(subprocess.Popen([sys.executable, "-c", HOLD_NEW, str(new)],
+                                       stdout=subprocess.PIPE, text=True))
+        assert holder[0].stdout.readline().strip() == "locked"
+        return prepare(directory, **kwargs)
+
+    monkeypatch.setattr(rundir, "prepare", the_other_process_wins)
+    try:
+        with pytest.raises(rundir.RunDirError, match="in use by another run"):
+            with rundir.claim(new):
+                pass
+        assert new.is_dir() and (new / rundir.LOCK).read_text() == f"{holder[0].pid}\n"
+    finally:
+        for proc in holder:
+            proc.kill()
+            proc.wait()

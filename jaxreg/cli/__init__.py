@@ -9,12 +9,16 @@ Errors are one line on stderr, ``jaxreg <command>: error: <message>``, with exit
 argparse's for bad flags, and the same for the library's ``DataError``, ``ValueError`` and
 ``OSError`` raised while a command runs (unreadable or corrupt data, an unusable ``--out``, a
 run directory another run holds). A diverged training run (:class:`jaxreg.train.TrainingDiverged`:
-too many non-finite steps in a row) is the same one line with exit status 1; its last good
+an epoch ending with most of its steps skipped, or too many non-finite steps in a row:
+:mod:`jaxreg.train.divergence`) is the same one line with exit status 1; its last good
 checkpoint stays in ``--out``. A warning (e.g. a damaged checkpoint skipped) is one line,
 ``jaxreg <command>: warning: <message>``. Ctrl-C (SIGINT) stops a command at its next safe
 point (:mod:`jaxreg.train.interrupt`: for training, the end of an epoch, with its checkpoint
-complete) with the one line ``jaxreg <command>: interrupted`` and exit status 130. (Python
-itself handles a SIGINT that arrives before ``main`` runs, while ``jaxreg`` is imported.)
+complete) with the one line ``jaxreg <command>: interrupted`` and exit status 130; SIGTERM (how
+clusters and preemptible VMs stop a job) the same way with ``jaxreg <command>: terminated`` and
+exit status 143: ``jaxreg train --out DIR --resume`` continues the run. Before ``main`` runs,
+while Python imports jaxreg, the console script's first module (``_jaxreg_command``) handles
+them: the same line, ``jaxreg: interrupted`` (130) or ``jaxreg: terminated`` (143).
 
 Every command keeps XLA's compiled programs in JAX's persistent compilation cache,
 ``$XDG_CACHE_HOME/jaxreg/xla`` (``~/.cache/jaxreg/xla``), so a repeated run (the same model,
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -42,6 +47,7 @@ from jaxreg.train import TrainingDiverged, interrupt
 
 __all__ = [
     "COMMANDS", "ArgumentParser", "build_parser", "compile_cache", "compile_cache_dir", "main",
+    "unrecognized",
 ]
 
 COMMANDS = [train, evaluate, sweep, compare]
@@ -105,6 +111,27 @@ def compile_cache(enabled: bool) -> Iterator[None]:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
 
 
+def unrecognized(parser: argparse.ArgumentParser, extras: Sequence[str]) -> str:
+    """argparse's "unrecognized arguments: ..." with, for each unknown flag, the command's
+    closest flags (``difflib``): ``--epoch 2`` -> "(did you mean --epochs?)"."""
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    hints = {}
+    for extra in extras:
+        name = extra.split("=", 1)[0]
+        if name.startswith("--") and (close := difflib.get_close_matches(name, flags, 2, 0.75)):
+            hints[name] = f"did you mean {' or '.join(close)}?"
+    text = "; ".join(hint if len(hints) == 1 else f"{name}: {hint}" for name, hint in hints.items())
+    return f"unrecognized arguments: {' '.join(extras)}" + (f" ({text})" if text else "")
+
+
+def _text(error: BaseException) -> str:
+    """What an error says: an ``OSError(errno, message)`` of jaxreg's without Python's
+    ``[Errno N]`` prefix (an OSError naming a file keeps it: "[Errno 2] ...: 'path'")."""
+    if isinstance(error, OSError) and error.strerror and error.filename is None:
+        return error.strerror
+    return str(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``jaxreg`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     prog = "jaxreg"
@@ -116,8 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with interrupt.deferred(), warnings.catch_warnings():
             warnings.showwarning = one_line
             parser = build_parser()
-            args = parser.parse_args(argv)
+            args, extras = parser.parse_known_args(argv)
             prog = args.parser.prog
+            if extras:  # the command's error, not jaxreg's (argparse names the top parser)
+                args.parser.error(unrecognized(args.parser, extras))
             try:
                 determinism.request(args.deterministic)  # before jax starts its backend
                 with compile_cache(args.compile_cache):
@@ -127,8 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             except (DataError, ValueError, OSError) as e:
                 command_parser: argparse.ArgumentParser = args.parser  # the command's usage
-                command_parser.error("; ".join(line.strip() for line in str(e).splitlines()
+                command_parser.error("; ".join(line.strip() for line in _text(e).splitlines()
                                                if line.strip()) or type(e).__name__)
+    except interrupt.Terminated as e:  # SIGTERM, at a safe point
+        print(f"{prog}: terminated", file=sys.stderr)
+        return int(e.code or 143)
     except SystemExit as e:  # argparse's --help (0) and errors (2)
         return e.code if isinstance(e.code, int) else 1
     except KeyboardInterrupt:

@@ -203,7 +203,7 @@ def locate(name: str, data_dir: str | os.PathLike | None = None,
     Raises:
       DataError: ``data_dir`` is given and lacks some of the files (the message names them);
         or no searched directory holds all four files and downloading is disabled or failed
-        (the message lists the directories searched and how to supply the files).
+        (the message, one line, lists the directories searched and how to supply the files).
     """
     if data_dir is not None:
         directory = Path(data_dir).expanduser()
@@ -220,19 +220,19 @@ def locate(name: str, data_dir: str | os.PathLike | None = None,
     source = IDX_SOURCES[name]
     target = cache_dir(name)
     problem = (f"{name}: no directory holds all four IDX files "
-               f"({', '.join(s + '[.gz]' for s in IDX_FILES)}); searched:\n"
-               + "".join(f"  {d}\n" for d in searched))
+               f"({', '.join(s + '[.gz]' for s in IDX_FILES)}); searched "
+               f"{', '.join(map(str, searched))}.")
     remedy = (f"Supply the files: put them in a directory and pass data_dir=DIR, or set "
               f"JAXREG_DATA_DIR=ROOT with the files in ROOT/{name}/, or download them from "
               f"{source.base_url} into {target}/.")
     if not download:
-        raise DataError(f"{problem}Downloading is disabled (download=False). {remedy}")
+        raise DataError(f"{problem} Downloading is disabled (download=False). {remedy}")
     for stem in IDX_FILES:
         if find_file(target, stem) is None:
             url = source.base_url + stem + ".gz"
             try:
                 download_file(url, target / f"{stem}.gz", source.sha256[stem])
             except (OSError, ValueError, http.client.HTTPException) as e:  # URLError: OSError
-                raise DataError(f"{problem}download of {url} failed: {type(e).__name__}: {e}\n"
-                                f"{remedy}") from e
+                why = " ".join(f"{type(e).__name__}: {e}".split())  # one line
+                raise DataError(f"{problem} Downloading {url} failed ({why}). {remedy}") from e
     return target, f"{target} (downloaded from {source.base_url})"

@@ -7,15 +7,17 @@ description) -> ``checkpoint`` (orbax) -> ``plan`` (a run checked and set up onc
 settings / memory / run). The models the CLI and benchmarks train are :mod:`jaxreg.models`;
 ``nnx_bridge`` lets every entry point take an ``nnx.Module``; ``distributed`` the meshes and
 multi-process start; ``rundir`` what makes a directory a run, its checks and lock;
-``interrupt`` Ctrl-C deferred to safe points.
+``interrupt`` Ctrl-C deferred to safe points; ``divergence`` when skipped (non-finite) steps end
+a run.
 """
 from jaxreg._extras import require_train
 
 require_train("jaxreg.train")
 
 from jaxreg.train.config import OptimizerConfig, RunConfig
+from jaxreg.train.divergence import TrainingDiverged
 from jaxreg.train.epoch import prefetch, scan_epoch, stream_epoch
-from jaxreg.train.fit import FitResult, TrainingDiverged, fit, fit_plan
+from jaxreg.train.fit import FitResult, fit, fit_plan
 from jaxreg.train.optimizer import (
     RunOptimizer,
     learning_rate_schedule,

@@ -3,7 +3,8 @@
 Layout of ``checkpoint_dir`` (orbax ``CheckpointManager``; ``<k>`` = completed epochs)::
 
     <k>/state/            TrainState (params, model_state, opt_state incl. step counts, RNG key)
-    <k>/history/          JSON: {"epoch": k, "history": {name: [per-epoch values]}}
+    <k>/history/          JSON: {"epoch": k, "history": {name: [per-epoch values]},
+                          "skips": skipped steps in a row at its end}
     <k>/run/              JSON: the run's configuration fingerprint (see :func:`differences`)
     <k>/integrity.json    sha256 and size of every other file of <k>, written once <k> is complete
 
@@ -23,6 +24,11 @@ Integrity. :func:`restore_latest` checks every file of a step against its ``inte
 step that verifies and restores, with one :class:`CheckpointWarning` naming the damaged steps
 and what is wrong with each; with no intact step left it raises :class:`CheckpointError`.
 
+A write that fails (a full disk, no permission) raises one ``OSError`` line from :func:`save`
+or :func:`finish`: the step that could not be written, why, and the newest intact step to
+continue from. orbax's own log lines are dropped while a manager is open: jaxreg reports what
+matters once, in its own words.
+
 Sharded states (:mod:`jaxreg.train.distributed`): every process calls :func:`save` and
 :func:`restore_latest` (they synchronize); each writes the shards it holds, process 0 the
 metadata, the history and the integrity record, into a directory all processes can reach. A
@@ -33,6 +39,8 @@ another host count.
 from __future__ import annotations
 
 import contextlib
+import copy
+import errno
 import hashlib
 import json
 import logging
@@ -47,7 +55,7 @@ import jax
 import orbax.checkpoint as ocp
 
 __all__ = ["RECORD", "CheckpointError", "CheckpointWarning", "differences", "fingerprint", "finish",
-           "manager", "restore_latest", "save", "verify"]
+           "manager", "restore_latest", "save", "skips", "verify"]
 
 RECORD = "integrity.json"
 """Name of a step's integrity record: ``{"files": {relative path: [size, sha256]}}``."""
@@ -64,33 +72,79 @@ class CheckpointWarning(UserWarning):
 
 class _Manager(ocp.CheckpointManager):
     """orbax's manager; :meth:`wait_until_finished` also waits for the integrity record of
-    the last asynchronous save (and raises its error, if writing it failed)."""
+    the last asynchronous save, and raises a failed write as :func:`_write_error`'s line."""
 
     asynchronous: bool = False
     _recorder: threading.Thread | None = None
     _record_error: BaseException | None = None
+    _quiet = False
+    _saving: int | None = None
+    """The step of the last save until it is complete."""
+    _reported: BaseException | None = None
+    """The last failed write, raised once (as an ``OSError``)."""
 
     def wait_until_finished(self) -> None:
-        super().wait_until_finished()
-        if self._recorder is not None:
-            self._recorder.join()
-            self._recorder = None
-        if (error := self._record_error) is not None:
-            self._record_error = None
-            raise error
+        try:
+            super().wait_until_finished()
+            if self._recorder is not None:
+                self._recorder.join()
+                self._recorder = None
+            if (error := self._record_error) is not None:
+                self._record_error = None
+                raise error
+        except Exception as e:
+            if e is self._reported:  # orbax raises a failed write at every wait: once is enough
+                return
+            if self._saving is None:
+                raise
+            self._reported = e
+            raise _write_error(self, self._saving, e) from e
+        finally:
+            self._saving = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._quiet:
+                _QUIET.exit()  # orbax's log lines again, once its threads are done
+                self._quiet = False
+
+
+class _OrbaxQuiet(logging.Filter):
+    """Drops orbax's log records (absl's logger) from :meth:`enter` to the matching
+    :meth:`exit` (a manager's life, a restore): jaxreg says what matters once, in its own words
+    (a damaged step: :func:`restore_latest`'s warning; a failed write: :func:`save`'s error),
+    not orbax's lines such as "Attempted to create temporary directory ... which already
+    exists" (a step left half-written by a killed run, removed as it should be) or "Waiting
+    for previous save"."""
+
+    users = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+    def enter(self) -> None:
+        logging.getLogger("absl").addFilter(self)  # once: a filter already there is not added
+        self.users += 1
+
+    def exit(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            logging.getLogger("absl").removeFilter(self)
+
+
+_QUIET = _OrbaxQuiet()
 
 
 @contextlib.contextmanager
 def _orbax_quiet():
-    """Silences orbax's (absl) log lines about unreadable steps: the damage is reported once,
-    by :func:`restore_latest`."""
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.CRITICAL)
+    """Orbax's log lines dropped within the block (see :class:`_OrbaxQuiet`)."""
+    _QUIET.enter()
     try:
         yield
     finally:
-        absl.setLevel(level)
+        _QUIET.exit()
 
 
 def manager(
@@ -106,7 +160,8 @@ def manager(
                 preservation_policy=ocp.checkpoint_managers.LatestN(keep),
             ),
         )
-    mngr.asynchronous = asynchronous
+    _QUIET.enter()  # until close(): orbax logs from its own threads too
+    mngr.asynchronous, mngr._quiet = asynchronous, True
     return mngr
 
 
@@ -122,26 +177,42 @@ def _files(step_dir: Path) -> list[Path]:
     return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != RECORD)
 
 
+def _relative(step_dir: Path) -> list[str]:
+    return [p.relative_to(step_dir).as_posix() for p in _files(step_dir)]
+
+
+def _valid_record(files: Any) -> bool:
+    """Whether ``files`` is ``{relative path: [size, sha256]}`` with an int size and a str hash."""
+    return isinstance(files, dict) and all(
+        isinstance(name, str) and isinstance(entry, list) and len(entry) == 2
+        and type(entry[0]) is int and isinstance(entry[1], str)
+        for name, entry in files.items())
+
+
 def _write_record(step_dir: Path) -> None:
     """Writes ``step_dir/integrity.json`` (atomically: a temporary file renamed into place)."""
-    record = {"files": {p.relative_to(step_dir).as_posix(): _digest(p) for p in _files(step_dir)}}
+    record = {"files": {name: _digest(step_dir / name) for name in _relative(step_dir)}}
     tmp = step_dir / f".{RECORD}.tmp"
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, step_dir / RECORD)
 
 
 def verify(step_dir: str | Path) -> str | None:
-    """``None`` if every file ``step_dir/integrity.json`` lists is there with its size and
-    sha256, else what is wrong (the first problem found)."""
+    """``None`` if ``step_dir/integrity.json`` lists every file of the step and each is there
+    with its size and sha256, else what is wrong (the first problem found): a malformed record,
+    or one listing fewer files than the step holds, is damage too."""
     step_dir = Path(step_dir)
     try:
         files = json.loads((step_dir / RECORD).read_text())["files"]
-        if not isinstance(files, dict):
-            raise TypeError
     except FileNotFoundError:
         return f"no {RECORD} (the save did not complete)"
-    except (ValueError, TypeError, KeyError):
-        return f"{RECORD} is not a valid integrity record"
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        return f"{RECORD} is not a valid integrity record ({_first_line(e)})"
+    if not _valid_record(files):
+        return f"{RECORD} is not a valid integrity record (not {{path: [size, sha256]}})"
+    if unlisted := sorted(set(_relative(step_dir)) - set(files)):
+        return f"{unlisted[0]} is not in {RECORD} (the record lists {len(files)} of " \
+               f"{len(files) + len(unlisted)} files)"
     for name, (size, sha256) in files.items():
         path = step_dir / name
         if not path.is_file():
@@ -153,21 +224,45 @@ def verify(step_dir: str | Path) -> str | None:
     return None
 
 
+def _write_error(mngr: ocp.CheckpointManager, step: int, error: BaseException) -> OSError:
+    """``OSError`` (the cause's errno, else EIO) saying in one line which step could not be
+    written, why (the first line of ``error``), and which checkpoint is intact."""
+    directory = Path(mngr.directory)
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
+    intact = next((k for k in steps if k != step and verify(directory / str(k)) is None), None)
+    return OSError(
+        getattr(error, "errno", None) or errno.EIO,
+        f"could not write the checkpoint of epoch {step} to {directory / str(step)} "
+        f"({_first_line(error)}); "
+        + (f"no checkpoint in {directory} is intact" if intact is None else
+           f"the newest intact checkpoint is {directory / str(intact)} (epoch {intact}): "
+           f"free some space and continue from it (--resume / resume=True)"))
+
+
 def finish(mngr: ocp.CheckpointManager) -> None:
     """Waits until every save of ``mngr`` is complete on disk with its integrity record."""
     mngr.wait_until_finished()
 
 
 def save(mngr: ocp.CheckpointManager, epoch: int, state: Any, history: dict[str, list],
-         run: dict[str, Any] | None = None) -> None:
+         run: dict[str, Any] | None = None, *, skips: int = 0) -> None:
     """Writes the state, history and run fingerprint ``run`` after ``epoch`` completed epochs,
-    then the step's integrity record (in the background for an asynchronous manager)."""
+    then the step's integrity record (in the background for an asynchronous manager).
+    ``skips``: the skipped steps in a row at the end of the epoch (:func:`skips` reads it back,
+    so that a resumed run counts them as an uninterrupted one does)."""
     finish(mngr)
-    mngr.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        history=ocp.args.JsonSave({"epoch": epoch, "history": history}),
-        run=ocp.args.JsonSave(run or {}),
-    ))
+    # Copies, taken now: an asynchronous save serializes them later, while the caller goes on
+    # (appending the next epoch to ``history`` would save it with this step).
+    saved = copy.deepcopy({"epoch": epoch, "history": history, "skips": int(skips)})
+    try:
+        mngr.save(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            history=ocp.args.JsonSave(saved),
+            run=ocp.args.JsonSave(copy.deepcopy(run or {})),
+        ))
+    except Exception as e:
+        raise _write_error(mngr, epoch, e) from e
+    mngr._saving = epoch
     step_dir = Path(mngr.directory) / str(epoch)
 
     def record() -> None:
@@ -175,19 +270,27 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state: Any, history: dict[str,
         if jax.process_index() == 0:
             _write_record(step_dir)
 
-    if not getattr(mngr, "asynchronous", False):
-        record()
-        return
-
-    def record_in_background() -> None:
+    def record_caught() -> None:
         try:
             record()
-        except BaseException as e:  # noqa: BLE001 (raised by the next finish())
+        except BaseException as e:  # noqa: BLE001 (raised by finish(), as a write error)
             mngr._record_error = e
 
-    mngr._recorder = threading.Thread(target=record_in_background, name=f"jaxreg-record-{epoch}",
-                                      daemon=True)
-    mngr._recorder.start()
+    if getattr(mngr, "asynchronous", False):
+        mngr._recorder = threading.Thread(target=record_caught, name=f"jaxreg-record-{epoch}",
+                                          daemon=True)
+        mngr._recorder.start()
+    else:
+        record_caught()
+        finish(mngr)
+
+
+def skips(mngr: ocp.CheckpointManager, epoch: int) -> int:
+    """The ``skips`` :func:`save` wrote with step ``epoch`` (0 for a step saved without it)."""
+    with _orbax_quiet():
+        record = mngr.restore(epoch, args=ocp.args.Composite(history=ocp.args.JsonRestore()))
+    count = record.history.get("skips", 0)
+    return count if type(count) is int and count >= 0 else 0
 
 
 def _describe(value: Any) -> str:

@@ -22,7 +22,8 @@ Checkpoints are written asynchronously (:mod:`jaxreg.train.checkpoint`): an epoc
 overlaps the next epoch, and every save is complete on disk when ``fit`` returns or raises.
 ``fit`` holds a lock on ``checkpoint_dir`` (:mod:`jaxreg.train.rundir`) while it runs. A SIGINT
 (Ctrl-C) stops it at the next epoch boundary, after that epoch's checkpoint, with
-``KeyboardInterrupt`` (:mod:`jaxreg.train.interrupt`).
+``KeyboardInterrupt``; a SIGTERM the same way, with ``interrupt.Terminated``, a
+``SystemExit(143)`` (:mod:`jaxreg.train.interrupt`).
 """
 from __future__ import annotations
 
@@ -38,27 +39,14 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxreg._validate import check_int
-from jaxreg.train import distributed, interrupt, nnx_bridge
+from jaxreg.train import distributed, divergence, interrupt, nnx_bridge
 from jaxreg.train.config import RunConfig
+from jaxreg.train.divergence import MAX_CONSECUTIVE_SKIPS
 from jaxreg.train.optimizer import RunOptimizer
 from jaxreg.train.plan import Plan, append, epoch_entry, fingerprint, hyperparams, make_plan
 from jaxreg.train.state import TrainState
 
 Callback = Callable[[int, TrainState, dict[str, float]], Any]
-
-MAX_CONSECUTIVE_SKIPS = 100
-"""Default ``max_consecutive_skips`` of :func:`fit`: after this many non-finite steps in a row
-the run has diverged and stops with :class:`TrainingDiverged`."""
-
-
-class TrainingDiverged(RuntimeError):
-    """Raised by :func:`fit` after ``max_consecutive_skips`` non-finite steps in a row. The
-    checkpoint of the last completed epoch before it (if any) is kept; ``history`` holds the
-    epochs up to and including the diverged one."""
-
-    def __init__(self, message: str, history: dict[str, list]):
-        super().__init__(message)
-        self.history = history
 
 
 class FitResult(NamedTuple):
@@ -75,11 +63,6 @@ class FitResult(NamedTuple):
     model: Any = None
 
 
-def _trailing_skips(metrics: dict[str, Any], before: int) -> int:
-    """Skipped steps in a row at the end of this epoch (``before``: at the end of the last)."""
-    skipped = np.asarray(jax.device_get(metrics["skipped"]))
-    applied = np.flatnonzero(~skipped)
-    return before + len(skipped) if applied.size == 0 else len(skipped) - 1 - int(applied[-1])
 
 
 def _stops(answer: Any) -> bool:
@@ -153,7 +136,9 @@ def fit(
 
     Raises:
         TypeError, ValueError: a bad argument (named with its value) before any work, or a
-            plateau that cannot be fed; :class:`TrainingDiverged`: ``max_consecutive_skips``.
+            plateau that cannot be fed; :class:`TrainingDiverged`: ``max_consecutive_skips``
+            skipped steps in a row, or an epoch ending with more than half its steps skipped in
+            a row (:mod:`jaxreg.train.divergence`).
     """
     _check_loop(checkpoint_every, max_consecutive_skips)  # before the plan's work
     plan = make_plan(model, optimizer, data, epochs=epochs, batch_size=batch_size, seed=seed,
@@ -192,6 +177,7 @@ def fit_plan(plan: Plan, *, callbacks: Sequence[Callback] = (), progress: bool =
                                                        set_aside=True)
             ):
                 start, state, history = restored
+                consecutive_skips = checkpoint.skips(mngr, start)
         interrupt.check()
         steps = plan.steps
         bar = stack.enter_context(tqdm(total=plan.epochs * steps, initial=start * steps,
@@ -213,27 +199,23 @@ def fit_plan(plan: Plan, *, callbacks: Sequence[Callback] = (), progress: bool =
                 state = state.replace(opt_state=plan.feed_plateau(state.opt_state,
                                                                   value=logs[plan.monitor]))
             append(history, logs)
-            consecutive_skips = _trailing_skips(metrics, consecutive_skips)
-            if max_consecutive_skips is not None and consecutive_skips >= max_consecutive_skips:
-                raise TrainingDiverged(  # before this epoch is checkpointed
-                    f"training diverged: the last {consecutive_skips} steps (epoch {epoch + 1}) "
-                    f"gave non-finite gradients, parameters or optimizer state and were skipped "
-                    f"(max_consecutive_skips={max_consecutive_skips}); "
-                    f"{sum(history['skipped_steps'])} steps skipped in all. Lower the learning "
-                    f"rate." + ("" if mngr is None else
-                                " The checkpoint of the last completed epoch is kept."),
-                    history)
+            consecutive_skips = divergence.check_epoch(  # before this epoch is checkpointed
+                metrics["skipped"], consecutive_skips, epoch=epoch,
+                max_consecutive_skips=max_consecutive_skips, history=history,
+                checkpointed=mngr is not None)
             saved = mngr is not None and ((epoch + 1) % checkpoint_every == 0
                                           or epoch + 1 == plan.epochs or interrupt.requested())
             if saved:
-                checkpoint.save(mngr, epoch + 1, state, history, run_fingerprint)
+                checkpoint.save(mngr, epoch + 1, state, history, run_fingerprint,
+                                skips=consecutive_skips)
             bar.update(steps if plan.on_device else 0)
             bar.set_postfix(
                 {k: f"{v:.4g}" for k, v in logs.items() if "loss" in k or "accuracy" in k}
             )
             stop = any([_stops(cb(epoch, state, logs)) for cb in callbacks])
             if mngr is not None and not saved and (stop or interrupt.requested()):
-                checkpoint.save(mngr, epoch + 1, state, history, run_fingerprint)
+                checkpoint.save(mngr, epoch + 1, state, history, run_fingerprint,
+                                skips=consecutive_skips)
             interrupt.check()  # a safe point: the epoch's checkpoint is written (or being written)
             if stop:
                 break

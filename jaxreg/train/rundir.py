@@ -80,9 +80,21 @@ def prepare(directory: str | Path, *, resume: bool = False, what: str = "--out")
         raise OSError(e.errno, f"{what} {directory} is not a writable directory "
                                f"({e.strerror or type(e).__name__})") from None
     if not resume and (held := describe_run(directory)) is not None:
-        raise RunDirError(f"{what} {directory} already holds a run ({held}): continue it "
-                          f"(--resume / resume=True) or choose another directory")
+        raise RunDirError(f"{what} {directory} already holds a run ({held}): "
+                          + _what_to_do(directory, held, what))
     return directory
+
+
+def _what_to_do(directory: Path, held: str, what: str) -> str:
+    """The way out for a directory holding the run ``held``: a training run can be continued;
+    a sweep (its ``sweep.json`` or ``study.json`` is written once every setting is trained)
+    is finished, its plot perhaps not written, and cannot be continued."""
+    if held not in ("sweep.json", "study.json"):
+        return "continue it (jaxreg train --resume / fit(resume=True)) or choose another directory"
+    plot = Path(held).with_suffix(".png").name
+    missing = "" if (directory / plot).exists() else f", though its plot {plot} was not written"
+    return (f"a finished sweep, its results in {held}{missing}; a sweep cannot be continued: "
+            f"choose another {what}, or delete {directory} to run it again")
 
 
 @contextlib.contextmanager
@@ -114,14 +126,16 @@ def lock(directory: str | Path) -> Iterator[Path]:
 def claim(directory: str | Path, *, resume: bool = False, locked: bool = True) -> Iterator[Path]:
     """:func:`prepare` ``directory``, then hold its :func:`lock` (if ``locked``) while the block
     runs. If the block fails before writing anything there, a directory this call created is
-    removed again (a failed command leaves no empty run directory behind)."""
+    removed again, while the lock is still held (a failed command leaves no empty run
+    directory behind); a claim refused because another process holds the lock removes
+    nothing, even if both processes found the directory new."""
     directory = Path(directory)
     created = not directory.exists()
     prepare(directory, resume=resume)
-    try:
-        with lock(directory) if locked else contextlib.nullcontext(directory):
+    with lock(directory) if locked else contextlib.nullcontext(directory):
+        try:
             yield directory
-    except BaseException:
-        if created and all(p.name == LOCK for p in directory.iterdir()):
-            shutil.rmtree(directory, ignore_errors=True)
-        raise
+        except BaseException:
+            if created and all(p.name == LOCK for p in directory.iterdir()):
+                shutil.rmtree(directory, ignore_errors=True)
+            raise

@@ -17,7 +17,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxreg._validate import require
-from jaxreg.train import nnx_bridge
+from jaxreg.train import divergence, nnx_bridge
 from jaxreg.train.config import check_steps
 from jaxreg.train.epoch import scan_epoch
 from jaxreg.train.optimizer import effective_l2, make_optimizer
@@ -210,6 +210,9 @@ def sweep(
     bar.close()
     finished = [r for r in results if r is not None]
     assert len(finished) == len(settings)  # every setting is in exactly one group
+    for r in finished:  # the divergence policy, per setting
+        divergence.warn_setting(repr(r.setting), r.history["skipped_steps"],
+                                len(x) // r.setting.batch_size)
     return SweepResult(results=finished, groups=group_info, seconds=time.perf_counter() - start)
 
 

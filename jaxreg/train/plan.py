@@ -41,6 +41,12 @@ DEVICE_DATA_BYTES = 1 << 30
 """Training sets up to this size run in scan mode by default."""
 
 
+INIT_CPU_OPTIONS = {"xla_backend_optimization_level": 1}
+"""XLA options of the initial state's program on CPU: LLVM's O1 compiles this run-once program
+(threefry and the initializers) ~4x faster than the default O2, with the same values bit for bit
+(checked for the built-in models: ``benchmarks/RESULTS.md``, "Fixed costs of jaxreg train")."""
+
+
 def monitor_mode(monitor: str) -> str:
     """Keras's ``mode="auto"``: ``"max"`` for accuracy-like names (containing ``acc``),
     ``"min"`` otherwise (losses)."""
@@ -129,7 +135,9 @@ def place(init: Callable[[], TrainState], mesh: jax.sharding.Mesh | None,
     if mesh is None:
         lowered = jax.jit(init).lower()
         ahead(lowered.out_info)
-        return Placement(lowered.compile()(), None, {}, jax.device_put, jax.device_put, None)
+        options = INIT_CPU_OPTIONS if jax.default_backend() == "cpu" else None
+        return Placement(lowered.compile(options)(), None, {}, jax.device_put, jax.device_put,
+                         None)
     state, state_sharding = distributed.create_sharded(init, mesh)
     return Placement(
         state, state_sharding, dict(out_shardings=(state_sharding, distributed.replicated(mesh))),
@@ -266,9 +274,9 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
     """Checks the arguments (as :func:`jaxreg.train.fit` documents them) and plans the run.
 
     On one device, the programs the run will need compile while its state is initialized
-    (:func:`compile_ahead`): the epoch unless ``trains=False`` (only the state's shapes are
-    wanted), and the evaluation of the validation and test data, and of the training data
-    with ``evaluates_train``.
+    (:func:`jaxreg.train.plan.compile_ahead`): the epoch and its keys unless ``trains=False``
+    (only the state's shapes are wanted), and the evaluation of the validation and test data,
+    and of the training data with ``evaluates_train``.
 
     Returns:
         A :class:`Plan`: the initial state in ``plan.placement.state``; nothing is trained.

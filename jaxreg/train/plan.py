@@ -41,7 +41,7 @@ DEVICE_DATA_BYTES = 1 << 30
 """Training sets up to this size run in scan mode by default."""
 
 
-INIT_CPU_OPTIONS = {"xla_backend_optimization_level": 1}
+INIT_CPU_OPTIONS: dict[str, str | bool] = {"xla_backend_optimization_level": "1"}
 """XLA options of the initial state's program on CPU: LLVM's O1 compiles this run-once program
 (threefry and the initializers) ~4x faster than the default O2, with the same values bit for bit
 (checked for the built-in models: ``benchmarks/RESULTS.md``, "Fixed costs of jaxreg train")."""

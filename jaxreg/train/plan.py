@@ -42,9 +42,10 @@ DEVICE_DATA_BYTES = 1 << 30
 
 
 INIT_CPU_OPTIONS: dict[str, str | bool] = {"xla_backend_optimization_level": "1"}
-"""XLA options of the initial state's program on CPU: LLVM's O1 compiles this run-once program
-(threefry and the initializers) ~4x faster than the default O2, with the same values bit for bit
-(checked for the built-in models: ``benchmarks/RESULTS.md``, "Fixed costs of jaxreg train")."""
+"""The XLA options with which the initial state's program compiles on CPU. LLVM's O1 compiles
+this run-once program (threefry and the initializers) ~4x faster than the default O2, with the
+same values bit for bit (checked for the built-in models, ``benchmarks/RESULTS.md``, "Fixed
+costs of jaxreg train")."""
 
 
 def monitor_mode(monitor: str) -> str:
@@ -216,11 +217,12 @@ def _check_plateau_mode(opt_state: Any, monitor: str) -> bool:
 _AHEAD = ThreadPoolExecutor(1, thread_name_prefix="jaxreg-compile")
 
 
-def compile_ahead(jitted: Any, *args: Any, **kwargs: Any) -> Future:
+def compile_ahead(jitted: Any, *args: Any, **kwargs: Any) -> Any:
     """Starts compiling ``jitted`` for these (abstract) arguments in a background thread (XLA
     compiles without the GIL), overlapping host work; JAX's in-memory cache then holds the
     program, so a call made after the future is done does not compile again. A failed
-    compilation is left to that call to report (the future is only waited on)."""
+    compilation is left to that call to report (the future is only waited on). Returns the
+    compilation's ``concurrent.futures.Future``."""
     return _AHEAD.submit(lambda: jitted.lower(*args, **kwargs).compile())
 
 

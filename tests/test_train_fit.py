@@ -167,3 +167,27 @@ def test_divergence_is_skipped_and_stops(digits, tmp_path):
                  max_consecutive_skips=None, progress=False)
     assert result.history["skipped_steps"] == [8]
     assert all(np.isfinite(a).all() for a in jax.tree.leaves(result.state.params))
+
+
+def test_fit_compiles_each_program_once_and_no_eager_op(caplog):
+    """A fit compiles its state, epoch keys, epoch and one evaluation per data shape, each once
+    (the background compilation's program is the one the call uses), and no tiny eager op."""
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 37), dtype=np.float32)  # a shape no other test compiles
+    y = rng.integers(0, 3, 300).astype(np.int32)
+    data = jaxreg.data.Dataset("random-37", x, y, x[:50], y[:50], num_classes=3,
+                               source="random", task="classification")
+    logged = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)  # global: the background thread's too
+    try:
+        with caplog.at_level("WARNING", logger="jax._src.dispatch"):
+            fit(models.SeedMLP(num_classes=3), dict(name="adam"), data, epochs=2, batch_size=32,
+                validation_split=0.1, progress=False)
+    finally:
+        jax.config.update("jax_log_compiles", logged)
+    names = [r.getMessage().split()[4] for r in caplog.records
+             if r.getMessage().startswith("Finished XLA compilation of ")]
+    assert set(names) <= {"jit(create_train_state)", "jit(epoch_key)", "jit(scan_epoch)",
+                          "jit(evaluation_sums)"}, names
+    assert names.count("jit(create_train_state)") == names.count("jit(scan_epoch)") == 1, names
+    assert names.count("jit(evaluation_sums)") == 2, names  # validation (30) and test (50)

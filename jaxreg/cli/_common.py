@@ -136,12 +136,14 @@ def build_model(config: RunConfig, data: Dataset) -> Any:
                       input_shape=data.x_train.shape[1:], seed=config.seed)
 
 
-def plan_config(config: RunConfig, data: Dataset, mesh: Any = None) -> Plan:
+def plan_config(config: RunConfig, data: Dataset, mesh: Any = None, trains: bool = True) -> Plan:
     """The :class:`jaxreg.train.plan.Plan` of the run ``config`` on ``data`` (every setting
-    checked as ``fit`` checks it, the initial state built, nothing trained)."""
+    checked as ``fit`` checks it, the initial state built, nothing trained); ``trains``: the
+    epoch and the training-set evaluation are compiled ahead (``jaxreg train``)."""
     return make_plan(build_model(config, data), config.optimizer.kwargs(), data,
                      epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                     validation_split=config.validation_split, mesh=mesh)
+                     validation_split=config.validation_split, mesh=mesh, trains=trains,
+                     evaluates_train=trains)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -47,7 +47,7 @@ def evaluate_run(
         raise ValueError(f"{run_dir}: no checkpoint to evaluate in {run_dir / 'checkpoints'}")
     data = load(dataset or str(config.dataset), data_dir=data_dir or config.data_dir)
     check_run_data(config, data, run_dir)  # other data, or shapes the model cannot take
-    plan = plan_config(config, data)
+    plan = plan_config(config, data, trains=False)
     from jaxreg.train import checkpoint  # orbax, only now
 
     mngr = checkpoint.manager(run_dir / "checkpoints")

@@ -84,7 +84,7 @@ def _outputs(model: Any, x: np.ndarray) -> jax.ShapeDtypeStruct:
     """The shape of ``model``'s outputs on ``x[:1]`` in inference mode, traced, not computed."""
     try:
         return jax.eval_shape(lambda key, xb: model.init_with_output(key, xb, train=False)[0],
-                              jax.random.key(0), x[:1])
+                              jax.eval_shape(jax.random.key, 0), x[:1])
     except TypeError as e:
         if "train" not in str(e):
             raise

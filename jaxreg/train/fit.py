@@ -7,11 +7,13 @@ metric, checkpoint (every ``checkpoint_every`` epochs), call the callbacks. Seed
 of the project's numbered source documents: ``docs/formulas.md``) is ``fit(SeedMLP(),
 dict(name="adam"), mnist, epochs=10, batch_size=128)``.
 
-Compilation: a call compiles the model's initializer (once per model and input shape in a process),
-the epoch (every call: its step closes over the optimizer built for the call), the evaluation (once
-per model and data shape in a process: validation, test) and, with a plateau, its update; a few tiny
-eager ops aside, that is all. The compile times are measured in ``benchmarks/RESULTS.md`` ("Notes
-moved from docstrings"). ``fit`` leaves JAX's configuration alone; to keep compiled programs across
+Compilation: a call compiles the initial state (the model's and optimizer's initializers and the
+keys, one program), the epoch (every call: its step closes over the optimizer built for the call),
+the epoch keys (:func:`jaxreg.train.plan.epoch_key`), the evaluation (once per model and data shape
+in a process: validation, test) and, with a plateau, its update. On one device all but the state
+compile in a background thread while the state compiles (:func:`jaxreg.train.plan.make_plan`). The
+compile times are in ``benchmarks/RESULTS.md`` ("Fixed costs of jaxreg train"). ``fit`` leaves
+JAX's configuration alone; to keep compiled programs across
 calls and processes, enable JAX's persistent compilation cache first, as the ``jaxreg`` command
 does::
 
@@ -43,7 +45,15 @@ from jaxreg.train import distributed, divergence, interrupt, nnx_bridge
 from jaxreg.train.config import RunConfig
 from jaxreg.train.divergence import MAX_CONSECUTIVE_SKIPS
 from jaxreg.train.optimizer import RunOptimizer
-from jaxreg.train.plan import Plan, append, epoch_entry, fingerprint, hyperparams, make_plan
+from jaxreg.train.plan import (
+    Plan,
+    append,
+    epoch_entry,
+    epoch_key,
+    fingerprint,
+    hyperparams,
+    make_plan,
+)
 from jaxreg.train.state import TrainState
 
 Callback = Callable[[int, TrainState, dict[str, float]], Any]
@@ -163,7 +173,6 @@ def fit_plan(plan: Plan, *, callbacks: Sequence[Callback] = (), progress: bool =
     _check_loop(checkpoint_every, max_consecutive_skips)
     state, start, consecutive_skips = plan.placement.state, 0, 0
     history: dict[str, list] = {}
-    data_key = jax.random.fold_in(jax.random.key(plan.seed), 1)
     with contextlib.ExitStack() as stack:
         stack.enter_context(interrupt.deferred())
         interrupt.check()
@@ -185,9 +194,9 @@ def fit_plan(plan: Plan, *, callbacks: Sequence[Callback] = (), progress: bool =
                                        disable=not progress or not distributed.is_primary()))
         for epoch in range(start, plan.epochs):
             t0 = time.perf_counter()
-            epoch_key = jax.random.fold_in(data_key, epoch)
+            key = epoch_key(np.uint32(plan.seed), np.uint32(epoch))
             extra = {} if plan.on_device else dict(on_step=lambda: bar.update(1))
-            state, metrics = plan.run_epoch(state, plan.x, plan.y, epoch_key, **extra)
+            state, metrics = plan.run_epoch(state, plan.x, plan.y, key, **extra)
             metrics = jax.device_get(metrics)  # waits for the epoch
             seconds = time.perf_counter() - t0
             validation = (None if plan.validation is None
@@ -219,8 +228,9 @@ def fit_plan(plan: Plan, *, callbacks: Sequence[Callback] = (), progress: bool =
             interrupt.check()  # a safe point: the epoch's checkpoint is written (or being written)
             if stop:
                 break
+        # the test evaluation overlaps the last checkpoint's writing
+        test_metrics = None if plan.test_data is None else plan.evaluate(state, *plan.test_data)
     # leaving the block closed the manager: every checkpoint is complete on disk
-    test_metrics = None if plan.test_data is None else plan.evaluate(state, *plan.test_data)
     return FitResult(state=state, history=history, test=test_metrics, evaluate=plan.evaluate,
                      model=nnx_bridge.merge(plan.model, state))
 

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import math
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -34,10 +35,17 @@ from jaxreg.train.optimizer import (
     update_plateau,
 )
 from jaxreg.train.state import TrainState, create_train_state
-from jaxreg.train.step import default_loss, evaluate, train_step
+from jaxreg.train.step import EVAL_BATCH, default_loss, evaluate, evaluation_sums, train_step
 
 DEVICE_DATA_BYTES = 1 << 30
 """Training sets up to this size run in scan mode by default."""
+
+
+INIT_CPU_OPTIONS: dict[str, str | bool] = {"xla_backend_optimization_level": "1"}
+"""The XLA options with which the initial state's program compiles on CPU. LLVM's O1 compiles
+this run-once program (threefry and the initializers) ~4x faster than the default O2, with the
+same values bit for bit (checked for the built-in models, ``benchmarks/RESULTS.md``, "Fixed
+costs of jaxreg train")."""
 
 
 def monitor_mode(monitor: str) -> str:
@@ -119,10 +127,18 @@ class Placement(NamedTuple):
     batch_sharding: Any
 
 
-def place(init: Callable[[], TrainState], mesh: jax.sharding.Mesh | None) -> Placement:
-    """The state made by ``init`` and the placement functions, for ``mesh`` or one device."""
+def place(init: Callable[[], TrainState], mesh: jax.sharding.Mesh | None,
+          ahead: Callable[[Any], Any] = lambda shapes: None) -> Placement:
+    """The state made by ``init`` and the placement functions, for ``mesh`` or one device. On
+    one device the state is one compiled program (its key derivation, the model's and the
+    optimizer's initializers), and ``ahead`` gets the state's shapes before that program
+    compiles, to start other compilations alongside (:func:`compile_ahead`)."""
     if mesh is None:
-        return Placement(init(), None, {}, jax.device_put, jax.device_put, None)
+        lowered = jax.jit(init).lower()
+        ahead(lowered.out_info)
+        options = INIT_CPU_OPTIONS if jax.default_backend() == "cpu" else None
+        return Placement(lowered.compile(options)(), None, {}, jax.device_put, jax.device_put,
+                         None)
     state, state_sharding = distributed.create_sharded(init, mesh)
     return Placement(
         state, state_sharding, dict(out_shardings=(state_sharding, distributed.replicated(mesh))),
@@ -198,6 +214,42 @@ def _check_plateau_mode(opt_state: Any, monitor: str) -> bool:
     return bool(states)
 
 
+_AHEAD = ThreadPoolExecutor(1, thread_name_prefix="jaxreg-compile")
+
+
+def compile_ahead(jitted: Any, *args: Any, **kwargs: Any) -> Any:
+    """Starts compiling ``jitted`` for these (abstract) arguments in a background thread (XLA
+    compiles without the GIL), overlapping host work; JAX's in-memory cache then holds the
+    program, so a call made after the future is done does not compile again. A failed
+    compilation is left to that call to report (the future is only waited on). Returns the
+    compilation's ``concurrent.futures.Future``."""
+    return _AHEAD.submit(lambda: jitted.lower(*args, **kwargs).compile())
+
+
+def _after(futures: list[Future], fn: Callable) -> Callable:
+    """``fn``, called once the compilations in ``futures`` have finished."""
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        for future in futures:
+            future.exception()  # waits
+        return fn(*args, **kwargs)
+
+    return call
+
+
+@jax.jit
+def epoch_key(seed: Any, epoch: Any) -> jax.Array:
+    """The key of epoch ``epoch``'s data order, ``fold_in(fold_in(key(seed), 1), epoch)``, as
+    one program (``seed`` and ``epoch`` as ``np.uint32``, compiled ahead by :func:`make_plan`)
+    instead of three tiny eager ones."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), epoch)
+
+
+def _spec(a: Any) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of an array."""
+    return jax.ShapeDtypeStruct(np.shape(a), a.dtype)
+
+
 def _epoch_runner(step: Callable, placement: Placement, *, on_device: bool, batch_size: int,
                   unroll: int) -> Callable:
     """``run_epoch(state, x, y, key, ...) -> (state, metrics)``: one jitted ``lax.scan`` over
@@ -219,8 +271,14 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
               test: bool = True, loss_fn: Callable | None = None, monitor: str = "val_loss",
               skip_nonfinite: bool = True, compute_dtype: Any = None,
               on_device: bool | None = None, unroll: int = 1,
-              mesh: jax.sharding.Mesh | None = None, accumulate: int = 1) -> Plan:
+              mesh: jax.sharding.Mesh | None = None, accumulate: int = 1,
+              trains: bool = True, evaluates_train: bool = False) -> Plan:
     """Checks the arguments (as :func:`jaxreg.train.fit` documents them) and plans the run.
+
+    On one device, the programs the run will need compile while its state is initialized
+    (:func:`jaxreg.train.plan.compile_ahead`): the epoch and its keys unless ``trains=False``
+    (only the state's shapes are wanted), and the evaluation of the validation and test data,
+    and of the training data with ``evaluates_train``.
 
     Returns:
         A :class:`Plan`: the initial state in ``plan.placement.state``; nothing is trained.
@@ -244,16 +302,42 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
     step = functools.partial(train_step, model=model, tx=opt.tx, loss_fn=loss_fn,
                              compute_dtype=compute_dtype, accumulate=accumulate,
                              skip_nonfinite=skip_nonfinite)
-    placement = place(functools.partial(create_train_state, model, opt.tx, x[:1], seed), mesh)
+    if on_device is None:
+        on_device = x.nbytes + y.nbytes <= DEVICE_DATA_BYTES
+    runner = functools.partial(_epoch_runner, step, on_device=on_device, batch_size=batch_size,
+                               unroll=unroll)
+    evaluated = [a for a in (validation, test_data if test else None,
+                             (x, y) if evaluates_train else None) if a is not None]
+    epoch_compiled: list[Future] = []
+    evaluations_compiled: list[Future] = []
+    run_epoch = None
+
+    def ahead(state):  # one device: the epoch and evaluations compile while the state does
+        nonlocal run_epoch
+        run_epoch = runner(Placement(state, None, {}, jax.device_put, jax.device_put, None))
+        if trains:
+            scalar = jax.ShapeDtypeStruct((), np.uint32)
+            epoch_compiled.append(compile_ahead(epoch_key, scalar, scalar))
+        if on_device and trains:
+            epoch_compiled.append(compile_ahead(run_epoch, state, _spec(x), _spec(y),
+                                                jax.eval_shape(jax.random.key, 0)))
+        evaluations_compiled.extend(
+            compile_ahead(evaluation_sums, model, state.params, state.model_state, _spec(xe),
+                          _spec(ye), loss_fn=loss_fn, batch_size=min(EVAL_BATCH, len(xe)),
+                          compute_dtype=compute_dtype)
+            for xe, ye in evaluated)
+
+    placement = place(functools.partial(create_train_state, model, opt.tx, x[:1], seed), mesh,
+                      ahead)
+    run_epoch = _after(epoch_compiled, run_epoch or runner(placement))
     has_plateau = _check_plateau_mode(placement.state.opt_state, monitor)
     require(not has_plateau or not monitor.startswith("val_") or validation is not None,
             "validation_split", f"> 0, or validation_data given: the plateau monitors {monitor!r}",
             validation_split)
-    if on_device is None:
-        on_device = x.nbytes + y.nbytes <= DEVICE_DATA_BYTES
     if on_device:
         x, y = placement.put_data(x), placement.put_data(y)
-    evaluate_run = functools.partial(evaluate, model, loss_fn=loss_fn, compute_dtype=compute_dtype)
+    evaluate_run = _after(evaluations_compiled, functools.partial(
+        evaluate, model, loss_fn=loss_fn, compute_dtype=compute_dtype))
 
     def evaluate_placed(state, x, y):
         x, y = (a if isinstance(a, jax.Array) else placement.put_data(np.asarray(a))
@@ -269,10 +353,8 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
                                             else type(optimizer).__name__),
                     batch_size=batch_size, seed=seed)
     return Plan(model, opt, x, y, validation, test_data if test else None, epochs, batch_size,
-                seed, monitor, steps, on_device, placement,
-                _epoch_runner(step, placement, on_device=on_device, batch_size=batch_size,
-                              unroll=unroll),
-                evaluate_placed, feed_plateau, identity)
+                seed, monitor, steps, on_device, placement, run_epoch, evaluate_placed,
+                feed_plateau, identity)
 
 
 def fingerprint(plan: Plan) -> dict[str, str]:

@@ -10,71 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jaxreg.nn import BatchNorm, momentum_from_keras, momentum_from_torch
-
-EPS = 1e-5
-
-
-def _axes(ndim, axis):
-    feature = tuple(sorted({a % ndim for a in ((axis,) if isinstance(axis, int) else axis)}))
-    return feature, tuple(a for a in range(ndim) if a not in feature)
-
-
-def np_batchnorm(x, axis, gamma, beta, dy, mask=None, eps=EPS):
-    """Float64 reference: outputs, batch mean/var (biased) and the backprop formulas.
-
-    Unmasked (docs/formulas.md): dgamma = sum(dy * x_hat), dbeta = sum(dy),
-    dx = (1/N) * gamma / sqrt(var + eps) * (N*dy - sum(dy) - x_hat * sum(dy * x_hat)).
-    With a mask w (elements outside it are normalized but do not enter the statistics) the same
-    derivation gives
-    dx = gamma / sqrt(var + eps) * (dy - w/N * (sum(dy) + x_hat * sum(dy * x_hat))),
-    which is the formula above when w = 1.
-    """
-    x = np.asarray(x, np.float64)
-    dy = np.asarray(dy, np.float64)
-    feature, red = _axes(x.ndim, axis)
-    bshape = [x.shape[a] if a in feature else 1 for a in range(x.ndim)]
-    gamma = np.asarray(gamma, np.float64).reshape(bshape)
-    beta = np.asarray(beta, np.float64).reshape(bshape)
-    w = np.ones_like(x) if mask is None else np.broadcast_to(mask, x.shape).astype(np.float64)
-    n = w.sum(red, keepdims=True)
-    mu = (w * x).sum(red, keepdims=True) / n
-    var = (w * (x - mu) ** 2).sum(red, keepdims=True) / n
-    inv = 1.0 / np.sqrt(var + eps)
-    x_hat = (x - mu) * inv
-    y = gamma * x_hat + beta
-    s1 = dy.sum(red, keepdims=True)
-    s2 = (dy * x_hat).sum(red, keepdims=True)
-    if mask is None:
-        dx = (1.0 / n) * gamma * inv * (n * dy - s1 - x_hat * s2)
-    else:
-        dx = gamma * inv * (dy - w / n * (s1 + x_hat * s2))
-    fshape = [x.shape[a] for a in feature]
-    return dict(y=y, mean=mu.reshape(fshape), var=var.reshape(fshape), n=n.reshape(fshape),
-                dx=dx, dgamma=s2.reshape(fshape), dbeta=s1.reshape(fshape))
-
-
-def train_step(module, variables, x, dy, mask=None):
-    """Output, updated batch_stats and grads wrt (params, x) of sum(y * dy) in training mode."""
-
-    def loss(params, x):
-        y, new = module.apply({**variables, "params": params}, x, use_running_average=False,
-                              mask=mask, mutable=["batch_stats"])
-        return jnp.sum(y.astype(jnp.float32) * dy), (y, new["batch_stats"])
-
-    (_, (y, stats)), (dparams, dx) = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(
-        variables.get("params", {}), x)
-    return y, stats, dparams, dx
-
-
-def random_inputs(shape, axis, seed=0, loc=0.5, scale=2.0):
-    k = jax.random.split(jax.random.key(seed), 4)
-    feature, _ = _axes(len(shape), axis)
-    fshape = [shape[a] for a in feature]
-    x = loc + scale * jax.random.normal(k[0], shape)
-    dy = jax.random.normal(k[1], shape)
-    gamma = 1.0 + 0.3 * jax.random.normal(k[2], fshape)
-    beta = 0.3 * jax.random.normal(k[3], fshape)
-    return x, dy, gamma, beta
+from tests.helpers import EPS, np_batchnorm, random_inputs, train_step
 
 
 @pytest.mark.parametrize("axis, masked", [(-1, False), (1, True), ((1, 2), True), ((0, 3), False)])

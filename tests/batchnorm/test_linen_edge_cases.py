@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from precision import matmul_tolerance
 
 from jaxreg.nn import BatchNorm, BatchRenorm, fold_batchnorm
+from tests.helpers import matmul_tolerance
 
 
 def _train(module, x, mask=None, steps=1):

@@ -1,7 +1,7 @@
 """Cross-device statistics (axis_name) of jaxreg.nnx.BatchNorm and jaxreg.nn.BatchNorm without
 a mask (the pmean path) and with one (the psum of counts and sums), on 8 simulated CPU devices.
 
-As in test_batchnorm_sync.py, the devices live in a subprocess; it prints one JSON line of
+As in test_sync.py, the devices live in a subprocess; it prints one JSON line of
 maximum absolute differences against one device holding the whole batch.
 """
 from __future__ import annotations
@@ -10,7 +10,8 @@ import json
 import textwrap
 
 import pytest
-from devices import run_on_cpu_devices
+
+from tests.helpers import run_on_cpu_devices
 
 SCRIPT = textwrap.dedent(
     """

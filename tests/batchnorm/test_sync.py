@@ -10,7 +10,8 @@ import json
 import textwrap
 
 import pytest
-from devices import run_on_cpu_devices
+
+from tests.helpers import run_on_cpu_devices
 
 SCRIPT = textwrap.dedent(
     """

@@ -11,10 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from precision import matmul_tolerance
-from test_batchnorm import EPS, np_batchnorm, random_inputs, train_step
 
 from jaxreg.nn import BatchNorm, BatchRenorm, fold_batchnorm, recalibrate_batch_stats
+from tests.helpers import EPS, matmul_tolerance, np_batchnorm, random_inputs, train_step
 
 # --- BatchRenorm ------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 --data-dir or refuses it, records the data's fingerprint, and says what --resume can change.
 
 Tiny runs: digits (1 epoch, batch 128) or a tiny Fashion-MNIST of the real IDX format written
-here, its sha256 made the known ones for the test (tests/test_data_checks.py's ``known``).
+here, its sha256 made the known ones for the test (tests/data/test_checks.py's ``known``).
 Fashion-MNIST's system directory is an empty folder, so an installed Debian package changes
 nothing here.
 """
@@ -15,10 +15,10 @@ import shutil
 
 import numpy as np
 import pytest
-from test_data_checks import tiny_files, write
 
 from jaxreg.cli import main
 from jaxreg.data import sources
+from tests.helpers import tiny_files, write
 
 DIGITS = ["--dataset", "digits", "--epochs", "1", "--batch-size", "128", "--no-progress"]
 

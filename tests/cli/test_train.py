@@ -18,13 +18,13 @@ import jax
 import matplotlib.image
 import numpy as np
 import pytest
-from test_data import write_dataset
 
 from jaxreg import cli
 from jaxreg.cli import main
 from jaxreg.cli import train as train_cli
 from jaxreg.cli.plots import plot_history
 from jaxreg.data import DataError, sources
+from tests.helpers import write_dataset
 
 RUN_ARGS = [
     "--dataset",

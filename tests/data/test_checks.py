@@ -1,55 +1,22 @@
 """The IDX loader refuses bad data at load: checksums (gz and plain), shapes, counts, labels,
 and an explicit ``data_dir`` is used or refused, never replaced by another copy.
 
-Hermetic: tiny IDX files of the real format are written here (by an encoder of this file's
-own), and the known sha256 of ``fashion-mnist`` are replaced by those of these files,
+Hermetic: tiny IDX files of the real format are written here (by tests/helpers.py's own
+encoder), and the known sha256 of ``fashion-mnist`` are replaced by those of these files,
 computed here; the system directory is an empty folder, the cache and JAXREG_DATA_DIR
 isolated. Nothing reads the real Fashion-MNIST.
 """
 import gzip
 import hashlib
-import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from jaxreg import data
 from jaxreg.data import DataError, sources
+from tests.helpers import tiny_files, write
 
 STEMS = sources.IDX_FILES
-
-
-def idx_bytes(array) -> bytes:
-    """An uncompressed IDX file of unsigned bytes: magic 00 00 08 ndim, dims, payload."""
-    array = np.asarray(array, np.uint8)
-    return (struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
-            + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
-
-
-def tiny_files(n_train=6, n_test=4, test_shape=(28, 28), labels_train=None, marker=1):
-    """Stem -> IDX bytes of a tiny dataset (first pixel ``marker``, to tell copies apart)."""
-    rng = np.random.default_rng(marker)
-    train = rng.integers(0, 256, (n_train, 28, 28))
-    train.flat[:1] = marker
-    test = rng.integers(0, 256, (n_test, *test_shape))
-    return {
-        "train-images-idx3-ubyte": idx_bytes(train),
-        "train-labels-idx1-ubyte": idx_bytes(np.arange(n_train) % 10 if labels_train is None
-                                             else labels_train),
-        "t10k-images-idx3-ubyte": idx_bytes(test),
-        "t10k-labels-idx1-ubyte": idx_bytes(np.arange(n_test) % 10),
-    }
-
-
-def write(directory: Path, files: dict, gz: bool = True) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for stem, content in files.items():
-        if gz:
-            (directory / f"{stem}.gz").write_bytes(gzip.compress(content, mtime=0))
-        else:
-            (directory / stem).write_bytes(content)
-    return directory
 
 
 def sha(blob: bytes) -> str:

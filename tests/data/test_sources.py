@@ -1,7 +1,7 @@
 """Tests for jaxreg.data: IDX parsing, the search order, checksummed downloads, the datasets.
 
 No network: downloads are served from a local directory through ``file://`` URLs. Small IDX
-files are written by an encoder of this file's own (``write_idx``), independent of the parser.
+files are written by tests/helpers.py's own encoder (``write_idx``), independent of the parser.
 """
 
 import gzip
@@ -9,36 +9,13 @@ import hashlib
 import re
 import struct
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import jaxreg.data as data
 from jaxreg.data import DataError, sources
-
-
-def write_idx(path, array, dtype_code=0x08, compress=None):
-    """Writes ``array`` as an IDX file (gzip when the name ends in .gz); returns the bytes."""
-    array = np.asarray(array)
-    raw = (struct.pack(">BBBB", 0, 0, dtype_code, array.ndim)
-           + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(">u1").tobytes())
-    blob = gzip.compress(raw) if str(path).endswith(".gz") else raw
-    Path(path).write_bytes(blob)
-    return blob
-
-
-def write_dataset(directory, marker, n_train=6, n_test=4, suffix=".gz"):
-    """Writes four tiny IDX files whose first pixel is ``marker``, to tell sources apart."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = np.zeros((n, 28, 28), np.uint8)
-        images[0, 0, 0] = marker
-        images[-1, -1, -1] = 255
-        write_idx(directory / f"{prefix}-images-idx3-ubyte{suffix}", images)
-        write_idx(directory / f"{prefix}-labels-idx1-ubyte{suffix}", np.arange(n) % 10)
-    return directory
+from tests.helpers import write_dataset, write_idx
 
 
 def isolate(monkeypatch, cache_root):
@@ -55,7 +32,7 @@ def isolated_env(tmp_path, monkeypatch):
 @pytest.fixture
 def unverified(monkeypatch):
     """Files accepted whatever their sha256: for the tests of parsing and of the search order
-    on tiny files that no known sum matches (tests/test_data_checks.py tests the sums)."""
+    on tiny files that no known sum matches (tests/data/test_checks.py tests the sums)."""
     monkeypatch.setattr(sources, "verify", lambda name, stem, path, raw, content:
                         hashlib.sha256(content).hexdigest())
 

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from precision import matmul_tolerance
 
 from jaxreg import models
 from jaxreg.nn import BatchNorm, im2col_conv, max_pool_2x2
+from tests.helpers import matmul_tolerance
 
 
 def _flax_pool(x):

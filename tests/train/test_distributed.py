@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from devices import cpu_devices_env
 
 from jaxreg import models
 from jaxreg.train import distributed, fit, make_optimizer, train_step
 from jaxreg.train.state import create_train_state
+from tests.helpers import cpu_devices_env
 
 TIMEOUT = 240
 

@@ -1,6 +1,6 @@
 """jaxreg.train step and epoch runners: extra arguments reach the optimizer, NaN skipping,
 mixed precision, scan epoch == streamed epoch. (The batch size reaching ``batch_scaled_l2``
-through a whole step: test_train_optimizer.py.)"""
+through a whole step: test_optimizer.py.)"""
 import functools
 
 import jax

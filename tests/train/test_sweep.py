@@ -9,7 +9,6 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from devices import run_on_cpu_devices
 
 from jaxreg.data import load
 from jaxreg.models import Linear, SeedMLP
@@ -17,6 +16,7 @@ from jaxreg.nn import BatchNorm
 from jaxreg.train import fit
 from jaxreg.train.sweep import chunk_capacity, expand, group_key, sweep
 from jaxreg.train.sweep.memory import chunk_layout
+from tests.helpers import run_on_cpu_devices
 
 MODEL = SeedMLP(hidden=16)
 # seed 1 is the data seed: settings with seed 1 are exactly fit(seed=1); the seed-0 setting

@@ -160,5 +160,5 @@ def test_linear_step_agrees_with_optax_linear_schedule_to_float_rounding(steps):
     np.testing.assert_array_equal(jax.vmap(ours)(t), jax.vmap(ref)(t))  # eagerly: exact
     got, want = jax.jit(jax.vmap(ours))(t), jax.jit(jax.vmap(ref))(t)
     np.testing.assert_allclose(got, want, rtol=0, atol=np.finfo(np.float32).eps)  # an ulp of 1
-    conventions = Path(__file__).resolve().parents[1] / "docs" / "conventions.md"
+    conventions = Path(__file__).resolve().parents[2] / "docs" / "conventions.md"
     assert "differ by an ulp under `jit`" in conventions.read_text()  # the documented rounding

@@ -91,9 +91,14 @@ def test_scan_and_stream_fit_agree(digits):
 
 
 def test_fit_dataset_evaluates_test_split():
-    result = fit(models.SeedMLP(), dict(learning_rate=1e-2), jaxreg.data.load("digits"), epochs=3,
+    data = jaxreg.data.load("digits")
+    result = fit(models.SeedMLP(), dict(learning_rate=1e-2), data, epochs=3,
                  batch_size=64, progress=False)
     assert result.test["accuracy"] > 0.8
+    # the metrics are the test split's, every example of it counted once
+    assert result.test == pytest.approx(result.evaluate(result.state, data.x_test, data.y_test))
+    correct = result.test["accuracy"] * len(data.y_test)
+    assert correct == pytest.approx(round(correct), abs=1e-3), correct
 
 
 def test_fit_regression_on_synthetic_ridge():
@@ -113,7 +118,7 @@ def test_fit_regression_on_synthetic_ridge():
     assert result.test["loss"] < 1.4
 
 
-# ---- plateau feeding and mode, callbacks, divergence (issues 18.5, 18.6, 18.13, 14.6) --------
+# ---- plateau feeding and mode, callbacks, divergence ---------------------------------------------
 
 def test_plateau_mode_follows_an_accuracy_monitor(digits):
     x, y = digits[0][:640], digits[1][:640]

@@ -1,11 +1,12 @@
-"""Helpers shared by the tests (test modules never import each other: tests/test_package.py).
+"""Helpers shared by the tests (test modules never import each other: tests/test_layout.py).
 
 - BatchNorm: the NumPy float64 reference ``np_batchnorm``, ``random_inputs``, ``train_step``.
 - Data: tiny IDX files of the real format, written by an encoder of this module's own
   (independent of jaxreg.data's parser): ``write_idx``, ``write_dataset``, ``tiny_files``,
   ``write``.
-- Devices: simulated CPU devices in a subprocess (``--xla_force_host_platform_device_count``)
-  while the pytest process keeps its one device: ``cpu_devices_env``, ``run_on_cpu_devices``.
+- Subprocesses: ``source_env`` (this tree first on the path), ``cpu_devices_env`` and
+  ``run_module`` (simulated CPU devices, ``--xla_force_host_platform_device_count``, while the
+  pytest process keeps its one device); the programs they run are ``tests/programs/*.py``.
 - Precision: the tests' side of the matmul-precision policy (docs/conventions.md, "Matmul
   precision"). Float32 matmuls follow ``jax_default_matmul_precision`` (exact float32 on CPU,
   TF32 on GPU, bfloat16 passes on TPU by default); a test comparing them against a reference
@@ -152,17 +153,27 @@ def write(directory: Path, files: dict, gz: bool = True) -> Path:
 
 # --- Simulated CPU devices
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def source_env(**variables: str) -> dict[str, str]:
+    """This process's environment plus ``variables``, the repository root first on the path
+    (so a subprocess imports this tree and runs ``python -m tests.programs.<name>`` anywhere)."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path, **variables)
+
+
 def cpu_devices_env(devices: int) -> dict[str, str]:
-    """This process's environment with ``devices`` simulated CPU devices."""
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                JAX_PLATFORMS="cpu")
+    """:func:`source_env` with ``devices`` simulated CPU devices."""
+    return source_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                      JAX_PLATFORMS="cpu")
 
 
-def run_on_cpu_devices(script: str, devices: int = 8, timeout: float = 300) -> str:
-    """Runs ``python -c script`` on ``devices`` simulated CPU devices; its stdout. Asserts it
-    exits 0, showing the end of its stderr otherwise."""
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=cpu_devices_env(devices), timeout=timeout)
+def run_module(module: str, *args: str, devices: int = 8, timeout: float = 300) -> str:
+    """Runs ``python -m module *args`` on ``devices`` simulated CPU devices; its stdout. Asserts
+    it exits 0, showing the end of its stderr otherwise."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          env=cpu_devices_env(devices), timeout=timeout, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
 

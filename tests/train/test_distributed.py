@@ -1,7 +1,7 @@
 """Data-parallel and multi-process training (jaxreg.train.distributed) against 1-device runs.
 
-Several devices are simulated CPU devices in subprocesses
-(``XLA_FLAGS=--xla_force_host_platform_device_count=N``); this pytest process keeps its one
+Several devices are simulated CPU devices in subprocesses (tests/programs/distributed.py,
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``); this pytest process keeps its one
 device and computes the references with plain single-device ``fit``. Two processes join
 through ``jax.distributed`` on a loopback coordinator (gloo collectives on CPU). Every
 subprocess has a timeout, so a hang fails the test instead of blocking.
@@ -18,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -30,61 +29,11 @@ from jaxreg import models
 from jaxreg.train import distributed, fit, make_optimizer, train_step
 from jaxreg.train.state import create_train_state
 from tests.helpers import cpu_devices_env
+from tests.programs.distributed import host, run
+
+PROGRAM = "tests.programs.distributed"  # run as python -m PROGRAM SCENARIO [PORT ID]
 
 TIMEOUT = 240
-
-# Shared by this process and the subprocesses: the data, the run and the state dump.
-COMMON = textwrap.dedent(
-    """
-    import json
-    import jax, numpy as np
-    from jax.experimental import multihost_utils
-    from jaxreg import models
-    from jaxreg.train import fit, make_optimizer
-
-    L2, BATCH = 0.05, 32
-
-    def data():
-        rng = np.random.default_rng(0)
-        x = rng.normal(1.0, 2.0, size=(320, 6, 6, 1)).astype(np.float32)
-        return x, rng.integers(0, 10, 320).astype(np.int32)
-
-    def run(**kw):
-        # 256 training examples: 8 steps of 32 per epoch (4 per device on 8 devices)
-        tx = make_optimizer("momentum", 0.05, l2=L2, batch_scaled=True)
-        return fit(models.SeedMLP(hidden=16), tx, data(), validation_split=0.2, batch_size=BATCH,
-                   seed=3, progress=False, **kw)
-
-    def host(state):
-        # float leaves of the state, gathered to every process (tiled: whole global arrays)
-        leaves = [l for l in jax.tree.leaves(state)
-                  if not jax.dtypes.issubdtype(l.dtype, jax.dtypes.prng_key)]
-        if jax.process_count() > 1:
-            leaves = multihost_utils.process_allgather(leaves, tiled=True)
-        return [np.asarray(l) for l in leaves]
-
-    def dump(path, result):
-        if jax.process_index() == 0:
-            np.savez(path + ".npz", *host(result.state))
-            with open(path + ".json", "w") as f:
-                json.dump(dict(history=result.history, devices=jax.device_count()), f)
-        else:
-            host(result.state)  # process_allgather is collective: every process takes part
-    """
-)
-
-
-def _script(body: str) -> str:
-    """A subprocess program: the optional ``jax.distributed`` start from argv, COMMON, body."""
-    return textwrap.dedent(
-        """
-        import os, sys
-        if len(sys.argv) > 2:  # coordinator port, process id
-            from jaxreg.train import distributed
-            distributed.initialize(f"127.0.0.1:{sys.argv[1]}", 2, int(sys.argv[2]))
-        """
-    ) + COMMON + textwrap.dedent(body)
-
 
 def _env(devices: int, port: int | None = None) -> dict[str, str]:
     env = cpu_devices_env(devices)
@@ -93,8 +42,8 @@ def _env(devices: int, port: int | None = None) -> dict[str, str]:
     return env
 
 
-def _run(body: str, devices: int, cwd) -> None:
-    proc = subprocess.run([sys.executable, "-c", _script(body), "x"], env=_env(devices), cwd=cwd,
+def _run(scenario: str, devices: int, cwd) -> None:
+    proc = subprocess.run([sys.executable, "-m", PROGRAM, scenario], env=_env(devices), cwd=cwd,
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -131,18 +80,11 @@ def _run_two_processes(argv, devices: int, cwd) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def common():
-    namespace: dict = {}
-    exec(COMMON, namespace)
-    return namespace
-
-
-@pytest.fixture(scope="module")
-def reference(common, tmp_path_factory):
+def reference(tmp_path_factory):
     """1-device run of 3 epochs: the state after each epoch, and the history."""
     states = []
-    result = common["run"](
-        epochs=3, callbacks=[lambda e, state, logs: states.append(common["host"](state))]
+    result = run(
+        epochs=3, callbacks=[lambda e, state, logs: states.append(host(state))]
     )
     return states, result.history
 
@@ -152,18 +94,7 @@ def eight(tmp_path_factory):
     """On 8 devices: 2 epochs in scan mode (checkpointed); 1 streamed, 1 accumulated, 1 on a
     data=4, fsdp=2 mesh."""
     out = tmp_path_factory.mktemp("eight")
-    _run(
-        """
-        dump("scan", run(epochs=2, checkpoint_dir="ckpt"))
-        dump("stream", run(epochs=1, on_device=False))
-        dump("accumulate", run(epochs=1, accumulate=2))
-        from jaxreg.train import distributed
-        distributed.FSDP_MIN_SIZE = 64  # split the 6x6x16 kernel (and its momentum) over fsdp
-        fsdp = run(epochs=1, mesh=distributed.make_mesh(data=4, fsdp=2))
-        kernel = fsdp.state.params["Dense_0"]["kernel"]
-        assert kernel.sharding.spec[0] == "fsdp", kernel.sharding
-        dump("fsdp", fsdp)
-        """, 8, out)
+    _run("eight", 8, out)
     return out
 
 
@@ -194,51 +125,40 @@ def test_eight_devices_equal_one_device(eight, reference):
         _assert_states_close(_load(eight / name)[0], states[0])
 
 
-def test_eight_device_accumulation_equals_one_device(eight, common):
+def test_eight_device_accumulation_equals_one_device(eight):
     accumulated, _ = _load(eight / "accumulate")
-    _assert_states_close(accumulated, common["host"](common["run"](epochs=1, accumulate=2).state))
+    _assert_states_close(accumulated, host(run(epochs=1, accumulate=2).state))
 
 
-def test_checkpoint_from_eight_devices_resumes_on_one_and_four(eight, reference, common, tmp_path):
+def test_checkpoint_from_eight_devices_resumes_on_one_and_four(eight, reference, tmp_path):
     states, history = reference
     shutil.copytree(eight / "ckpt", tmp_path / "one")
-    resumed = common["run"](epochs=3, checkpoint_dir=str(tmp_path / "one"), resume=True)
-    _assert_states_close(common["host"](resumed.state), states[2])
+    resumed = run(epochs=3, checkpoint_dir=str(tmp_path / "one"), resume=True)
+    _assert_states_close(host(resumed.state), states[2])
     np.testing.assert_allclose(resumed.history["loss"], history["loss"], rtol=1e-5)
 
     shutil.copytree(eight / "ckpt", tmp_path / "ckpt")
-    _run('dump("four", run(epochs=3, checkpoint_dir="ckpt", resume=True))', 4, tmp_path)
+    _run("resume", 4, tmp_path)
     four, info = _load(tmp_path / "four")
     assert info["devices"] == 4
     _assert_states_close(four, states[2])
 
 
-def test_two_processes_train_together(reference, common, tmp_path):
+def test_two_processes_train_together(reference, tmp_path):
     """Two processes x 2 devices: a fresh run (checkpointed by orbax from both processes, then
     resumed here on one device), its streamed twin, and a global batch from per-process rows."""
     states, history = reference
-    body = """
-        dump("scan", run(epochs=2, checkpoint_dir="ckpt"))
-        dump("stream", run(epochs=1, on_device=False))
-        # a batch assembled from rows each process loaded itself: process p holds rows 8p..8p+7
-        from jaxreg.train import distributed
-        rows = data()[0][:16]
-        mesh = distributed.make_mesh()
-        batch = distributed.global_batch(rows[8 * jax.process_index():][:8], mesh)
-        assert batch.shape == rows.shape
-        assert batch.sharding.spec == distributed.batch_sharding(batch.sharding.mesh).spec
-        assert (multihost_utils.process_allgather(batch, tiled=True) == rows).all()
-        """
     _run_two_processes(
-        lambda port, i: [sys.executable, "-c", _script(body), str(port), str(i)], 2, tmp_path
+        lambda port, i: [sys.executable, "-m", PROGRAM, "two_processes", str(port), str(i)], 2,
+        tmp_path
     )
     scan, info = _load(tmp_path / "scan")
     assert info["devices"] == 4
     _assert_states_close(scan, states[1])
     np.testing.assert_allclose(info["history"]["val_loss"], history["val_loss"][:2], rtol=1e-5)
     _assert_states_close(_load(tmp_path / "stream")[0], states[0])
-    resumed = common["run"](epochs=3, checkpoint_dir=str(tmp_path / "ckpt"), resume=True)
-    _assert_states_close(common["host"](resumed.state), states[2])
+    resumed = run(epochs=3, checkpoint_dir=str(tmp_path / "ckpt"), resume=True)
+    _assert_states_close(host(resumed.state), states[2])
 
 
 def test_cli_two_processes(tmp_path):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from types import SimpleNamespace
 
 import flax.linen as nn
@@ -16,7 +15,7 @@ from jaxreg.nn import BatchNorm
 from jaxreg.train import fit
 from jaxreg.train.sweep import chunk_capacity, expand, group_key, sweep
 from jaxreg.train.sweep.memory import chunk_layout
-from tests.helpers import run_on_cpu_devices
+from tests.helpers import run_module
 
 MODEL = SeedMLP(hidden=16)
 # seed 1 is the data seed: settings with seed 1 are exactly fit(seed=1); the seed-0 setting
@@ -99,28 +98,8 @@ def test_chunks_give_the_same_results(digits, swept):
 
 
 def test_eight_devices_match_one(tmp_path, swept):
-    script = textwrap.dedent(f"""
-        import jax, numpy as np
-        from jaxreg.data import load
-        from jaxreg.models import Linear, SeedMLP
-        from jaxreg.train.sweep import sweep
-        assert jax.local_device_count() == 8
-        # 3 settings padded to 8
-        r = sweep(SeedMLP(hidden=16), load("digits"), {SETTINGS!r}, **{KW!r})
-        assert r.groups[0]["chunk_size"] == 8, r.groups
-        def leaves_of(results):
-            return [np.asarray(a) for res in results
-                    for a in jax.tree.leaves((res.params, res.model_state))]
-        leaves = leaves_of(r.results)
-        # a user's mesh with Explicit axes (jax.make_mesh's default) gives the same results
-        explicit = sweep(SeedMLP(hidden=16), load("digits"), {SETTINGS!r},
-                         mesh=jax.make_mesh((8,), ("sweep",)), **{KW!r})
-        for a, b in zip(leaves, leaves_of(explicit.results), strict=True):
-            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
-        np.savez({str(tmp_path / "out.npz")!r}, *leaves,
-                 test=[res.final["test_loss"] for res in r.results])
-    """)
-    run_on_cpu_devices(script)
+    run_module("tests.programs.sweep", json.dumps(SETTINGS), json.dumps(KW),
+               str(tmp_path / "out.npz"))
     out = np.load(tmp_path / "out.npz")
     expected = [a for res in swept.results for a in leaves((res.params, res.model_state))]
     for i, a in enumerate(expected):
@@ -305,7 +284,7 @@ def test_setting_schema_is_one_frozen_dataclass():
 
 def test_sweep_validation_split_equals_fit_validation(digits):
     """sweep(validation_split=f) trains on what fit(validation_split=f) trains on and reports
-    fit's final val_* metrics per setting (18.11)."""
+    fit's final val_* metrics per setting."""
     s = SETTINGS[0]
     r = sweep(MODEL, digits, [s], **{**KW, "epochs": 1}, validation_split=0.2).results[0]
     ref = fit(MODEL, dict(name="momentum", learning_rate=s["learning_rate"]), digits, epochs=1,

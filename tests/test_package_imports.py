@@ -1,4 +1,4 @@
-"""No module of jaxreg imports another module's private (``_name``) names (issue 22): parsed with
+"""No module of jaxreg imports another module's private (``_name``) names: parsed with
 ``ast``, every ``import`` and every attribute of an imported jaxreg module is checked. A private
 module (``jaxreg.train._inputs``) may be imported inside the package that holds it."""
 from __future__ import annotations

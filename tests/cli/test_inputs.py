@@ -73,7 +73,7 @@ def copy_run(run_dir, tmp_path, name="copy"):
     return copy
 
 
-# --- 14.8: an explicit --data-dir is used or refused; the data's fingerprint ----------------
+# --- an explicit --data-dir is used or refused; the data's fingerprint ----------------------------
 
 FASHION = ["--epochs", "1", "--batch-size", "16", "--no-progress"]
 
@@ -137,7 +137,7 @@ def test_resume_and_eval_refuse_changed_data(digits_run, tmp_path):
     refused(["eval", "--run", run_dir], "other data than the run was trained on")
 
 
-# --- 14.7 / 18.7 / 14.10: everything is checked before a run directory is written ----------
+# --- everything is checked before a run directory is written --------------------------------------
 
 def test_inconsistent_idx_files_are_refused_before_training(tmp_path, monkeypatch):
     files = tiny_files(n_train=64, n_test=16, test_shape=(28, 27))
@@ -168,7 +168,7 @@ def test_validation_split_rounding_to_no_example_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-# --- 18.15: flags that do nothing, and what --resume can change ----------------------------
+# --- flags that do nothing, and what --resume can change ------------------------------------------
 
 @pytest.mark.parametrize("flags, message", [
     (["--proximal"], "--proximal needs --l1 > 0"),
@@ -244,7 +244,7 @@ def test_eval_on_a_dataset_of_other_shapes_says_so(digits_run, tmp_path, monkeyp
             "--dataset fashion-mnist: its examples are 28x28x1, the run's (digits) 8x8x1")
 
 
-# --- 18.16: no abbreviations; sweep --seed ------------------------------------------------
+# --- no abbreviations; sweep --seed ---------------------------------------------------------------
 
 @pytest.mark.parametrize("argv", [["train", "--epoch", "1"], ["train", "--batch", "8"],
                                   ["sweep", "--seed-", "1"]])
@@ -269,7 +269,7 @@ def test_sweep_seed_is_the_first_seed_beside_seeds(tmp_path):
     assert np.isfinite(rows[0]["test_accuracy_mean"])
 
 
-# --- 25.8: every value read from a run directory is checked as a flag is ---------------------
+# --- every value read from a run directory is checked as a flag is --------------------------------
 
 @pytest.mark.parametrize("key, value", [
     ("epochs", "2"), ("batch_size", "128"), ("batch_size", 0), ("seed", "0"), ("seed", 2**70),
@@ -288,7 +288,7 @@ def test_resume_and_eval_check_every_config_value(digits_run, tmp_path, key, val
     refused(["eval", "--run", run_dir], message)
 
 
-# --- 25.9: every numeric setting bounded by what the engine represents, before any work -----
+# --- every numeric setting bounded by what the engine represents, before any work -----------------
 
 @pytest.mark.parametrize("flags, message", [
     (["--plateau", "--plateau-patience", "99999999999999999999999"],
@@ -308,7 +308,7 @@ def test_numeric_settings_beyond_the_engine_are_refused_before_the_run(tmp_path,
     assert not (tmp_path / "run").exists()
 
 
-# --- 22.1 / 22.2: a run from a config file; one lock per run ----------------------------------
+# --- a run from a config file; one lock per run ---------------------------------------------------
 
 def test_a_runs_config_json_is_a_config_file_for_a_new_run(digits_run, tmp_path):
     status, _, err = run_main(["train", "--config", digits_run / "config.json", "--seed", "3",
@@ -323,7 +323,7 @@ def test_a_runs_config_json_is_a_config_file_for_a_new_run(digits_run, tmp_path)
              digits_run / "config.json"], "--resume cannot change --config")
 
 
-# --- 25.5 / 25.12: eval of replaced checkpoints; resume without checkpoints -------------------
+# --- eval of replaced checkpoints; resume without checkpoints -------------------------------------
 
 def test_eval_refuses_checkpoints_of_another_run(digits_run, tmp_path):
     other = tmp_path / "other"

@@ -171,7 +171,7 @@ def test_help_mentions_every_flag():
 
 
 def test_train_flags_are_the_run_descriptions_fields():
-    """Every field of the run description with a flag is a flag of jaxreg train (issue 22.1)."""
+    """Every field of the run description with a flag is a flag of jaxreg train."""
     import dataclasses
 
     from jaxreg.train.config import OptimizerConfig, RunConfig, flag_name
@@ -312,7 +312,7 @@ def test_subprocess_error_is_one_line():
     )
 
 
-# ---- issue 18 / 14.6: panels with data, formulas in --help, divergence --------------------
+# ---- panels with data, formulas in --help, divergence --------------------------------------------
 
 def test_plot_history_draws_only_panels_with_data(tmp_path):
     from jaxreg.cli.plots import history_panels
@@ -350,7 +350,7 @@ def test_summary_reports_skipped_steps(run):
     assert " 0 skipped steps, " in run[2].splitlines()[-1]
 
 
-# ---- issue 17: the whole process (background imports, the plot beside the evaluation, gc) ------
+# ---- the whole process (background imports, the plot beside the evaluation, gc) ------------------
 
 def test_imports_alongside_keep_errors_to_themselves_and_end_with_the_block(capsys):
     from jaxreg.cli._common import imported_alongside

@@ -37,7 +37,7 @@ def _largest_data_file(step_dir):
     )
 
 
-def _flip(step_dir):  # 14.1: four bytes overwritten inside the step's orbax data file
+def _flip(step_dir):  # four bytes overwritten inside the step's orbax data file
     path = _largest_data_file(step_dir)
     data = bytearray(path.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 4] = bytes(

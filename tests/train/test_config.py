@@ -1,5 +1,5 @@
-"""The run description (``jaxreg.train.config``, issue 22.1): one home for a run's settings, its
-defaults, bounds and JSON form, checked as flags are (issue 25.8, 25.9)."""
+"""The run description (``jaxreg.train.config``): one home for a run's settings, its
+defaults, bounds and JSON form, checked as flags are."""
 from __future__ import annotations
 
 import dataclasses

@@ -197,7 +197,7 @@ def test_sweep_seeds_are_32_bit_like_fit():
                                rtol=1e-5, atol=1e-6)
 
 
-# --- issue 25.10: each bad argument is one line naming it, not an error from deep inside ------
+# --- each bad argument is one line naming it, not an error from deep inside -----------------------
 
 def test_no_optimizer_is_named(tmp_path):
     with pytest.raises(TypeError, match="^`optimizer` must be a RunOptimizer, an optax "

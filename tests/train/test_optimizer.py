@@ -115,7 +115,7 @@ def _ista(opt, X, y, steps, state=None):
 
 def test_proximal_threshold_follows_the_plateau_scale_sklearn_lasso():
     """After a plateau reduction of the learning rate by 0.25, ISTA must still solve
-    Lasso(alpha=s), not Lasso(alpha=4s) (issue 18.3)."""
+    Lasso(alpha=s), not Lasso(alpha=4s)."""
     from sklearn.linear_model import Lasso
     rng = np.random.default_rng(0)
     X = rng.normal(size=(60, 6))

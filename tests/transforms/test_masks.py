@@ -137,7 +137,7 @@ def test_default_mask_warns_when_it_selects_nothing_as_under_optax_flatten():
     chex.assert_trees_all_close(updates, jax.tree.map(lambda p: 0.5 * p, params))
 
 
-# ---- masks are resolved on the params; callable pytrees; inject_hyperparams (issue 18) ------
+# ---- masks are resolved on the params; callable pytrees; inject_hyperparams ----------------------
 
 def test_none_updates_pass_through_as_optax_add_decayed_weights():
     # optax's test_none_argument: updates=None, and None leaves, are accepted
@@ -195,7 +195,7 @@ def test_inject_hyperparams_with_a_mask_function():
         jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
 
 
-# ---- optax.tree.map_params calls init on a placeholder (issue 25 item 17) --------------------
+# ---- optax.tree.map_params calls init on a placeholder -------------------------------------------
 # Ported from optax/transforms/_masking_test.py (test_tree_map_params and the tree_map_params
 # sub-test of test_masked), with jaxreg transforms in place of optax.masked.
 
@@ -258,7 +258,7 @@ def test_map_params_with_extra_args_and_non_params_transform():
 
 
 def test_a_regex_string_mask_is_refused_at_construction_naming_by_path():
-    # issue 25.20: the docs said a regex string selects by path; it raised an unhelpful error
+    # the docs once said a regex string selects by path; it raised an unhelpful error
     for build in (lambda m: jaxreg.add_l2(0.5, mask=m), lambda m: jaxreg.proximal_l1(0.1, 1.0, m),
                   lambda m: jaxreg.batch_scaled_l2(0.5, m)):
         with pytest.raises(TypeError, match=r"`mask` must be .*jaxreg\.masks\.by_path\(regex\).*"

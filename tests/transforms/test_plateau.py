@@ -268,7 +268,7 @@ def test_validation_names_argument(kwargs, name):
         jaxreg.reduce_on_plateau(**kwargs)
 
 
-# ---- the floor, cooldown and patience at the floor (issue 18.22) ---------------------------
+# ---- the floor, cooldown and patience at the floor -----------------------------------------------
 
 def test_float32_floor_is_reached_exactly_without_an_extra_reduction():
     # 0.1 * 0.1 = 0.010000001 in float32: a naive clamp makes a third 1-ulp "reduction"
@@ -289,7 +289,7 @@ FACTORS = [0.1, 0.2, 0.3, 0.7, 0.9, 0.95, 1 / 3, 0.123456789, 0.5, 0.25]
 @pytest.mark.parametrize("min_scale", [0.0, 1e-3, 0.01, 0.05])
 @pytest.mark.parametrize("patience,cooldown", [(0, 0), (1, 2), (3, 1)])
 def test_float32_scale_is_keras_arithmetic_bit_for_bit(min_scale, patience, cooldown):
-    """issue 25.18: Keras 3 multiplies the float32 learning rate by the factor in float64 and
+    """Keras 3 multiplies the float32 learning rate by the factor in float64 and
     rounds once to float32; a float32 product differs by 1 ulp per reduction for most factors.
     Compared bit for bit against NumPy over every reduction down to float32's smallest normal
     number (below it XLA flushes to zero where NumPy goes on through subnormals)."""

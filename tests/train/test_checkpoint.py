@@ -6,51 +6,24 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import jax
 import numpy as np
 import pytest
 
 from jaxreg.train import checkpoint, rundir
-
-CHILD = textwrap.dedent("""
-    import json, os, signal, sys
-    import jax, numpy as np
-    from sklearn.datasets import load_digits
-    from jaxreg import models
-    from jaxreg.train import fit
-
-    ckpt_dir, kill_after, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    d = load_digits()
-    x, y = (d.images[:640] / 16.0).astype(np.float32)[..., None], d.target[:640].astype(np.int32)
-
-    ran = []
-
-    def die(epoch, state, logs):
-        ran.append(epoch)
-        if epoch + 1 == kill_after:  # after epoch k's checkpoint began: no cleanup, no flush
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    result = fit(models.SeedMLP(), OPTIMIZER, (x, y), epochs=4, batch_size=64, seed=5,
-                 validation_split=0.2, callbacks=[die], progress=False,
-                 checkpoint_dir=ckpt_dir, resume=True)
-    s = result.state
-    np.savez(out, *jax.tree.leaves(jax.device_get((s.params, s.model_state, s.opt_state, s.step,
-                                                   jax.random.key_data(s.key)))))
-    json.dump({"ran": ran, "history": result.history}, open(out + ".json", "w"))
-""")
+from tests.helpers import source_env
 
 OPTIMIZER = dict(name="adam", learning_rate=1e-2, l2=1e-3, batch_scaled=True, schedule="cosine",
                  plateau=dict(factor=0.5, patience=1))
 
 
 def run_child(tmp_path, kill_after):
-    script = tmp_path / "child.py"
-    script.write_text(CHILD.replace("OPTIMIZER", repr(OPTIMIZER)))
     out = tmp_path / f"out_{kill_after}.npz"
     proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "ckpt"), str(kill_after), str(out)],
+        [sys.executable, "-m", "tests.programs.killed_fit", str(tmp_path / "ckpt"),
+         str(kill_after), str(out), json.dumps(OPTIMIZER)],
+        env=source_env(),
         capture_output=True,
         text=True,
         timeout=300,

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import warnings
 
@@ -22,6 +21,7 @@ import pytest
 
 from jaxreg import models
 from jaxreg.train import checkpoint, fit, rundir
+from tests.helpers import source_env
 
 SIGINT_IN_FIT = 12
 """SIGINTs sent to one process looping over ``fit`` (each must stop it at a safe point)."""
@@ -53,8 +53,8 @@ def summary(tmp_path_factory):
 def env(tmp_path_factory):
     """Children share a compilation cache (their programs compile once) and the source tree."""
     cache = tmp_path_factory.mktemp("xla")
-    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PLATFORMS": "cpu"}
+    return source_env(JAX_COMPILATION_CACHE_DIR=str(cache),
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
 
 
 def _data():
@@ -66,48 +66,9 @@ def _data():
 OPTIMIZER = dict(name="sgd", learning_rate=0.1)
 FIT = dict(batch_size=64, progress=False, test=False)
 
-CHILD = textwrap.dedent("""
-    import sys
-    import numpy as np
-    from jaxreg import models
-    from jaxreg.train import checkpoint, fit, interrupt
-
-    directory, mode = sys.argv[1], sys.argv[2]
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(256, 8)).astype(np.float32)
-    y = (x[:, 0] > 0).astype(np.int32)
-
-    def run(**kwargs):
-        fit(models.Linear(num_classes=2), dict(name="sgd", learning_rate=0.1), (x, y),
-            epochs=10**6, batch_size=64, progress=False, test=False, checkpoint_dir=directory,
-            resume=True, **kwargs)
-
-    if mode == "kill":  # train until killed, saying where it (re)started
-        started = []
-        def report(epoch, state, logs):
-            if not started:
-                started.append(epoch)
-                print("started", epoch, flush=True)
-        run(callbacks=[report])
-    else:  # one fit per line on stdin, each stopped by a SIGINT
-        for _ in sys.stdin:
-            try:
-                with interrupt.deferred():
-                    print("ready", flush=True)
-                    run()
-                print("finished", flush=True)  # never: only a SIGINT ends the run
-            except KeyboardInterrupt:
-                steps = checkpoint.manager(directory).all_steps()
-                bad = [s for s in steps if checkpoint.verify(f"{directory}/{s}")]
-                print("interrupted", max(steps, default=0), "damaged", *bad, flush=True)
-""")
-
-
 def _child(tmp_path, mode, env, **kwargs):
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
     return subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "ckpt"), mode],
+        [sys.executable, "-m", "tests.programs.fault_child", str(tmp_path / "ckpt"), mode],
         env=env,
         text=True,
         stdin=subprocess.PIPE,

@@ -151,7 +151,7 @@ def write(directory: Path, files: dict, gz: bool = True) -> Path:
     return directory
 
 
-# --- Simulated CPU devices
+# --- Subprocesses: this tree on the path, simulated CPU devices
 
 ROOT = Path(__file__).resolve().parents[1]
 

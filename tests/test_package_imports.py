@@ -4,6 +4,7 @@ module (``jaxreg.train._inputs``) may be imported inside the package that holds 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import jaxreg
@@ -78,7 +79,7 @@ def test_the_check_finds_private_names(tmp_path, monkeypatch):
               "from jaxreg.train import optimizer\n"
               "optimizer._plateau_scale\n")
     (package / "mod.py").write_text(source)
-    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path / "jaxreg")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path / "jaxreg")
     assert [line.split(": ", 1)[1] for line in private_imports(package / "mod.py")] == [
         "private name jaxreg.train.fit._split_data",
         "private module jaxreg.train._inputs",

@@ -14,6 +14,6 @@ hypothesis.settings.load_profile("ci")
 @pytest.fixture
 def highest_precision():
     """Float32 matmuls at full precision on every backend (TF32 on GPU and bfloat16 passes on
-    TPU are the defaults), for comparisons against float64 references: tests/precision.py."""
+    TPU are the defaults), for comparisons against float64 references: tests/helpers.py."""
     with jax.default_matmul_precision("highest"):
         yield

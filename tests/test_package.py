@@ -7,6 +7,7 @@ plots). A module may import only its own layer or lower ones; the library never 
 CLI; and no module imports itself through a cycle.
 """
 import ast
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -98,8 +99,11 @@ def test_every_public_package_declares_all():
                 jaxreg.train, jaxreg.cli]
     for package in packages:
         assert package.__all__, package.__name__
-        for name in package.__all__:
-            assert getattr(package, name) is not None, f"{package.__name__}.{name}"
+        assert len(set(package.__all__)) == len(package.__all__), package.__name__
+        for name in package.__all__:  # each name is jaxreg's own, not a re-exported third party's
+            value = getattr(package, name)
+            home = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+            assert home is None or home.startswith("jaxreg"), f"{package.__name__}.{name}: {home}"
 
 
 def test_old_top_level_names_still_resolve():
@@ -111,10 +115,13 @@ def test_old_top_level_names_still_resolve():
 def test_public_transforms_are_exported():
     for name in ("add_l2", "add_l1", "batch_scaled_l2", "data_scaled_l1", "data_scaled_l2",
                  "proximal_l1", "proximal_elastic_net", "reduce_on_plateau"):
-        assert callable(getattr(jaxreg, name)), name
+        transform = getattr(jaxreg, name)
+        assert transform is getattr(jaxreg.transforms, name), name
+        assert transform.__module__.startswith("jaxreg.transforms."), (name, transform.__module__)
     assert jaxreg.nn.BatchNorm.__module__ == "jaxreg.batchnorm.linen"
     assert jaxreg.nnx.BatchNorm.__module__ == "jaxreg.batchnorm.nnx"
-    assert callable(jaxreg.train.fit) and callable(jaxreg.data.load)
+    assert jaxreg.train.fit.__module__ == "jaxreg.train.fit"
+    assert jaxreg.data.load.__module__ == "jaxreg.data"
 
 
 def test_importing_jaxreg_does_not_import_the_higher_layers():

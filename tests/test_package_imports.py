@@ -1,9 +1,10 @@
-"""No module of jaxreg imports another module's private (``_name``) names (issue 22): parsed with
+"""No module of jaxreg imports another module's private (``_name``) names: parsed with
 ``ast``, every ``import`` and every attribute of an imported jaxreg module is checked. A private
 module (``jaxreg.train._inputs``) may be imported inside the package that holds it."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import jaxreg
@@ -78,7 +79,7 @@ def test_the_check_finds_private_names(tmp_path, monkeypatch):
               "from jaxreg.train import optimizer\n"
               "optimizer._plateau_scale\n")
     (package / "mod.py").write_text(source)
-    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path / "jaxreg")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path / "jaxreg")
     assert [line.split(": ", 1)[1] for line in private_imports(package / "mod.py")] == [
         "private name jaxreg.train.fit._split_data",
         "private module jaxreg.train._inputs",

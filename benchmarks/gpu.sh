@@ -92,12 +92,12 @@ bench() {  # bench CASE GPU_SECONDS DRY_SECONDS: one benchmarks.run case, rows t
 if [ $DRY = 1 ]; then
   export JAX_PLATFORMS=cpu
   WANT=cpu
-  TESTS=(tests/test_small_cnn_cpu.py -k "first_maximum or rejects")
+  TESTS=(tests/nn/test_layers.py -k "first_maximum or rejects")
 else
   WANT=gpu
-  TESTS=(tests/test_batchnorm_tools.py tests/test_train_nnx.py tests/test_batchnorm.py
-         tests/test_train_step.py tests/test_models.py tests/test_small_cnn_cpu.py
-         tests/test_distributed.py)  # the files that failed on the H200 first
+  TESTS=(tests/batchnorm/test_tools.py tests/train/test_nnx_bridge.py tests/batchnorm/test_linen.py
+         tests/train/test_step.py tests/models/test_models.py tests/nn/test_layers.py
+         tests/train/test_distributed.py)  # the files that failed on the H200 first
 fi
 
 part setup 15 120 "$PY" -c "
@@ -120,7 +120,7 @@ part tests 50 200 "$PY" -m pytest -v --tb=short -p no:cacheprovider --junitxml="
   "${TESTS[@]}"
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true" \
   part resume 35 400 "$PY" -m pytest -v --tb=short -p no:cacheprovider --junitxml="$OUT/resume.xml" \
-  tests/test_train_checkpoint.py tests/test_train_nnx.py -k "killed_and_resumed or twins"
+  tests/train/test_checkpoint.py tests/train/test_nnx_bridge.py -k "killed_and_resumed or twins"
 
 "$PY" - "$OUT" "$DRY" <<'PYEOF'
 import json, sys

@@ -92,6 +92,6 @@ def test_gpu_script_parts_fit_one_device_call():
         assert 0 < int(gpu) <= int(dry), name  # the dry run's CPU is slower, never faster
     for case in re.findall(r"^bench (\w+) ", text, re.MULTILINE):
         assert case in CASES, case
-    for test_file in set(re.findall(r"tests/test_\w+\.py", text)):
+    for test_file in set(re.findall(r"tests/[\w/]+\.py", text)):
         assert (ROOT / test_file).is_file(), test_file
     assert "available()" not in text  # jaxreg.data has no available(); load() decides

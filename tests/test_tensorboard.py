@@ -20,7 +20,8 @@ from jaxreg.train.tensorboard import TensorBoardCallback, tag, write_sweep
 
 HISTORY_TAGS = {"loss/train", "accuracy/train", "loss/validation", "accuracy/validation",
                 "optimizer/learning_rate", "regularization/l2_strength",
-                "regularization/l1_strength", "steps/skipped", "time/epoch_seconds"}
+                "regularization/l1_strength", "steps/skipped", "time/epoch_seconds",
+                "steps/batch_size"}
 
 
 def read(logdir) -> EventAccumulator:

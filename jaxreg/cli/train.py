@@ -65,7 +65,8 @@ it the default is 0, training on the whole training split as seed 004 does."""
 
 GROUPS = {
     "data": ("dataset", "validation_split"),
-    "model and training": ("model", "api", "epochs", "batch_size", "seed"),
+    "model and training": ("model", "api", "epochs", "batch_size", "batch_size_schedule",
+                           "seed"),
     "optimizer": ("name", "learning_rate", "schedule", "lr_power", "weight_decay"),
     "regularization": ("l2", "batch_scaled", "l1", "proximal", "plateau", "plateau_factor",
                        "plateau_patience"),
@@ -116,6 +117,7 @@ def _add_described(group: Any, dest: str, field: dataclasses.Field) -> None:
     else:
         kwargs.update(type=field_type(field),
                       metavar=dict(validation_split="F", batch_size="B", lr_power="A",
+                                   batch_size_schedule="EPOCH:B,...",
                                    weight_decay="WD", l2="LAMBDA", l1="LAMBDA",
                                    plateau_factor="F", plateau_patience="N",
                                    checkpoint_every="N").get(field.name))

@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxreg._validate import SEED_LIMIT, message
 from jaxreg.data import DATASETS
-from jaxreg.train import models
+from jaxreg.train import batching, models
 from jaxreg.train.optimizer import OPTIMIZERS, POLY_POWER, SCHEDULE_FORMULAS, SCHEDULES
 
 STEP_LIMIT = 2**31 - 1
@@ -205,6 +205,9 @@ class RunConfig:
                          int, low=1, high=STEP_LIMIT, resumable=True)
     batch_size: int = option(128, "examples per step; the last partial batch is dropped", int,
                              low=1, sweep="static")
+    batch_size_schedule: str | None = option(
+        None, "change the batch size at epoch boundaries, EPOCH:B,... (5:256,8:512: 256 from "
+              "epoch 5, 512 from epoch 8; --batch-size is epoch 0's)", str)
     seed: int = option(0, "initialization and data-order seed, 0 to 2**32 - 1", int, low=0,
                        high=SEED_LIMIT - 1, sweep="vmapped")
     validation_split: float = option(0.0, "hold out the last fraction F of the training split "
@@ -216,11 +219,20 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_all(self)
+        if self.batch_size_schedule is not None:
+            batching.parse(self.batch_size_schedule)
         if self.input_shape is not None:
             for dim in self.input_shape:
                 if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
                     raise ValueError(message("input_shape", "a list of positive integers",
                                              self.input_shape))
+
+    def batch_sizes(self) -> int | dict[int, int]:
+        """:func:`jaxreg.train.fit`'s ``batch_size``: ``batch_size``, or with
+        ``batch_size_schedule`` the boundaries ``{0: batch_size, epoch: size, ...}``."""
+        if self.batch_size_schedule is None:
+            return self.batch_size
+        return {0: self.batch_size, **batching.parse(self.batch_size_schedule)}
 
     def to_dict(self) -> dict[str, Any]:
         """``config.json``'s contents: every field, ``optimizer`` as

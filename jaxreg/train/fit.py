@@ -40,7 +40,15 @@ from tqdm.auto import tqdm
 from jaxreg._validate import check_int
 from jaxreg.train import distributed, interrupt, nnx_bridge
 from jaxreg.train.optimizer import RunOptimizer
-from jaxreg.train.plan import Plan, append, epoch_entry, fingerprint, hyperparams, make_plan
+from jaxreg.train.plan import (
+    Plan,
+    append,
+    compile_epochs,
+    epoch_entry,
+    fingerprint,
+    hyperparams,
+    make_plan,
+)
 from jaxreg.train.state import TrainState
 
 Callback = Callable[[int, TrainState, dict[str, float]], Any]
@@ -93,7 +101,7 @@ def fit(
     data: Any,
     *,
     epochs: int = 10,
-    batch_size: int = 128,
+    batch_size: Any = 128,
     seed: int = 0,
     validation_split: float = 0.0,
     validation_data: tuple[Any, Any] | None = None,
@@ -123,7 +131,9 @@ def fit(
             keyword arguments (``total_steps`` defaults to the run's steps).
         data: a :class:`jaxreg.data.Dataset` or ``(x, y)`` arrays (integer ``y``: classes).
         epochs: training epochs of ``len(x) // batch_size`` steps each.
-        batch_size: examples per step; the last partial batch is dropped.
+        batch_size: examples per step (the last partial batch is dropped), or a batch-size
+            schedule changing it at epoch boundaries: ``{epoch: size}``, ``[(epoch, size)]``
+            or a :class:`jaxreg.schedules.BatchSizeSchedule` (:mod:`jaxreg.train.batching`).
         seed: in ``[0, 2**32)``: the initialization and the data order.
         validation_split: hold out the last fraction of ``(x, y)`` for ``val_*`` metrics.
         validation_data: ``(x, y)`` for the ``val_*`` metrics instead.
@@ -148,7 +158,7 @@ def fit(
     Returns:
         A :class:`FitResult`; ``history`` has per-epoch lists ``loss``, ``accuracy``,
         ``val_loss``, ``val_accuracy``, ``learning_rate``, ``l2_strength``, ``l1_strength``,
-        ``skipped_steps`` and ``epoch_seconds``.
+        ``skipped_steps``, ``epoch_seconds`` and ``batch_size``.
 
     Raises:
         TypeError, ValueError: a bad argument (named with its value) before any work, or a
@@ -192,22 +202,25 @@ def fit_plan(plan: Plan, *, callbacks: Sequence[Callback] = (), progress: bool =
             ):
                 start, state, history = restored
         interrupt.check()
-        steps = plan.steps
-        bar = stack.enter_context(tqdm(total=plan.epochs * steps, initial=start * steps,
+        steps = [len(plan.x) // b for b in plan.batch_sizes]
+        bar = stack.enter_context(tqdm(total=sum(steps), initial=sum(steps[:start]),
                                        unit="step",
                                        disable=not progress or not distributed.is_primary()))
+        runners = compile_epochs(plan, state, data_key, start)
         for epoch in range(start, plan.epochs):
             t0 = time.perf_counter()
             epoch_key = jax.random.fold_in(data_key, epoch)
             extra = {} if plan.on_device else dict(on_step=lambda: bar.update(1))
-            state, metrics = plan.run_epoch(state, plan.x, plan.y, epoch_key, **extra)
+            batch_size = plan.batch_sizes[epoch]
+            state, metrics = runners[batch_size](state, plan.x, plan.y, epoch_key, **extra)
             metrics = jax.device_get(metrics)  # waits for the epoch
             seconds = time.perf_counter() - t0
             validation = (None if plan.validation is None
                           else plan.evaluate(state, *plan.validation))
             logs = epoch_entry(metrics, seconds,
-                               hyperparams(state.opt_state, plan.batch_size,
+                               hyperparams(state.opt_state, batch_size,
                                            plan.optimizer.batch_scaled), validation)
+            logs["batch_size"] = batch_size
             if plan.feed_plateau is not None:
                 state = state.replace(opt_state=plan.feed_plateau(state.opt_state,
                                                                   value=logs[plan.monitor]))
@@ -226,7 +239,7 @@ def fit_plan(plan: Plan, *, callbacks: Sequence[Callback] = (), progress: bool =
                                           or epoch + 1 == plan.epochs or interrupt.requested())
             if saved:
                 checkpoint.save(mngr, epoch + 1, state, history, run_fingerprint)
-            bar.update(steps if plan.on_device else 0)
+            bar.update(steps[epoch] if plan.on_device else 0)
             bar.set_postfix(
                 {k: f"{v:.4g}" for k, v in logs.items() if "loss" in k or "accuracy" in k}
             )

@@ -20,8 +20,8 @@ import numpy as np
 import optax
 
 from jaxreg._validate import require
+from jaxreg.train import batching, distributed, nnx_bridge
 from jaxreg.train import config as run_config
-from jaxreg.train import distributed, nnx_bridge
 from jaxreg.train._inputs import check_fit_inputs
 from jaxreg.train.epoch import scan_epoch, stream_epoch
 from jaxreg.train.optimizer import (
@@ -139,14 +139,17 @@ class Plan(NamedTuple):
         x, y: the training arrays (on the devices in scan mode, else on the host).
         validation: the placed validation ``(x, y)``, or ``None``.
         test_data: the test split ``(x, y)`` to evaluate at the end, or ``None``.
-        epochs, batch_size, seed, monitor: as given to :func:`make_plan`.
-        steps: steps per epoch, ``len(x) // batch_size``.
+        epochs, seed, monitor: as given to :func:`make_plan`.
+        batch_size, steps: the first epoch's batch size and steps, ``len(x) // batch_size``.
         on_device: scan mode (the epoch is one ``lax.scan``) or streamed.
         placement: the initial state and placement functions (:class:`Placement`).
-        run_epoch: ``(state, x, y, key[, on_step=]) -> (state, stacked metrics)``.
+        run_epoch: ``(state, x, y, key[, on_step=]) -> (state, stacked metrics)`` at the first
+            epoch's batch size.
         evaluate: ``(state, x, y) -> metrics`` with the run's model, loss and dtype.
         feed_plateau: jitted :func:`jaxreg.train.update_plateau`, or ``None`` without plateau.
         identity: what a checkpoint of this run must match (see :func:`fingerprint`).
+        batch_sizes: each epoch's batch size (:func:`jaxreg.train.batching.epoch_sizes`).
+        runners: ``run_epoch`` of each distinct batch size (compiled by :func:`compile_epochs`).
     """
 
     model: Any
@@ -166,6 +169,8 @@ class Plan(NamedTuple):
     evaluate: Callable[[TrainState, Any, Any], dict[str, float]]
     feed_plateau: Callable | None
     identity: dict[str, Any]
+    batch_sizes: tuple[int, ...]
+    runners: dict[int, Any]
 
 
 def resolve_optimizer(optimizer: Any, total_steps: int, monitor: str) -> RunOptimizer:
@@ -211,7 +216,7 @@ def _epoch_runner(step: Callable, placement: Placement, *, on_device: bool, batc
         batch_size=batch_size, put=placement.put_batch)
 
 
-def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = 10, batch_size: int = 128,
+def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = 10, batch_size: Any = 128,
               seed: int = 0, validation_split: float = 0.0, validation_data: Any = None,
               test: bool = True, loss_fn: Callable | None = None, monitor: str = "val_loss",
               skip_nonfinite: bool = True, compute_dtype: Any = None,
@@ -226,18 +231,22 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = 10, batch_
         TypeError, ValueError: a bad argument, named with its value, before any work.
     """
     model = nnx_bridge.wrap(model)
-    check_fit_inputs(model, optimizer, data, epochs=epochs, batch_size=batch_size, seed=seed,
+    schedule = not isinstance(batch_size, int)  # checked by batching.epoch_sizes below
+    check_fit_inputs(model, optimizer, data, epochs=epochs,
+                     batch_size=1 if schedule else batch_size, seed=seed,
                      validation_split=validation_split, validation_data=validation_data, test=test,
                      monitor=monitor, accumulate=accumulate, unroll=unroll, loss_fn=loss_fn)
     (x, y), validation, test_data = split_data(data, validation_split, validation_data)
-    steps = len(x) // batch_size
-    total_steps = run_config.check_steps(epochs, steps)
+    sizes = batching.epoch_sizes(batch_size, epochs, len(x))
+    total_steps = (run_config.check_steps(epochs, len(x) // sizes[0]) if len(set(sizes)) == 1
+                   else run_config.check_steps(1, sum(len(x) // b for b in sizes)))
     opt = resolve_optimizer(optimizer, total_steps=total_steps, monitor=monitor)
     loss_fn = default_loss(y) if loss_fn is None else loss_fn
     mesh = distributed.default_mesh() if mesh is None else mesh
     devices = 1 if mesh is None else mesh.size
-    require(batch_size % (accumulate * devices) == 0, "batch_size",
-            f"a multiple of accumulate={accumulate} times the {devices} devices", batch_size)
+    for b in sizes:
+        require(b % (accumulate * devices) == 0, "batch_size",
+                f"a multiple of accumulate={accumulate} times the {devices} devices", b)
     step = functools.partial(train_step, model=model, tx=opt.tx, loss_fn=loss_fn,
                              compute_dtype=compute_dtype, accumulate=accumulate,
                              skip_nonfinite=skip_nonfinite)
@@ -264,12 +273,23 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = 10, batch_
         **({} if mesh is None else dict(out_shardings=placement.state_sharding.opt_state)))
     identity = dict(model=model, optimizer=(optimizer if isinstance(optimizer, dict)
                                             else type(optimizer).__name__),
-                    batch_size=batch_size, seed=seed)
-    return Plan(model, opt, x, y, validation, test_data if test else None, epochs, batch_size,
-                seed, monitor, steps, on_device, placement,
-                _epoch_runner(step, placement, on_device=on_device, batch_size=batch_size,
-                              unroll=unroll),
-                evaluate_placed, feed_plateau, identity)
+                    batch_size=batching.changes(sizes), seed=seed)
+    runners = {b: _epoch_runner(step, placement, on_device=on_device, batch_size=b,
+                                unroll=unroll) for b in sorted(set(sizes))}
+    return Plan(model, opt, x, y, validation, test_data if test else None, epochs, sizes[0],
+                seed, monitor, len(x) // sizes[0], on_device, placement, runners[sizes[0]],
+                evaluate_placed, feed_plateau, identity, sizes, runners)
+
+
+def compile_epochs(plan: Plan, state: TrainState, key: jax.Array, start: int = 0
+                   ) -> dict[int, Callable]:
+    """``plan.runners`` of the batch sizes of epochs ``start`` on, compiled ahead
+    (``jit(...).lower(state, x, y, key).compile()``) in scan mode: one program per distinct
+    size, before the first epoch; a streamed run's step compiles at its first batch."""
+    sizes = sorted(set(plan.batch_sizes[start:]))
+    if not plan.on_device:
+        return {b: plan.runners[b] for b in sizes}
+    return {b: plan.runners[b].lower(state, plan.x, plan.y, key).compile() for b in sizes}
 
 
 def fingerprint(plan: Plan) -> dict[str, str]:

@@ -27,6 +27,7 @@ from jaxreg._validate import SEED_LIMIT, message
 from jaxreg.data import DATASETS
 from jaxreg.train import batching, models
 from jaxreg.train.optimizer import OPTIMIZERS, POLY_POWER, SCHEDULE_FORMULAS, SCHEDULES
+from jaxreg.transforms.scaling import RULES
 
 STEP_LIMIT = 2**31 - 1
 """Most steps a run can take: the state's step counter is an int32."""
@@ -143,9 +144,23 @@ class OptimizerConfig:
         None, "adamw's decoupled weight decay, on kernels only like the penalties (default: "
               "optax's 1e-4); only with --optimizer adamw", float, low=0.0,
         high=ADAM_STRENGTH_LIMIT)
+    scaling: str | None = option(
+        None, "RULE[,RULE]: move the hyperparameters tuned at batch --scale-from to --batch-size "
+              "(and along --batch-size-schedule): " + ", ".join(RULES) + " (docs: Batch-size "
+              "scaling rules); the resolved values are printed and written to config.json", str)
+    scale_from: int | None = option(None, "B0, the batch size the hyperparameters were tuned "
+                                          "at; with --scaling", int, low=1)
 
     def __post_init__(self) -> None:
         _check_all(self)
+        if self.scaling is not None:
+            for rule in self.scaling.split(","):
+                if rule not in RULES:
+                    raise ValueError(message("scaling", "rule names separated by commas, each "
+                                             "one of " + ", ".join(RULES), self.scaling))
+        if (self.scaling is None) != (self.scale_from is None):
+            raise ValueError(message("scale_from", "given with scaling (and only with it)",
+                                     self.scale_from))
 
     def kwargs(self) -> dict[str, Any]:
         """:func:`jaxreg.train.make_optimizer`'s keyword arguments (``config.json``'s
@@ -161,6 +176,8 @@ class OptimizerConfig:
         if self.schedule == "poly":
             kwargs["schedule_kwargs"] = {"power": POLY_POWER if self.lr_power is None
                                          else self.lr_power}
+        if self.scaling is not None:
+            kwargs.update(scaling=self.scaling.split(","), scale_from=self.scale_from)
         return kwargs
 
     @classmethod
@@ -172,6 +189,8 @@ class OptimizerConfig:
         plateau = kwargs.pop("plateau", None)
         schedule_kwargs = kwargs.pop("schedule_kwargs", None)
         flat = dict(kwargs, plateau=plateau is not None)
+        if isinstance(flat.get("scaling"), list):
+            flat["scaling"] = ",".join(map(str, flat["scaling"]))
         if plateau is not None:
             _require_mapping(plateau, f"{name}.plateau", ("factor", "patience"))
             flat.update(plateau_factor=plateau["factor"], plateau_patience=plateau["patience"])
@@ -253,6 +272,7 @@ class RunConfig:
                 if key not in config:
                     raise ValueError(f"no key {key!r} (a run directory of another jaxreg "
                                      f"version, or an edited file)")
+            config.pop("scaled", None)  # what --scaling resolved: for the reader, recomputed
             optimizer = OptimizerConfig.from_kwargs(config.pop("optimizer", {}))
             return _construct(cls, {**config, "optimizer": optimizer}, "")
         except ValueError as e:

@@ -30,6 +30,7 @@ from jaxreg.train.optimizer import (
     make_optimizer,
     plateau_scale,
     plateau_states,
+    scaled_hyperparams,
     update_plateau,
 )
 from jaxreg.train.state import TrainState, create_train_state
@@ -150,6 +151,9 @@ class Plan(NamedTuple):
         identity: what a checkpoint of this run must match (see :func:`fingerprint`).
         batch_sizes: each epoch's batch size (:func:`jaxreg.train.batching.epoch_sizes`).
         runners: ``run_epoch`` of each distinct batch size (compiled by :func:`compile_epochs`).
+        scaled: ``{batch size: hyperparameters}`` an optimizer dict's ``scaling`` resolved
+            (:func:`jaxreg.train.optimizer.scaled_hyperparams`; the model's ``bn_momentum``
+            too, when it has one), or ``{}``.
     """
 
     model: Any
@@ -171,6 +175,7 @@ class Plan(NamedTuple):
     identity: dict[str, Any]
     batch_sizes: tuple[int, ...]
     runners: dict[int, Any]
+    scaled: dict[int, dict[str, Any]]
 
 
 def resolve_optimizer(optimizer: Any, total_steps: int, monitor: str) -> RunOptimizer:
@@ -240,6 +245,9 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = 10, batch_
     sizes = batching.epoch_sizes(batch_size, epochs, len(x))
     total_steps = (run_config.check_steps(epochs, len(x) // sizes[0]) if len(set(sizes)) == 1
                    else run_config.check_steps(1, sum(len(x) // b for b in sizes)))
+    scaled: dict[int, dict[str, Any]] = {}
+    if isinstance(optimizer, dict) and optimizer.get("scaling") is not None:
+        optimizer, scaled = _scaled(optimizer, model, sizes, len(x), epochs)
     opt = resolve_optimizer(optimizer, total_steps=total_steps, monitor=monitor)
     loss_fn = default_loss(y) if loss_fn is None else loss_fn
     mesh = distributed.default_mesh() if mesh is None else mesh
@@ -274,11 +282,41 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = 10, batch_
     identity = dict(model=model, optimizer=(optimizer if isinstance(optimizer, dict)
                                             else type(optimizer).__name__),
                     batch_size=batching.changes(sizes), seed=seed)
-    runners = {b: _epoch_runner(step, placement, on_device=on_device, batch_size=b,
-                                unroll=unroll) for b in sorted(set(sizes))}
+    runners = {b: _epoch_runner(step if "bn_momentum" not in scaled.get(b, {}) else
+                                functools.partial(step, model=model.clone(
+                                    bn_momentum=scaled[b]["bn_momentum"])),
+                                placement, on_device=on_device, batch_size=b, unroll=unroll)
+               for b in sorted(set(sizes))}
     return Plan(model, opt, x, y, validation, test_data if test else None, epochs, sizes[0],
                 seed, monitor, len(x) // sizes[0], on_device, placement, runners[sizes[0]],
-                evaluate_placed, feed_plateau, identity, sizes, runners)
+                evaluate_placed, feed_plateau, identity, sizes, runners, scaled)
+
+
+def _scaled(optimizer: dict[str, Any], model: Any, sizes: tuple[int, ...], num_examples: int,
+            epochs: int) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """``fit``'s optimizer dict with ``scaling`` given the run's batch size (``{step: size}``
+    for a schedule), ``num_examples`` and ``epochs``, and the resolved hyperparameters of each
+    size (the model's ``bn_momentum`` too, moved by rule ``"ema"``); ValueError naming
+    ``scaling`` for ``"ema"`` on a model without a ``bn_momentum`` field."""
+    rules = optimizer["scaling"]
+    bn = getattr(model, "bn_momentum", None)
+    require(bn is not None or "ema" not in ([rules] if isinstance(rules, str) else rules),
+            "scaling", "rules for the model: 'ema' needs a linen model with a bn_momentum field",
+            rules)
+    starts = np.cumsum([0] + [num_examples // b for b in sizes[:-1]])
+    steps = {int(s): b for s, b, prev in zip(starts, sizes, (None, *sizes[:-1]), strict=True)
+             if b != prev}
+    optimizer = {"num_examples": num_examples, "epochs": epochs, **optimizer,
+                 "batch_size": sizes[0] if len(steps) == 1 else steps}
+    kwargs = {k: v for k, v in optimizer.items() if k not in (
+        "name", "learning_rate", "l2", "scaling", "scale_from", "batch_size", "num_examples",
+        "epochs")}
+    scaled = {b: scaled_hyperparams(
+        optimizer.get("name", "adam"), optimizer.get("learning_rate", 1e-3),
+        optimizer.get("l2", 0.0), kwargs, scaling=rules, scale_from=optimizer.get("scale_from"),
+        batch_size=b, num_examples=num_examples, epochs=optimizer["epochs"], bn_momentum=bn)
+        for b in sorted(set(sizes))}
+    return optimizer, scaled
 
 
 def compile_epochs(plan: Plan, state: TrainState, key: jax.Array, start: int = 0

@@ -132,3 +132,15 @@ def test_cli_bad_scaling_exits_2_with_one_line(argv, message, xdg_cache):
     status, _, err = run_main(["train", "--dataset", "digits", "--epochs", "1", *argv])
     assert status == 2 and len(err.splitlines()) == 1, err
     assert message in err and "Traceback" not in err
+
+
+def test_the_fingerprint_records_the_optimizer_as_given(digits):
+    """Not the dict ``fit`` completes (``batch_size``, ``num_examples``, ``epochs``): a resume
+    with more epochs keeps matching its checkpoints."""
+    from jaxreg.train.plan import make_plan
+
+    opt = dict(name="adam", scaling="sqrt", scale_from=32)
+    plan = make_plan(models.SeedMLP(), opt, digits, epochs=2, batch_size=64,
+                     validation_split=0.2)
+    assert plan.identity["optimizer"] == opt
+    assert plan.scaled[64]["learning_rate"] == pytest.approx(math.sqrt(2) * 1e-3)

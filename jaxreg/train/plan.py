@@ -246,9 +246,10 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = 10, batch_
     total_steps = (run_config.check_steps(epochs, len(x) // sizes[0]) if len(set(sizes)) == 1
                    else run_config.check_steps(1, sum(len(x) // b for b in sizes)))
     scaled: dict[int, dict[str, Any]] = {}
+    resolved = optimizer  # the run's optimizer dict; a checkpoint records the one given
     if isinstance(optimizer, dict) and optimizer.get("scaling") is not None:
-        optimizer, scaled = _scaled(optimizer, model, sizes, len(x), epochs)
-    opt = resolve_optimizer(optimizer, total_steps=total_steps, monitor=monitor)
+        resolved, scaled = _scaled(optimizer, model, sizes, len(x), epochs)
+    opt = resolve_optimizer(resolved, total_steps=total_steps, monitor=monitor)
     loss_fn = default_loss(y) if loss_fn is None else loss_fn
     mesh = distributed.default_mesh() if mesh is None else mesh
     devices = 1 if mesh is None else mesh.size

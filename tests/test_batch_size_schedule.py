@@ -78,3 +78,11 @@ def test_batch_size_schedule_end_to_end(digits):
     assert r.history["batch_size"] == [32, 64, 64, 64, 64]  # steps before: 0, 16, 24, 32, 40
     # the learning rate at each epoch's last step (15, 23, 31, 39, 47): halved from step 40
     np.testing.assert_allclose(r.history["learning_rate"], [1e-2] * 4 + [5e-3], rtol=1e-6)
+
+
+def test_epochs_beyond_the_step_counter_are_refused_before_the_sizes_are_built(digits):
+    """``epochs=2**31 - 1`` once built a tuple of 2**31 - 1 sizes (gigabytes) before the step
+    check; now it is one line at once."""
+    with pytest.raises(ValueError, match="`epochs` must be at most"):
+        fit(models.SeedMLP(), dict(name="adam"), digits, epochs=2**31 - 1,
+            batch_size={0: 32, 2: 64}, validation_split=0.2, progress=False)

@@ -33,6 +33,14 @@ def boundaries(batch_size: Any) -> dict[int, int]:
     return dict(sorted(out.items()))
 
 
+def fewest_steps(batch_size: Any, num_examples: int) -> int:
+    """A lower bound on any epoch's steps (at least 1), without expanding the schedule: what
+    bounds ``epochs`` before :func:`epoch_sizes` builds a tuple of them."""
+    if isinstance(batch_size, BatchSizeSchedule):
+        return 1
+    return max(1, num_examples // max(boundaries(batch_size).values()))
+
+
 def epoch_sizes(batch_size: Any, epochs: int, num_examples: int) -> tuple[int, ...]:
     """The batch size of each of ``epochs`` epochs over ``num_examples`` training examples
     (see the module docstring); ValueError naming ``batch_size`` for a size above
@@ -75,4 +83,4 @@ def parse(text: str, name: str = "batch_size_schedule") -> dict[int, int]:
     return dict(pairs)  # type: ignore[arg-type]  # pairs of two, checked
 
 
-__all__ = ["boundaries", "changes", "epoch_sizes", "parse"]
+__all__ = ["boundaries", "changes", "epoch_sizes", "fewest_steps", "parse"]

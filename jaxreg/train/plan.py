@@ -242,6 +242,7 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = 10, batch_
                      validation_split=validation_split, validation_data=validation_data, test=test,
                      monitor=monitor, accumulate=accumulate, unroll=unroll, loss_fn=loss_fn)
     (x, y), validation, test_data = split_data(data, validation_split, validation_data)
+    run_config.check_steps(epochs, batching.fewest_steps(batch_size, len(x)))  # before sizes
     sizes = batching.epoch_sizes(batch_size, epochs, len(x))
     total_steps = (run_config.check_steps(epochs, len(x) // sizes[0]) if len(set(sizes)) == 1
                    else run_config.check_steps(1, sum(len(x) // b for b in sizes)))

@@ -15,7 +15,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import os
 import struct
 import subprocess
@@ -191,3 +193,14 @@ def matmul_tolerance(tol: float) -> float:
     if jax.config.jax_default_matmul_precision in ("highest", "float32"):  # type: ignore[attr-defined]
         return tol
     return max(tol, 16 * DEFAULT_ROUNDOFF.get(jax.default_backend(), 2.0**-8))
+
+
+def run_main(argv: list) -> tuple[int, str, str]:
+    """``(exit status, stdout, stderr)`` of ``jaxreg ARGV`` (:func:`jaxreg.cli.main`) run in this
+    process; ``argv``'s items as strings."""
+    from jaxreg.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main([str(a) for a in argv])
+    return status, out.getvalue(), err.getvalue()

@@ -141,7 +141,7 @@ def plan_config(config: RunConfig, data: Dataset, mesh: Any = None, trains: bool
     checked as ``fit`` checks it, the initial state built, nothing trained); ``trains``: the
     epoch and the training-set evaluation are compiled ahead (``jaxreg train``)."""
     return make_plan(build_model(config, data), config.optimizer.kwargs(), data,
-                     epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                     epochs=config.epochs, batch_size=config.batch_sizes(), seed=config.seed,
                      validation_split=config.validation_split, mesh=mesh, trains=trains,
                      evaluates_train=trains)
 
@@ -153,9 +153,10 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "checkpoint_every")
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig)
+                    if f.name not in ("checkpoint_every", "batch_size_schedule"))
 """The keys a run directory's ``config.json`` must have (:class:`jaxreg.train.config.RunConfig`;
-``checkpoint_every`` may be left out: 1)."""
+``checkpoint_every`` may be left out: 1, and ``batch_size_schedule``: none)."""
 
 
 def read_config(run_dir: Path) -> RunConfig:

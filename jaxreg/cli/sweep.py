@@ -27,6 +27,15 @@ batch size of ``--batch-sizes`` (its own group) it trains a fixed-strength model
 ``b = 128``, the seed recipe's batch size), with the same learning rate and epochs, and writes
 ``study.json`` and ``study.png`` (test accuracy and kernel weight norm ``||W||_2`` against ``b``).
 
+``jaxreg sweep --study batch-size-rules`` trains the model at each of ``--batch-sizes`` with the
+hyperparameters of ``--optimizer``/``--lr`` tuned at ``--batch-size`` (B0) unchanged and moved by
+each scaling rule that applies (:data:`STUDY_RULES`, or ``--scaling RULE[,RULE]``), with
+:func:`jaxreg.train.fit` per seed (the rules change Adam's ``b1``/``b2``/``eps`` and the
+BatchNorm momentum, which a vmapped sweep does not vary), and writes ``rules.json`` (a row per
+rule and size: test accuracy mean and std, steps, seconds, whether it is within one point of
+B0's, the learning rate in effect; or why the rule does not apply) and ``rules.png`` (test
+accuracy against ``b``).
+
 One such study's results (Fashion-MNIST, Adam) are in ``benchmarks/RESULTS.md`` ("Notes moved
 from docstrings"); "seed NNN": the project's numbered source documents, ``docs/formulas.md``.
 """
@@ -69,6 +78,10 @@ PANEL_SIZE = (5.0, 3.8)
 SWEEP_VALIDATION_SPLIT = 0.1
 """Default ``--validation-split``: what the best setting is chosen by."""
 REFERENCE_BATCH = default(RunConfig, "batch_size")
+STUDY_RULES = {"adam": ("none", "sqrt", "sqrt,ema"), "adamw": ("none", "sqrt", "sqrt,ema",
+                                                              "timescale"),
+               "momentum": ("none", "linear"), "sgd": ("none", "linear")}
+"""The rules ``--study batch-size-rules`` compares, per optimizer (``none``: unchanged)."""
 """The study's fixed-strength model uses ``lambda / REFERENCE_BATCH`` (equal to lambda/b there)."""
 
 
@@ -139,7 +152,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "chosen by its validation metric (0: none chosen; default: %(default)s)")
     p.add_argument("--chunk-size", type=positive_int, metavar="K",
                    help="at most K settings per compiled call (default: as many as fit in memory)")
-    p.add_argument("--study", choices=("batch-scaling",), help="run a study instead of a grid")
+    p.add_argument("--study", choices=("batch-scaling", "batch-size-rules"),
+                   help="run a study instead of a grid")
+    p.add_argument("--scaling", type=_rule_list, metavar="RULE[,RULE]",
+                   help="--study batch-size-rules: this rule (several: applied together) "
+                        "against the unchanged hyperparameters (default: the optimizer's rules)")
     p.add_argument("--batch-sizes", type=int_list, default=list(STUDY_BATCH_SIZES), metavar="LIST",
                    help="the study's batch sizes (default: 32,64,...,1024)")
     p.add_argument(
@@ -151,6 +168,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     tensorboard.add_flag(p, "each setting's epochs (one folder per setting)")
     p.set_defaults(run=run_sweep, parser=p)
+
+
+def _rule_list(text: str) -> str:
+    from jaxreg.transforms.scaling import RULES
+
+    if not all(rule in RULES for rule in text.split(",")):
+        raise argparse.ArgumentTypeError(f"expected rule names separated by commas, each one of "
+                                         f"{', '.join(RULES)}; got {text!r}")
+    return text
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -263,6 +289,69 @@ def plot_study(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _rules_study(args: argparse.Namespace, out: Path, seeds: list[int], data: Any,
+                 model: Any) -> int:
+    """``--study batch-size-rules`` (the module docstring): ``rules.json``, ``rules.png`` and
+    a table on stdout."""
+    import time
+
+    from jaxreg.train import fit
+
+    b0, lr = args.batch_size, args.lr[0]
+    rules = ("none", args.scaling) if args.scaling else STUDY_RULES[args.optimizer]
+    rows: list[dict[str, Any]] = []
+    for rule, b in itertools.product(rules, args.batch_sizes):
+        optimizer = dict(name=args.optimizer, learning_rate=lr, scaling=rule.split(","),
+                         scale_from=b0)
+        row: dict[str, Any] = {"rule": rule, "batch_size": b}
+        try:
+            runs = []
+            for seed in seeds:
+                t0 = time.perf_counter()
+                r = fit(model, optimizer, data, epochs=args.epochs, batch_size=b, seed=seed,
+                        validation_split=args.validation_split, progress=False)
+                runs.append((r, time.perf_counter() - t0))
+        except ValueError as e:  # the rule does not apply at this k
+            rows.append({**row, "error": str(e)})
+            continue
+        mean, std = _stats([r.test["accuracy"] for r, _ in runs if r.test is not None])
+        rows.append({**row, "test_accuracy_mean": mean, "test_accuracy_std": std,
+                     "steps": int(runs[0][0].state.step),
+                     "learning_rate": runs[0][0].history["learning_rate"][-1],
+                     "seconds": float(np.mean([t for _, t in runs])),
+                     "loss": np.mean([r.history["loss"] for r, _ in runs], axis=0).tolist()})
+    for row in rows:
+        ref = next((r for r in rows if r["rule"] == row["rule"] and r["batch_size"] == b0), {})
+        if "test_accuracy_mean" in row and "test_accuracy_mean" in ref:
+            row["within_one_point"] = bool(
+                abs(row["test_accuracy_mean"] - ref["test_accuracy_mean"]) <= 0.01)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+              if k not in ("run", "parser")}
+    (out / "rules.json").write_text(json.dumps(
+        {"config": {**config, "dataset": data.name, "seeds": seeds}, "rows": rows}, indent=2)
+        + "\n")
+    from jaxreg.cli.plots import figure_row
+
+    fig, (ax,) = figure_row(1, PANEL_SIZE)
+    for rule in rules:
+        curve = [r for r in rows if r["rule"] == rule and "test_accuracy_mean" in r]
+        ax.errorbar([r["batch_size"] for r in curve], [r["test_accuracy_mean"] for r in curve],
+                    yerr=[r["test_accuracy_std"] for r in curve], marker="o", capsize=3,
+                    label=rule if rule != "none" else "unchanged")
+    ax.set(xscale="log", xlabel="batch size b", ylabel="test accuracy")
+    ax.legend(fontsize="small")
+    fig.suptitle(f"{args.model} on {data.name}, {args.optimizer} tuned at B0 = {b0}")
+    fig.savefig(out / "rules.png", dpi=100)
+    for row in rows:
+        print(f"{row['rule']:>10} b={row['batch_size']:<5} " + (
+            f"n/a: {row['error']}" if "error" in row else
+            f"test acc {row['test_accuracy_mean']:.4f} +- {row['test_accuracy_std']:.4f}, "
+            f"{row['steps']} steps" + (", within 1 point of B0" if row.get("within_one_point")
+                                       else "")))
+    print(f"wrote {out / 'rules.json'} and {out / 'rules.png'}")
+    return 0
+
+
 def run_sweep(args: argparse.Namespace) -> int:
     """``jaxreg sweep``: the grid (or the study), its JSON and plot, the best setting. ``--out``
     is created and checked before any work (:func:`jaxreg.train.rundir.claim`: a writable
@@ -283,6 +372,8 @@ def _run_sweep(args: argparse.Namespace, out: Path, seeds: list[int]) -> int:
     data, why = load_dataset(args.dataset, args.data_dir)
     print(why)
     model = models.get(args.model, data.num_classes)
+    if args.study == "batch-size-rules":
+        return _rules_study(args, out, seeds, data, model)
     if args.study:
         if args.l2 and len(args.l2) != 1:
             raise ValueError(f"--study batch-scaling takes one --l2 value; got {args.l2}")

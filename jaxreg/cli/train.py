@@ -66,8 +66,10 @@ it the default is 0, training on the whole training split as seed 004 does."""
 
 GROUPS = {
     "data": ("dataset", "validation_split"),
-    "model and training": ("model", "api", "epochs", "batch_size", "seed"),
-    "optimizer": ("name", "learning_rate", "schedule", "lr_power", "weight_decay"),
+    "model and training": ("model", "api", "epochs", "batch_size", "batch_size_schedule",
+                           "seed"),
+    "optimizer": ("name", "learning_rate", "schedule", "lr_power", "weight_decay", "scaling",
+                  "scale_from"),
     "regularization": ("l2", "batch_scaled", "l1", "proximal", "plateau", "plateau_factor",
                        "plateau_patience"),
     "run": ("checkpoint_every",),
@@ -117,6 +119,8 @@ def _add_described(group: Any, dest: str, field: dataclasses.Field) -> None:
     else:
         kwargs.update(type=field_type(field),
                       metavar=dict(validation_split="F", batch_size="B", lr_power="A",
+                                   batch_size_schedule="EPOCH:B,...", scaling="RULE[,RULE]",
+                                   scale_from="B0",
                                    weight_decay="WD", l2="LAMBDA", l1="LAMBDA",
                                    plateau_factor="F", plateau_patience="N",
                                    checkpoint_every="N").get(field.name))
@@ -342,6 +346,12 @@ def _check_more_epochs(epochs: int, config: RunConfig, run_dir: Path) -> None:
                          f"has trained")
 
 
+def scaled_line(plan: Plan) -> str:
+    """The one line of the hyperparameters ``--scaling`` resolved, per batch size."""
+    return "scaled: " + "; ".join(f"B={b}: " + ", ".join(f"{k} {v:.6g}" for k, v in values.items())
+                                  for b, values in plan.scaled.items())
+
+
 def run_train(args: argparse.Namespace) -> int:
     """``jaxreg train``: a new run in ``--out``, or with ``--resume`` the run already there.
     Everything is checked (flags, data, settings: the run is planned) before the run directory
@@ -380,7 +390,10 @@ def run_train(args: argparse.Namespace) -> int:
         if distributed.is_primary() and config is not saved:
             if saved is not None:  # --epochs grew: the old metrics are no longer the last word
                 (run_dir / "metrics.json").unlink(missing_ok=True)
-            write_json(run_dir / "config.json", config.to_dict())
+            write_json(run_dir / "config.json", config.to_dict() if not plan.scaled else {
+                **config.to_dict(), "scaled": {str(b): v for b, v in plan.scaled.items()}})
+        if plan.scaled:
+            print(scaled_line(plan))
         if saved is not None:
             print(f"resuming {run_dir} with its config.json"
                   + ("" if config is saved else f", to {config.epochs} epochs")

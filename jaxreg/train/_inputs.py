@@ -21,7 +21,7 @@ from jaxreg.train import nnx_bridge
 from jaxreg.train.optimizer import RunOptimizer, check_optimizer_kwargs
 
 HISTORY_KEYS = ("loss", "accuracy", "learning_rate", "l2_strength", "l1_strength",
-                "skipped_steps", "epoch_seconds")
+                "skipped_steps", "epoch_seconds", "batch_size")
 """The per-epoch history keys of ``fit`` (``accuracy`` for integer targets); each metric
 also has a ``val_`` twin with validation data. ``monitor`` must be one of them."""
 

@@ -26,7 +26,9 @@ import numpy as np
 from jaxreg import models
 from jaxreg._validate import SEED_LIMIT, message
 from jaxreg.data import DATASETS
+from jaxreg.train import batching
 from jaxreg.train.optimizer import OPTIMIZERS, POLY_POWER, SCHEDULE_FORMULAS, SCHEDULES
+from jaxreg.transforms.scaling import RULES
 
 STEP_LIMIT = 2**31 - 1
 """Most steps a run can take: the state's step counter is an int32."""
@@ -143,9 +145,23 @@ class OptimizerConfig:
         None, "adamw's decoupled weight decay, on kernels only like the penalties (default: "
               "optax's 1e-4); only with --optimizer adamw", float, low=0.0,
         high=ADAM_STRENGTH_LIMIT)
+    scaling: str | None = option(
+        None, "RULE[,RULE]: move the hyperparameters tuned at batch --scale-from to --batch-size "
+              "(and along --batch-size-schedule): " + ", ".join(RULES) + " (docs: Batch-size "
+              "scaling rules); the resolved values are printed and written to config.json", str)
+    scale_from: int | None = option(None, "B0, the batch size the hyperparameters were tuned "
+                                          "at; with --scaling", int, low=1)
 
     def __post_init__(self) -> None:
         _check_all(self)
+        if self.scaling is not None:
+            for rule in self.scaling.split(","):
+                if rule not in RULES:
+                    raise ValueError(message("scaling", "rule names separated by commas, each "
+                                             "one of " + ", ".join(RULES), self.scaling))
+        if (self.scaling is None) != (self.scale_from is None):
+            raise ValueError(message("scale_from", "given with scaling (and only with it)",
+                                     self.scale_from))
 
     def kwargs(self) -> dict[str, Any]:
         """:func:`jaxreg.train.make_optimizer`'s keyword arguments (``config.json``'s
@@ -161,6 +177,8 @@ class OptimizerConfig:
         if self.schedule == "poly":
             kwargs["schedule_kwargs"] = {"power": POLY_POWER if self.lr_power is None
                                          else self.lr_power}
+        if self.scaling is not None:
+            kwargs.update(scaling=self.scaling.split(","), scale_from=self.scale_from)
         return kwargs
 
     @classmethod
@@ -172,6 +190,8 @@ class OptimizerConfig:
         plateau = kwargs.pop("plateau", None)
         schedule_kwargs = kwargs.pop("schedule_kwargs", None)
         flat = dict(kwargs, plateau=plateau is not None)
+        if isinstance(flat.get("scaling"), list):
+            flat["scaling"] = ",".join(map(str, flat["scaling"]))
         if plateau is not None:
             _require_mapping(plateau, f"{name}.plateau", ("factor", "patience"))
             flat.update(plateau_factor=plateau["factor"], plateau_patience=plateau["patience"])
@@ -205,6 +225,9 @@ class RunConfig:
                          int, low=1, high=STEP_LIMIT, resumable=True)
     batch_size: int = option(128, "examples per step; the last partial batch is dropped", int,
                              low=1, sweep="static")
+    batch_size_schedule: str | None = option(
+        None, "change the batch size at epoch boundaries, EPOCH:B,... (5:256,8:512: 256 from "
+              "epoch 5, 512 from epoch 8; --batch-size is epoch 0's)", str)
     seed: int = option(0, "initialization and data-order seed, 0 to 2**32 - 1", int, low=0,
                        high=SEED_LIMIT - 1, sweep="vmapped")
     validation_split: float = option(0.0, "hold out the last fraction F of the training split "
@@ -219,11 +242,20 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_all(self)
+        if self.batch_size_schedule is not None:
+            batching.parse(self.batch_size_schedule)
         if self.input_shape is not None:
             for dim in self.input_shape:
                 if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
                     raise ValueError(message("input_shape", "a list of positive integers",
                                              self.input_shape))
+
+    def batch_sizes(self) -> int | dict[int, int]:
+        """:func:`jaxreg.train.fit`'s ``batch_size``: ``batch_size``, or with
+        ``batch_size_schedule`` the boundaries ``{0: batch_size, epoch: size, ...}``."""
+        if self.batch_size_schedule is None:
+            return self.batch_size
+        return {0: self.batch_size, **batching.parse(self.batch_size_schedule)}
 
     def to_dict(self) -> dict[str, Any]:
         """``config.json``'s contents: every field, ``optimizer`` as
@@ -244,6 +276,7 @@ class RunConfig:
                 if key not in config:
                     raise ValueError(f"no key {key!r} (a run directory of another jaxreg "
                                      f"version, or an edited file)")
+            config.pop("scaled", None)  # what --scaling resolved: for the reader, recomputed
             optimizer = OptimizerConfig.from_kwargs(config.pop("optimizer", {}))
             return _construct(cls, {**config, "optimizer": optimizer}, "")
         except ValueError as e:

@@ -87,7 +87,7 @@ def fit(
     data: Any,
     *,
     epochs: int = RunConfig.epochs,
-    batch_size: int = RunConfig.batch_size,
+    batch_size: Any = RunConfig.batch_size,
     seed: int = RunConfig.seed,
     validation_split: float = RunConfig.validation_split,
     validation_data: tuple[Any, Any] | None = None,
@@ -117,7 +117,9 @@ def fit(
             keyword arguments (``total_steps`` defaults to the run's steps).
         data: a :class:`jaxreg.data.Dataset` or ``(x, y)`` arrays (integer ``y``: classes).
         epochs: training epochs of ``len(x) // batch_size`` steps each.
-        batch_size: examples per step; the last partial batch is dropped.
+        batch_size: examples per step (the last partial batch is dropped), or a batch-size
+            schedule changing it at epoch boundaries: ``{epoch: size}``, ``[(epoch, size)]``
+            or a :class:`jaxreg.schedules.BatchSizeSchedule` (:mod:`jaxreg.train.batching`).
         seed: in ``[0, 2**32)``: the initialization and the data order.
         validation_split: hold out the last fraction of ``(x, y)`` for ``val_*`` metrics.
         validation_data: ``(x, y)`` for the ``val_*`` metrics instead.
@@ -142,7 +144,7 @@ def fit(
     Returns:
         A :class:`FitResult`; ``history`` has per-epoch lists ``loss``, ``accuracy``,
         ``val_loss``, ``val_accuracy``, ``learning_rate``, ``l2_strength``, ``l1_strength``,
-        ``skipped_steps`` and ``epoch_seconds``.
+        ``skipped_steps``, ``epoch_seconds`` and ``batch_size``.
 
     Raises:
         TypeError, ValueError: a bad argument (named with its value) before any work, or a
@@ -188,22 +190,24 @@ def fit_plan(plan: Plan, *, callbacks: Sequence[Callback] = (), progress: bool =
                 start, state, history = restored
                 consecutive_skips = checkpoint.skips(mngr, start)
         interrupt.check()
-        steps = plan.steps
-        bar = stack.enter_context(tqdm(total=plan.epochs * steps, initial=start * steps,
+        steps = [len(plan.x) // b for b in plan.batch_sizes]
+        bar = stack.enter_context(tqdm(total=sum(steps), initial=sum(steps[:start]),
                                        unit="step",
                                        disable=not progress or not distributed.is_primary()))
         for epoch in range(start, plan.epochs):
             t0 = time.perf_counter()
             key = epoch_key(np.uint32(plan.seed), np.uint32(epoch))
             extra = {} if plan.on_device else dict(on_step=lambda: bar.update(1))
-            state, metrics = plan.run_epoch(state, plan.x, plan.y, key, **extra)
+            batch_size = plan.batch_sizes[epoch]
+            state, metrics = plan.runners[batch_size](state, plan.x, plan.y, key, **extra)
             metrics = jax.device_get(metrics)  # waits for the epoch
             seconds = time.perf_counter() - t0
             validation = (None if plan.validation is None
                           else plan.evaluate(state, *plan.validation))
             logs = epoch_entry(metrics, seconds,
-                               hyperparams(state.opt_state, plan.batch_size,
+                               hyperparams(state.opt_state, batch_size,
                                            plan.optimizer.batch_scaled), validation)
+            logs["batch_size"] = batch_size
             if plan.feed_plateau is not None:
                 state = state.replace(opt_state=plan.feed_plateau(state.opt_state,
                                                                   value=logs[plan.monitor]))
@@ -217,7 +221,7 @@ def fit_plan(plan: Plan, *, callbacks: Sequence[Callback] = (), progress: bool =
             if saved:
                 checkpoint.save(mngr, epoch + 1, state, history, run_fingerprint,
                                 skips=consecutive_skips)
-            bar.update(steps if plan.on_device else 0)
+            bar.update(steps[epoch] if plan.on_device else 0)
             bar.set_postfix(
                 {k: f"{v:.4g}" for k, v in logs.items() if "loss" in k or "accuracy" in k}
             )

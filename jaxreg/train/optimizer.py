@@ -24,12 +24,14 @@ is stored as its value at the last step.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
-from jaxreg._validate import check_choice, check_hyperparam, message, require
+from jaxreg._validate import check_choice, check_hyperparam, check_int, message, require
 from jaxreg.transforms import (
     ReduceOnPlateauState,
     add_l1,
@@ -41,6 +43,7 @@ from jaxreg.transforms import (
     reduce_on_plateau,
     schedules,
 )
+from jaxreg.transforms import scaling as rules
 from jaxreg.transforms.plateau import feed
 
 OPTIMIZERS = {
@@ -118,6 +121,59 @@ def learning_rate_schedule(
     raise ValueError(message("schedule", "one of " + ", ".join(map(repr, SCHEDULES)), schedule))
 
 
+SCALED = {"adam": ("b1", "b2", "eps"), "adamw": ("b1", "b2", "eps", "weight_decay"),
+          "sgd": (), "momentum": ()}
+"""The optax keyword arguments a scaling rule may change, per optimizer."""
+
+
+def scaled_hyperparams(name: str, learning_rate: float, l2: float, optimizer_kwargs: Mapping,
+                       *, scaling: str | Sequence[str], scale_from: Any, batch_size: Any,
+                       num_examples: int | None = None, epochs: int | None = None,
+                       bn_momentum: float | None = None) -> dict[str, Any]:
+    """The hyperparameters of a run tuned at batch ``scale_from`` (``B0``), moved to
+    ``batch_size`` by the rule(s) ``scaling`` (:func:`jaxreg.scaling.scale`): ``learning_rate``,
+    ``l2``, the optimizer's of :data:`SCALED` (optax's defaults unless given), and
+    ``bn_momentum`` when given (the model's, for rule ``"ema"``); ``num_examples`` (``N``)
+    and ``epochs`` (``T``) for the rules that need them. ValueError naming the argument (a
+    rule that does not apply to the optimizer, a missing ``N``, ``B`` not a positive integer).
+    """
+    check_choice("name", name, OPTIMIZERS)
+    check_int("scale_from", scale_from, 1, exact=True)
+    optax_fn = optax.sgd if name == "momentum" else OPTIMIZERS[name]
+    defaults = {k: v.default for k, v in inspect.signature(optax_fn).parameters.items()}
+    kwargs = {k: optimizer_kwargs.get(k, defaults.get(k)) for k in SCALED[name]}
+    recipe = rules.Recipe(
+        batch_size=scale_from, learning_rate=learning_rate,
+        optimizer=name, l2=l2, weight_decay=kwargs.get("weight_decay", 0.0),
+        momentum=optimizer_kwargs.get("momentum", 0.9) if name == "momentum" else None,
+        **{k: kwargs[k] for k in ("b1", "b2", "eps") if k in kwargs},
+        bn_momentum=bn_momentum, epochs=epochs, num_examples=num_examples)
+    try:
+        new = rules.scale(recipe, batch_size, scaling)
+    except ValueError as e:  # the argument here is `scaling`
+        raise ValueError(str(e).replace("`rule`", "`scaling`").replace("got rule=", "got scaling=")
+                         ) from None
+    keys = ("learning_rate", "l2", *SCALED[name], *(() if bn_momentum is None else
+                                                    ("bn_momentum",)))
+    return {k: getattr(new, k) for k in keys}
+
+
+def _optimizer_rules(rules: str | Sequence[str]) -> list[str]:
+    """The rules that change the optimizer (``"ema"`` moves the model's BatchNorm momentum:
+    :func:`jaxreg.train.plan.make_plan` applies it); ``["none"]`` when none."""
+    names = [rules] if isinstance(rules, str) else list(rules)
+    return [r for r in names if r != "ema"] or ["none"]
+
+
+def _piecewise(boundaries: Sequence[int], values: Sequence[float]) -> Any:
+    """``values[i]`` from step ``boundaries[i]`` on: a float when all are equal, else an
+    optax schedule of the step count."""
+    if len(set(values)) == 1:
+        return values[0]
+    starts, table = jnp.asarray(boundaries[1:]), jnp.asarray(values, jnp.float32)
+    return lambda count: table[jnp.searchsorted(starts, count, side="right")]
+
+
 def make_optimizer(
     name: str = "adam",
     learning_rate: float = 1e-3,
@@ -131,6 +187,11 @@ def make_optimizer(
     mask: Any = None,
     plateau: dict[str, Any] | None = None,
     schedule_kwargs: dict[str, Any] | None = None,
+    scaling: str | Sequence[str] | None = None,
+    scale_from: int | None = None,
+    batch_size: int | Mapping[int, int] | None = None,
+    num_examples: int | None = None,
+    epochs: int | None = None,
     **optimizer_kwargs: Any,
 ) -> RunOptimizer:
     """Builds the chain in this module's docstring.
@@ -157,6 +218,14 @@ def make_optimizer(
         proximal: apply L1 as a proximal step (exact zeros) instead of a subgradient.
         plateau: keyword arguments of :func:`jaxreg.reduce_on_plateau`, or ``None``.
         schedule_kwargs: keyword arguments of the schedule (e.g. ``power`` of ``poly``).
+        scaling: rule(s) of :data:`jaxreg.scaling.RULES` moving the hyperparameters tuned at
+            batch ``scale_from`` to ``batch_size`` (:func:`scaled_hyperparams`; ``"ema"`` is
+            the model's, applied by ``fit``); ``fit`` fills in ``batch_size``,
+            ``num_examples`` and ``epochs`` from the run.
+        scale_from: ``B0``, the batch size the hyperparameters were tuned at.
+        batch_size: ``B``, or ``{step: B}`` (a batch-size schedule): each scaled
+            hyperparameter is then a piecewise-constant schedule of the step.
+        num_examples, epochs: ``N`` and ``T`` of the rules that need them.
         **optimizer_kwargs: keyword arguments of the optax constructor.
 
     Raises:
@@ -180,6 +249,30 @@ def make_optimizer(
     check_hyperparam("learning_rate", learning_rate, positive=True)  # a negative one ascends
     check_hyperparam("l2", l2)
     check_hyperparam("l1", l1)
+    injected: dict[str, Any] = {}
+    if scaling is not None:
+        require(isinstance(learning_rate, (int, float)), "learning_rate",
+                "a number (not a schedule) with scaling", learning_rate, TypeError)
+        steps_and_sizes = (sorted(batch_size.items()) if isinstance(batch_size, Mapping)
+                           else [(0, batch_size)])
+        resolved = [scaled_hyperparams(name, learning_rate, l2, optimizer_kwargs,
+                                       scaling=_optimizer_rules(scaling), scale_from=scale_from,
+                                       batch_size=b, num_examples=num_examples, epochs=epochs)
+                    for _, b in steps_and_sizes]
+        starts = [s for s, _ in steps_and_sizes]
+        injected = {k: _piecewise(starts, [r[k] for r in resolved]) for k in resolved[0]}
+        if callable(injected["learning_rate"]) and schedule != "fixed":
+            base, piece = learning_rate_schedule(1.0, schedule, total_steps,
+                                                 **(schedule_kwargs or {})), injected.pop(
+                                                     "learning_rate")
+            injected["learning_rate"] = lambda count: base(count) * piece(count)  # type: ignore
+        learning_rate, l2 = injected.pop("learning_rate"), injected.pop("l2")
+        for k in list(injected):  # constants as the constructor's arguments: as if given
+            optimizer_kwargs.pop(k, None)
+            if not callable(injected[k]):
+                optimizer_kwargs[k] = injected.pop(k)
+        if callable(learning_rate):
+            schedule = "fixed"  # the piecewise schedule (times the named one) is the rate
     lr = learning_rate_schedule(learning_rate, schedule, total_steps, **(schedule_kwargs or {}))
     plateau_tx = None if plateau is None else reduce_on_plateau(**plateau)
     if name == "adamw":
@@ -189,13 +282,15 @@ def make_optimizer(
         l1 != 0,
     )  # the chain's structure is fixed here; the values stay injectable
 
-    def chain(learning_rate, l2, l1):
+    def chain(learning_rate, l2, l1, b1=None, b2=None, eps=None, weight_decay=None):
+        scaled = {k: v for k, v in dict(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay).items()
+                  if v is not None}  # those of SCALED[name] when scaling
         parts = []
         if l2_on:
             parts.append(batch_scaled_l2(l2, mask) if batch_scaled else add_l2(l2, mask))
         if l1_on and not proximal:
             parts.append(add_l1(l1, mask))
-        parts.append(OPTIMIZERS[name](learning_rate, **optimizer_kwargs))
+        parts.append(OPTIMIZERS[name](learning_rate, **optimizer_kwargs, **scaled))
         if plateau_tx is not None and l1_on and proximal:
             parts.append(_plateau_then_proximal(plateau_tx, l1, learning_rate, mask))
         elif plateau_tx is not None:
@@ -204,7 +299,7 @@ def make_optimizer(
             parts.append(proximal_l1(l1, learning_rate, mask))
         return optax.chain(*parts)
 
-    tx = optax.inject_hyperparams(chain)(learning_rate=lr, l2=l2, l1=l1)
+    tx = optax.inject_hyperparams(chain)(learning_rate=lr, l2=l2, l1=l1, **injected)
     return RunOptimizer(tx=tx, plateau=plateau_tx, batch_scaled=batch_scaled)
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import optax
 
 from jaxreg._validate import require
+from jaxreg.train import batching, distributed, nnx_bridge
 from jaxreg.train import config as run_config
-from jaxreg.train import distributed, nnx_bridge
 from jaxreg.train._inputs import check_fit_inputs
 from jaxreg.train.config import RunConfig
 from jaxreg.train.epoch import scan_epoch, stream_epoch
@@ -32,6 +32,7 @@ from jaxreg.train.optimizer import (
     make_optimizer,
     plateau_scale,
     plateau_states,
+    scaled_hyperparams,
     update_plateau,
 )
 from jaxreg.train.state import TrainState, create_train_state
@@ -156,15 +157,22 @@ class Plan(NamedTuple):
         x, y: the training arrays (on the devices in scan mode, else on the host).
         validation: the placed validation ``(x, y)``, or ``None``.
         test_data: the test split ``(x, y)`` to evaluate at the end, or ``None``.
-        epochs, batch_size, seed, monitor: as given to :func:`make_plan`.
-        steps: steps per epoch, ``len(x) // batch_size``.
+        epochs, seed, monitor: as given to :func:`make_plan`.
+        batch_size, steps: the first epoch's batch size and steps, ``len(x) // batch_size``.
         on_device: scan mode (the epoch is one ``lax.scan``) or streamed.
         placement: the initial state and placement functions (:class:`Placement`).
-        run_epoch: ``(state, x, y, key[, on_step=]) -> (state, stacked metrics)``.
+        run_epoch: ``(state, x, y, key[, on_step=]) -> (state, stacked metrics)`` at the first
+            epoch's batch size.
         evaluate: ``(state, x, y) -> metrics`` with the run's model, loss and dtype.
         feed_plateau: jitted :func:`jaxreg.train.update_plateau`, or ``None`` without plateau.
         identity: what a checkpoint of this run must match (see
             :func:`jaxreg.train.plan.fingerprint`).
+        batch_sizes: each epoch's batch size (:func:`jaxreg.train.batching.epoch_sizes`).
+        runners: ``run_epoch`` of each distinct batch size (each compiled ahead on one device:
+            :func:`compile_ahead`).
+        scaled: ``{batch size: hyperparameters}`` an optimizer dict's ``scaling`` resolved
+            (:func:`jaxreg.train.optimizer.scaled_hyperparams`; the model's ``bn_momentum``
+            too, when it has one), or ``{}``.
     """
 
     model: Any
@@ -184,6 +192,9 @@ class Plan(NamedTuple):
     evaluate: Callable[[TrainState, Any, Any], dict[str, float]]
     feed_plateau: Callable | None
     identity: dict[str, Any]
+    batch_sizes: tuple[int, ...]
+    runners: dict[int, Any]
+    scaled: dict[int, dict[str, Any]]
 
 
 def resolve_optimizer(optimizer: Any, total_steps: int, monitor: str) -> RunOptimizer:
@@ -266,7 +277,7 @@ def _epoch_runner(step: Callable, placement: Placement, *, on_device: bool, batc
 
 
 def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.epochs,
-              batch_size: int = RunConfig.batch_size, seed: int = RunConfig.seed,
+              batch_size: Any = RunConfig.batch_size, seed: int = RunConfig.seed,
               validation_split: float = RunConfig.validation_split, validation_data: Any = None,
               test: bool = True, loss_fn: Callable | None = None, monitor: str = "val_loss",
               skip_nonfinite: bool = True, compute_dtype: Any = None,
@@ -287,40 +298,56 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
         TypeError, ValueError: a bad argument, named with its value, before any work.
     """
     model = nnx_bridge.wrap(model)
-    check_fit_inputs(model, optimizer, data, epochs=epochs, batch_size=batch_size, seed=seed,
+    schedule = not isinstance(batch_size, int)  # checked by batching.epoch_sizes below
+    check_fit_inputs(model, optimizer, data, epochs=epochs,
+                     batch_size=1 if schedule else batch_size, seed=seed,
                      validation_split=validation_split, validation_data=validation_data, test=test,
                      monitor=monitor, accumulate=accumulate, unroll=unroll, loss_fn=loss_fn)
     (x, y), validation, test_data = split_data(data, validation_split, validation_data)
-    steps = len(x) // batch_size
-    total_steps = run_config.check_steps(epochs, steps)
-    opt = resolve_optimizer(optimizer, total_steps=total_steps, monitor=monitor)
+    run_config.check_steps(epochs, batching.fewest_steps(batch_size, len(x)))  # before sizes
+    sizes = batching.epoch_sizes(batch_size, epochs, len(x))
+    total_steps = (run_config.check_steps(epochs, len(x) // sizes[0]) if len(set(sizes)) == 1
+                   else run_config.check_steps(1, sum(len(x) // b for b in sizes)))
+    scaled: dict[int, dict[str, Any]] = {}
+    resolved = optimizer  # the run's optimizer dict; a checkpoint records the one given
+    if isinstance(optimizer, dict) and optimizer.get("scaling") is not None:
+        resolved, scaled = _scaled(optimizer, model, sizes, len(x), epochs)
+    opt = resolve_optimizer(resolved, total_steps=total_steps, monitor=monitor)
     loss_fn = default_loss(y) if loss_fn is None else loss_fn
     mesh = distributed.default_mesh() if mesh is None else mesh
     devices = 1 if mesh is None else mesh.size
-    require(batch_size % (accumulate * devices) == 0, "batch_size",
-            f"a multiple of accumulate={accumulate} times the {devices} devices", batch_size)
+    for b in sizes:
+        require(b % (accumulate * devices) == 0, "batch_size",
+                f"a multiple of accumulate={accumulate} times the {devices} devices", b)
     step = functools.partial(train_step, model=model, tx=opt.tx, loss_fn=loss_fn,
                              compute_dtype=compute_dtype, accumulate=accumulate,
                              skip_nonfinite=skip_nonfinite)
     if on_device is None:
         on_device = x.nbytes + y.nbytes <= DEVICE_DATA_BYTES
-    runner = functools.partial(_epoch_runner, step, on_device=on_device, batch_size=batch_size,
-                               unroll=unroll)
+    def runners_for(placement: Placement) -> dict[int, Callable]:
+        """An epoch runner per distinct batch size (rule ``"ema"`` moves its BatchNorm momentum)."""
+        return {b: _epoch_runner(
+            step if "bn_momentum" not in scaled.get(b, {}) else functools.partial(
+                step, model=model.clone(bn_momentum=scaled[b]["bn_momentum"])),
+            placement, on_device=on_device, batch_size=b, unroll=unroll)
+            for b in sorted(set(sizes))}
+
     evaluated = [a for a in (validation, test_data if test else None,
                              (x, y) if evaluates_train else None) if a is not None]
     epoch_compiled: list[Future] = []
     evaluations_compiled: list[Future] = []
-    run_epoch = None
+    runners: dict[int, Callable] = {}
 
-    def ahead(state):  # one device: the epoch and evaluations compile while the state does
-        nonlocal run_epoch
-        run_epoch = runner(Placement(state, None, {}, jax.device_put, jax.device_put, None))
+    def ahead(state):  # one device: the epochs and evaluations compile while the state does
+        runners.update(runners_for(Placement(state, None, {}, jax.device_put, jax.device_put,
+                                             None)))
         if trains:
             scalar = jax.ShapeDtypeStruct((), np.uint32)
             epoch_compiled.append(compile_ahead(epoch_key, scalar, scalar))
-        if on_device and trains:
-            epoch_compiled.append(compile_ahead(run_epoch, state, _spec(x), _spec(y),
-                                                jax.eval_shape(jax.random.key, 0)))
+        if on_device and trains:  # one program per distinct batch size
+            epoch_compiled.extend(
+                compile_ahead(run, state, _spec(x), _spec(y), jax.eval_shape(jax.random.key, 0))
+                for run in runners.values())
         evaluations_compiled.extend(
             compile_ahead(evaluation_sums, model, state.params, state.model_state, _spec(xe),
                           _spec(ye), loss_fn=loss_fn, batch_size=min(EVAL_BATCH, len(xe)),
@@ -329,7 +356,8 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
 
     placement = place(functools.partial(create_train_state, model, opt.tx, x[:1], seed), mesh,
                       ahead)
-    run_epoch = _after(epoch_compiled, run_epoch or runner(placement))
+    runners = {b: _after(epoch_compiled, run)
+               for b, run in (runners or runners_for(placement)).items()}
     has_plateau = _check_plateau_mode(placement.state.opt_state, monitor)
     require(not has_plateau or not monitor.startswith("val_") or validation is not None,
             "validation_split", f"> 0, or validation_data given: the plateau monitors {monitor!r}",
@@ -351,10 +379,38 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
         **({} if mesh is None else dict(out_shardings=placement.state_sharding.opt_state)))
     identity = dict(model=model, optimizer=(optimizer if isinstance(optimizer, dict)
                                             else type(optimizer).__name__),
-                    batch_size=batch_size, seed=seed)
-    return Plan(model, opt, x, y, validation, test_data if test else None, epochs, batch_size,
-                seed, monitor, steps, on_device, placement, run_epoch, evaluate_placed,
-                feed_plateau, identity)
+                    batch_size=batching.changes(sizes), seed=seed)
+    return Plan(model, opt, x, y, validation, test_data if test else None, epochs, sizes[0],
+                seed, monitor, len(x) // sizes[0], on_device, placement, runners[sizes[0]],
+                evaluate_placed, feed_plateau, identity, sizes, runners, scaled)
+
+
+def _scaled(optimizer: dict[str, Any], model: Any, sizes: tuple[int, ...], num_examples: int,
+            epochs: int) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """``fit``'s optimizer dict with ``scaling`` given the run's batch size (``{step: size}``
+    for a schedule), ``num_examples`` and ``epochs``, and the resolved hyperparameters of each
+    size (the model's ``bn_momentum`` too, moved by rule ``"ema"``); ValueError naming
+    ``scaling`` for ``"ema"`` on a model without a ``bn_momentum`` field."""
+    rules = optimizer["scaling"]
+    bn = getattr(model, "bn_momentum", None)
+    require(bn is not None or "ema" not in ([rules] if isinstance(rules, str) else rules),
+            "scaling", "rules for the model: 'ema' needs a linen model with a bn_momentum field",
+            rules)
+    starts = np.cumsum([0] + [num_examples // b for b in sizes[:-1]])
+    steps = {int(s): b for s, b, prev in zip(starts, sizes, (None, *sizes[:-1]), strict=True)
+             if b != prev}
+    optimizer = {"num_examples": num_examples, "epochs": epochs, **optimizer,
+                 "batch_size": sizes[0] if len(steps) == 1 else steps}
+    kwargs = {k: v for k, v in optimizer.items() if k not in (
+        "name", "learning_rate", "l2", "scaling", "scale_from", "batch_size", "num_examples",
+        "epochs")}
+    scaled = {b: scaled_hyperparams(
+        optimizer.get("name", "adam"), optimizer.get("learning_rate", 1e-3),
+        optimizer.get("l2", 0.0), kwargs, scaling=rules, scale_from=optimizer.get("scale_from"),
+        batch_size=b, num_examples=num_examples, epochs=optimizer["epochs"], bn_momentum=bn)
+        for b in sorted(set(sizes))}
+    return optimizer, scaled
+
 
 
 def fingerprint(plan: Plan) -> dict[str, str]:

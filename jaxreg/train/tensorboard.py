@@ -28,7 +28,7 @@ __all__ = ["TensorBoardCallback", "tag", "write_sweep"]
 
 TAGS = {"learning_rate": "optimizer/learning_rate", "l2_strength": "regularization/l2_strength",
         "l1_strength": "regularization/l1_strength", "skipped_steps": "steps/skipped",
-        "epoch_seconds": "time/epoch_seconds"}
+        "epoch_seconds": "time/epoch_seconds", "batch_size": "steps/batch_size"}
 """The tags of the history keys that are not metrics."""
 
 

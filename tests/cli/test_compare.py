@@ -4,8 +4,6 @@ drawn on shared axes; bad input is one line and exit status 2 with nothing writt
 Two small runs (digits, linear model, 2 epochs) that differ in ``--l2`` and one sweep of two
 settings (two seeds each) are shared by the module.
 """
-import contextlib
-import io
 import json
 import math
 import shutil
@@ -14,20 +12,15 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from jaxreg.cli import compare, main, plots
+from jaxreg.cli import compare, plots
 from jaxreg.cli.sweep import summarize
 from jaxreg.train.sweep import Setting, SettingResult, SweepResult
+from tests.helpers import run_main
 
 TINY = ["--dataset", "digits", "--model", "linear", "--epochs", "2", "--batch-size", "64",
         "--no-progress"]
 
 
-def run_main(argv):
-    """``(exit status, stdout, stderr)`` of ``main(argv)`` in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(argv)
-    return status, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -6,28 +6,20 @@ here, its sha256 made the known ones for the test (tests/data/test_checks.py's `
 Fashion-MNIST's system directory is an empty folder, so an installed Debian package changes
 nothing here.
 """
-import contextlib
 import gzip
 import hashlib
-import io
 import json
 import shutil
 
 import numpy as np
 import pytest
 
-from jaxreg.cli import main
 from jaxreg.data import sources
-from tests.helpers import tiny_files, write
+from tests.helpers import run_main, tiny_files, write
 
 DIGITS = ["--dataset", "digits", "--epochs", "1", "--batch-size", "128", "--no-progress"]
 
 
-def run_main(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main([str(a) for a in argv])
-    return status, out.getvalue(), err.getvalue()
 
 
 def refused(argv, message):

@@ -5,7 +5,6 @@ is shared by the module; everything else reuses it or fails before training.
 """
 import contextlib
 import functools
-import io
 import json
 import math
 import os
@@ -20,11 +19,10 @@ import numpy as np
 import pytest
 
 from jaxreg import cli
-from jaxreg.cli import main
 from jaxreg.cli import train as train_cli
 from jaxreg.cli.plots import plot_history
 from jaxreg.data import DataError, sources
-from tests.helpers import write_dataset
+from tests.helpers import run_main, write_dataset
 
 RUN_ARGS = [
     "--dataset",
@@ -38,12 +36,6 @@ RUN_ARGS = [
 ]
 
 
-def run_main(argv):
-    """``(exit status, stdout, stderr)`` of ``main(argv)`` in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(argv)
-    return status, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -18,11 +18,11 @@ OPTIMIZER = dict(name="adam", learning_rate=1e-2, l2=1e-3, batch_scaled=True, sc
                  plateau=dict(factor=0.5, patience=1))
 
 
-def run_child(tmp_path, kill_after):
+def run_child(tmp_path, kill_after, batch_size=64):
     out = tmp_path / f"out_{kill_after}.npz"
     proc = subprocess.run(
         [sys.executable, "-m", "tests.programs.killed_fit", str(tmp_path / "ckpt"),
-         str(kill_after), str(out), json.dumps(OPTIMIZER)],
+         str(kill_after), str(out), json.dumps(OPTIMIZER), json.dumps(batch_size)],
         env=source_env(),
         capture_output=True,
         text=True,
@@ -32,15 +32,18 @@ def run_child(tmp_path, kill_after):
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_is_bit_identical(tmp_path):
-    killed, _ = run_child(tmp_path, kill_after=2)
+@pytest.mark.parametrize("batch_size, kill_after", [(64, 2), ({0: 32, 2: 64}, 3)],
+                         ids=["fixed", "schedule-killed-after-the-change"])
+def test_killed_and_resumed_run_is_bit_identical(tmp_path, batch_size, kill_after):
+    killed, _ = run_child(tmp_path, kill_after, batch_size)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     complete = [
         int(p.name) for p in rundir.step_dirs(tmp_path / "ckpt") if checkpoint.verify(p) is None
     ]
-    assert complete in ([1], [1, 2]), os.listdir(tmp_path / "ckpt")
+    assert complete in (list(range(1, kill_after)), list(range(1, kill_after + 1))), \
+        os.listdir(tmp_path / "ckpt")
 
-    resumed, out = run_child(tmp_path, kill_after=0)
+    resumed, out = run_child(tmp_path, 0, batch_size)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     # the uninterrupted reference run, in this process
@@ -55,7 +58,7 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path):
         OPTIMIZER,
         (x, y),
         epochs=4,
-        batch_size=64,
+        batch_size=batch_size,
         seed=5,
         validation_split=0.2,
         progress=False,

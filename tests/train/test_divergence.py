@@ -2,16 +2,14 @@
 steps skipped in a row, or ``max_consecutive_skips`` in a row (counted across a resume), is
 divergence; more than a tenth
 of an epoch's steps skipped is a one-line warning; the same in ``fit``, the CLI and the sweep."""
-import contextlib
-import io
 import warnings
 
 import numpy as np
 import pytest
 
 from jaxreg import models
-from jaxreg.cli import main
 from jaxreg.train import TrainingDiverged, divergence, fit, sweep
+from tests.helpers import run_main
 
 OPTIMIZER = dict(name="sgd", learning_rate=0.1)
 
@@ -114,11 +112,6 @@ def test_a_diverged_sweep_setting_is_one_warning_naming_it():
         " diverged: every step of epoch 2 (4) was skipped" in messages[0]), messages
 
 
-def _main(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(argv)
-    return status, out.getvalue(), err.getvalue()
 
 
 def test_jaxreg_train_diverges_with_exit_1_and_so_does_its_resume(tmp_path):
@@ -126,12 +119,12 @@ def test_jaxreg_train_diverges_with_exit_1_and_so_does_its_resume(tmp_path):
     "10 skipped steps" (the last 10); its resume too."""
     out = tmp_path / "run"
     flags = ["--no-progress", "--no-compile-cache", "--out", str(out)]
-    status, _, err = _main(["train", "--dataset", "digits", "--optimizer", "sgd", "--lr", "1e23",
+    status, _, err = run_main(["train", "--dataset", "digits", "--optimizer", "sgd", "--lr", "1e23",
                             "--epochs", "2", *flags])
     assert status == 1 and err.count("\n") == 1 and err.startswith(
         "jaxreg train: error: training diverged: the last 10 of epoch 1's 11 steps were "
         "skipped: "), err
     assert not (out / "metrics.json").exists()
-    status2, _, err2 = _main(["train", "--resume", *flags])
+    status2, _, err2 = run_main(["train", "--resume", *flags])
     assert (status2, err2) == (1, err)  # no checkpoint: from the start, to the same end
     assert not (out / "metrics.json").exists()

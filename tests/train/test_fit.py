@@ -34,6 +34,7 @@ def test_fit_digits_learns(digits):
         "l1_strength",
         "skipped_steps",
         "epoch_seconds",
+        "batch_size",
     }
     assert all(len(v) == 4 for v in h.values())
     assert h["val_accuracy"][-1] > 0.8 and h["loss"][-1] < h["loss"][0]

@@ -1,8 +1,6 @@
 """TensorBoard event files (jaxreg.train.tensorboard), read back with TensorBoard's own
 EventAccumulator: a fit's epochs, a resumed fit (no duplicated steps), a sweep's settings,
 the missing-extra error, process 0 only, and ``jaxreg train/sweep --tensorboard``."""
-import contextlib
-import io
 import json
 import shutil
 import subprocess
@@ -14,13 +12,14 @@ from sklearn.datasets import load_digits
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from jaxreg import models
-from jaxreg.cli import main
 from jaxreg.train import distributed, fit, sweep
 from jaxreg.train.tensorboard import TensorBoardCallback, tag, write_sweep
+from tests.helpers import run_main
 
 HISTORY_TAGS = {"loss/train", "accuracy/train", "loss/validation", "accuracy/validation",
                 "optimizer/learning_rate", "regularization/l2_strength",
-                "regularization/l1_strength", "steps/skipped", "time/epoch_seconds"}
+                "regularization/l1_strength", "steps/skipped", "time/epoch_seconds",
+                "steps/batch_size"}
 
 
 def read(logdir) -> EventAccumulator:
@@ -29,12 +28,6 @@ def read(logdir) -> EventAccumulator:
     return events
 
 
-def run_main(argv):
-    """``(exit status, stdout, stderr)`` of ``main(argv)`` in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(argv)
-    return status, out.getvalue(), err.getvalue()
 
 
 def scalars(events: EventAccumulator, name: str) -> tuple[list[int], list[float]]:

@@ -1,0 +1,52 @@
+"""``jaxreg sweep --study batch-size-rules`` (issue 23 item 3): a row per rule and batch size,
+the rules' closed-form learning rate in effect, "n/a" where a rule cannot be applied."""
+import json
+import math
+
+import pytest
+
+from tests.helpers import run_main
+
+
+@pytest.fixture(autouse=True)
+def xdg_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+def test_rules_study_on_digits(tmp_path):
+    out = tmp_path / "study"
+    status, stdout, err = run_main([
+        "sweep", "--study", "batch-size-rules", "--dataset", "digits", "--epochs", "1",
+        "--seeds", "2", "--batch-size", "32", "--batch-sizes", "32,128,1024",
+        "--validation-split", "0", "--no-progress", "--out", str(out)])
+    assert status == 0, err
+    rows = json.loads((out / "rules.json").read_text())["rows"]
+    assert [(r["rule"], r["batch_size"]) for r in rows] == [
+        (rule, b) for rule in ("none", "sqrt", "sqrt,ema") for b in (32, 128, 1024)]
+    by = {(r["rule"], r["batch_size"]): r for r in rows}
+    # sqrt at k = 32 pushes b1 to 1 - 32 * 0.1 < 0: not applicable, said why
+    assert "`b1` must be a number in [0, 1)" in by["sqrt", 1024]["error"]
+    assert by["none", 1024]["steps"] == 1437 // 1024
+    assert by["sqrt", 128]["steps"] == 1437 // 128
+    assert by["none", 32]["within_one_point"] is True  # B0 itself
+    assert (out / "rules.png").stat().st_size > 0
+    assert "sqrt b=1024  n/a" in stdout
+
+
+def test_scaling_flag_is_checked():
+    status, _, err = run_main(["sweep", "--study", "batch-size-rules", "--scaling", "bogus"])
+    assert status == 2 and "--scaling: expected rule names" in err
+
+
+def test_linear_rule_learning_rate_in_the_study(tmp_path):
+    """``--scaling linear`` with SGD: the rule applied, unchanged beside it."""
+    out = tmp_path / "study"
+    status, _, err = run_main([
+        "sweep", "--study", "batch-size-rules", "--dataset", "digits", "--epochs", "1",
+        "--optimizer", "sgd", "--lr", "0.01", "--batch-size", "32", "--batch-sizes", "64",
+        "--scaling", "linear", "--validation-split", "0", "--no-progress", "--out", str(out)])
+    assert status == 0, err
+    rows = json.loads((out / "rules.json").read_text())["rows"]
+    assert [r["rule"] for r in rows] == ["none", "linear"]
+    assert all(math.isfinite(r["test_accuracy_mean"]) for r in rows)
+    assert [r["learning_rate"] for r in rows] == pytest.approx([0.01, 0.01 * 64 / 32])

@@ -25,11 +25,10 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 import optax
-from flax import nnx
 
 import jaxreg.data
+from benchmarks.nnx_loop import tutorial_loop
 from benchmarks.timing import interleaved_medians, row
 from jaxreg import models
 from jaxreg.data import DataError
@@ -52,39 +51,7 @@ def _data(quick: bool) -> tuple[Any, str]:
 def nnx_tutorial_loop(ds: Any, epochs: int) -> float:
     """flax's NNX training loop (MNIST tutorial) on the NNX SeedMLP; returns the test accuracy."""
     model = models.get("seed-mlp", 10, api="nnx", input_shape=ds.x_train.shape[1:], seed=SEED)
-    optimizer = nnx.Optimizer(model, optax.adam(LEARNING_RATE), wrt=nnx.Param)
-    metrics = nnx.MultiMetric(accuracy=nnx.metrics.Accuracy(), loss=nnx.metrics.Average("loss"))
-
-    def loss_fn(model, x, y):
-        logits = model(x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
-
-    @nnx.jit
-    def train_step(model, optimizer, metrics, x, y):
-        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, x, y)
-        metrics.update(loss=loss, logits=logits, labels=y)
-        optimizer.update(model, grads)
-
-    @nnx.jit
-    def eval_step(model, metrics, x, y):
-        loss, logits = loss_fn(model, x, y)
-        metrics.update(loss=loss, logits=logits, labels=y)
-
-    rng = np.random.default_rng(SEED)
-    x, y = ds.x_train, ds.y_train
-    steps = len(x) // BATCH_SIZE
-    for _ in range(epochs):
-        model.train()
-        perm = rng.permutation(len(x))
-        for i in range(steps):
-            idx = perm[i * BATCH_SIZE:(i + 1) * BATCH_SIZE]
-            train_step(model, optimizer, metrics, x[idx], y[idx])
-        metrics.compute()  # the epoch's logs, as the tutorial prints them
-        metrics.reset()
-    model.eval()
-    for i in range(0, len(ds.x_test), 1000):
-        eval_step(model, metrics, ds.x_test[i:i + 1000], ds.y_test[i:i + 1000])
-    return float(metrics.compute()["accuracy"])
+    return tutorial_loop(model, ds.x_train, ds.y_train, ds.x_test, ds.y_test, epochs)
 
 
 def _fit(model: Any, ds: Any, epochs: int) -> float:

@@ -131,6 +131,8 @@ def _torch_train(x: np.ndarray, y: np.ndarray, epochs: int) -> Callable[[], None
     """The recipe in eager PyTorch (Keras' BatchNorm momentum and epsilon), or None."""
     try:
         import torch
+
+        from benchmarks.torch_loop import seed_mlp, train_epochs
     except ImportError:
         print("bench_training: torch is not importable; skipping the torch rows")
         return None
@@ -143,25 +145,9 @@ def _torch_train(x: np.ndarray, y: np.ndarray, epochs: int) -> Callable[[], None
 
     def call() -> None:
         torch.manual_seed(SEED)
-        model = torch.nn.Sequential(
-            torch.nn.Linear(x.shape[1], 50),
-            torch.nn.BatchNorm1d(50, eps=1e-3, momentum=0.01),
-            torch.nn.ReLU(),
-            torch.nn.Linear(50, 10),
-        ).to(device)
+        model = seed_mlp(x.shape[1], device)
         opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-        steps = len(x) // BATCH_SIZE
-        for _ in range(epochs):
-            perm = torch.randperm(len(x), device=device)
-            losses = []
-            for i in range(steps):
-                idx = perm[i * BATCH_SIZE:(i + 1) * BATCH_SIZE]
-                loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.detach())
-            torch.stack(losses).mean().item()
+        train_epochs(model, opt, xt, yt, epochs)
     return call
 
 

@@ -40,31 +40,33 @@ class SeedMLP(nnx.Module):
         return self.out(nnx.relu(x))
 
 
-def loss_fn(model: SeedMLP, x: ArrayLike, y: ArrayLike) -> tuple[jax.Array, jax.Array]:
+def loss_fn(model: nnx.Module, x: ArrayLike, y: ArrayLike) -> tuple[jax.Array, jax.Array]:
     logits = model(x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
 
 
-@nnx.jit
-def train_step(model: SeedMLP, optimizer: nnx.Optimizer, metrics: nnx.MultiMetric,
-               x: ArrayLike, y: ArrayLike) -> None:
-    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, x, y)
-    metrics.update(loss=loss, logits=logits, labels=y)
-    optimizer.update(model, grads)
+def tutorial_loop(model: nnx.Module, x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
+                  y_test: np.ndarray, epochs: int) -> float:
+    """The tutorial's loop on ``model`` for ``epochs``; returns the test accuracy.
 
-
-@nnx.jit
-def eval_step(model: SeedMLP, metrics: nnx.MultiMetric, x: ArrayLike, y: ArrayLike) -> None:
-    loss, logits = loss_fn(model, x, y)
-    metrics.update(loss=loss, logits=logits, labels=y)
-
-
-def train(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-          epochs: int) -> float:
-    """Trains the tutorial's loop for ``epochs``; returns the test accuracy."""
-    model = SeedMLP(int(np.prod(x.shape[1:])), nnx.Rngs(SEED))
+    Its steps are jitted per call, so every call includes their compilation.
+    """
     optimizer = nnx.Optimizer(model, optax.adam(LEARNING_RATE), wrt=nnx.Param)
     metrics = nnx.MultiMetric(accuracy=nnx.metrics.Accuracy(), loss=nnx.metrics.Average("loss"))
+
+    @nnx.jit
+    def train_step(model: nnx.Module, optimizer: nnx.Optimizer, metrics: nnx.MultiMetric,
+                   x: ArrayLike, y: ArrayLike) -> None:
+        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, x, y)
+        metrics.update(loss=loss, logits=logits, labels=y)
+        optimizer.update(model, grads)
+
+    @nnx.jit
+    def eval_step(model: nnx.Module, metrics: nnx.MultiMetric, x: ArrayLike,
+                  y: ArrayLike) -> None:
+        loss, logits = loss_fn(model, x, y)
+        metrics.update(loss=loss, logits=logits, labels=y)
+
     rng = np.random.default_rng(SEED)
     steps = len(x) // BATCH_SIZE
     for _ in range(epochs):
@@ -79,6 +81,13 @@ def train(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
     for i in range(0, len(x_test), 1000):
         eval_step(model, metrics, x_test[i:i + 1000], y_test[i:i + 1000])
     return float(metrics.compute()["accuracy"])
+
+
+def train(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+          epochs: int) -> float:
+    """Trains the tutorial's loop on :class:`SeedMLP` for ``epochs``; returns the test accuracy."""
+    model = SeedMLP(int(np.prod(x.shape[1:])), nnx.Rngs(SEED))
+    return tutorial_loop(model, x, y, x_test, y_test, epochs)
 
 
 if __name__ == "__main__":

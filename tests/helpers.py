@@ -1,6 +1,7 @@
 """Helpers shared by the tests (test modules never import each other: tests/test_layout.py).
 
-- BatchNorm: the NumPy float64 reference ``np_batchnorm``, ``random_inputs``, ``train_step``.
+- BatchNorm: the NumPy float64 reference ``np_batchnorm``, ``random_inputs``, ``train_step``,
+  ``masked_sync_inputs`` (of the cross-device programs).
 - Data: tiny IDX files of the real format, written by an encoder of this module's own
   (independent of jaxreg.data's parser): ``write_idx``, ``write_dataset``, ``tiny_files``,
   ``write``.
@@ -94,6 +95,22 @@ def random_inputs(shape, axis, seed=0, loc=0.5, scale=2.0):
     gamma = 1.0 + 0.3 * jax.random.normal(k[2], fshape)
     beta = 0.3 * jax.random.normal(k[3], fshape)
     return x, dy, gamma, beta
+
+
+def masked_sync_inputs(shape):
+    """The cross-device programs' inputs, of ``shape = (B, T, C)`` with ``B`` a multiple of 8.
+
+    Returns ``x ~ 3 + 2 N(0, 1)``, a cotangent ``dy ~ N(0, 1)`` and a mask of shape ``(B, T,
+    1)``: the examples of device ``i`` of 8 keep each step with probability ``(i + 1) / 9``
+    (very unequal counts; ``[0, 0]`` always kept).
+    """
+    b, t, _ = shape
+    kx, kdy, km = jax.random.split(jax.random.key(0), 3)
+    x = 3.0 + 2.0 * jax.random.normal(kx, shape)
+    dy = jax.random.normal(kdy, shape)
+    p = jnp.repeat((jnp.arange(8) + 1) / 9.0, b // 8)[:, None, None]
+    mask = (jax.random.uniform(km, (b, t, 1)) < p).at[0, 0].set(True)
+    return x, dy, mask
 
 
 # --- IDX data files

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jaxreg.nn import BatchNorm
+from tests.helpers import masked_sync_inputs
 
 B, T, C = 32, 5, 3  # 4 examples per device
 
@@ -36,12 +37,7 @@ def maxdiff(a: Any, b: Any) -> float:
 def main() -> None:
     assert jax.device_count() == 8
     mesh = Mesh(np.array(jax.devices()), ("d",))
-    kx, kdy, km = jax.random.split(jax.random.key(0), 3)
-    x = 3.0 + 2.0 * jax.random.normal(kx, (B, T, C))
-    dy = jax.random.normal(kdy, (B, T, C))
-    # device i keeps each (example, step) with probability (i + 1) / 9: very unequal counts
-    p = jnp.repeat((jnp.arange(8) + 1) / 9.0, B // 8)[:, None, None]
-    mask = (jax.random.uniform(km, (B, T, 1)) < p).at[0, 0].set(True)
+    x, dy, mask = masked_sync_inputs((B, T, C))  # very unequal counts per device
 
     def run(module: Any, sharded: bool, x: jax.Array = x) -> dict[str, Any]:
         variables = module.init(jax.random.key(1), x, use_running_average=False)

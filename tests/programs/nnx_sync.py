@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxreg import nn as jnn
 from jaxreg import nnx as jnnx
+from tests.helpers import masked_sync_inputs
 
 B, T, C = 32, 5, 3
 Layer = Callable[[Any, jax.Array], tuple[Callable[..., Any], Any, Any]]
@@ -57,11 +58,7 @@ def maxdiff(a: Any, b: Any) -> float:
 def main() -> None:
     assert jax.device_count() == 8
     mesh = Mesh(np.array(jax.devices()), ("d",))
-    kx, kdy, km = jax.random.split(jax.random.key(0), 3)
-    x0 = 3.0 + 2.0 * jax.random.normal(kx, (B, T, C))
-    dy = jax.random.normal(kdy, (B, T, C))
-    p = jnp.repeat((jnp.arange(8) + 1) / 9.0, B // 8)[:, None, None]
-    mask0 = (jax.random.uniform(km, (B, T, 1)) < p).at[0, 0].set(True)
+    x0, dy, mask0 = masked_sync_inputs((B, T, C))
 
     def run(layer: Layer, sharded: bool, x: jax.Array, mask: Any) -> dict[str, Any]:
         apply, params, stats = layer("d" if sharded else None, x)

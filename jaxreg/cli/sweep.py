@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,30 +79,29 @@ PANEL_SIZE = (5.0, 3.8)
 SWEEP_VALIDATION_SPLIT = 0.1
 """Default ``--validation-split``: what the best setting is chosen by."""
 REFERENCE_BATCH = default(RunConfig, "batch_size")
+"""The study's fixed-strength model uses ``lambda / REFERENCE_BATCH`` (equal to lambda/b there)."""
 STUDY_RULES = {"adam": ("none", "sqrt", "sqrt,ema"), "adamw": ("none", "sqrt", "sqrt,ema",
                                                               "timescale"),
                "momentum": ("none", "linear"), "sgd": ("none", "linear")}
 """The rules ``--study batch-size-rules`` compares, per optimizer (``none``: unchanged)."""
-"""The study's fixed-strength model uses ``lambda / REFERENCE_BATCH`` (equal to lambda/b there)."""
 
 
-def float_list(text: str) -> list[float]:
-    """``"0,1e-5,1e-4"`` -> ``[0.0, 1e-05, 0.0001]`` (the library checks the values)."""
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
+def comma_list(convert: Callable[[str], Any], noun: str) -> Callable[[str], list]:
+    """An argparse ``type`` for ``"a,b,c"``: ``[convert(a), convert(b), convert(c)]``, or
+    ``expected comma-separated <noun>`` (the library checks the values themselves)."""
+    def parse(text: str) -> list:
+        try:
+            return [convert(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {noun}, got {text!r}") from None
+    return parse
 
 
-def int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+float_list = comma_list(float, "numbers")
+"""``"0,1e-5,1e-4"`` -> ``[0.0, 1e-05, 0.0001]``."""
+int_list = comma_list(int, "integers")
+"""``"32,64"`` -> ``[32, 64]``."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -161,15 +161,13 @@ class Plan(NamedTuple):
         batch_size, steps: the first epoch's batch size and steps, ``len(x) // batch_size``.
         on_device: scan mode (the epoch is one ``lax.scan``) or streamed.
         placement: the initial state and placement functions (:class:`Placement`).
-        run_epoch: ``(state, x, y, key[, on_step=]) -> (state, stacked metrics)`` at the first
-            epoch's batch size.
         evaluate: ``(state, x, y) -> metrics`` with the run's model, loss and dtype.
         feed_plateau: jitted :func:`jaxreg.train.update_plateau`, or ``None`` without plateau.
         identity: what a checkpoint of this run must match (see
             :func:`jaxreg.train.plan.fingerprint`).
         batch_sizes: each epoch's batch size (:func:`jaxreg.train.batching.epoch_sizes`).
-        runners: ``run_epoch`` of each distinct batch size (each compiled ahead on one device:
-            :func:`compile_ahead`).
+        runners: ``{batch size: run_epoch}``, ``run_epoch(state, x, y, key[, on_step=]) ->
+            (state, stacked metrics)``, each compiled ahead on one device (:func:`compile_ahead`).
         scaled: ``{batch size: hyperparameters}`` an optimizer dict's ``scaling`` resolved
             (:func:`jaxreg.train.optimizer.scaled_hyperparams`; the model's ``bn_momentum``
             too, when it has one), or ``{}``.
@@ -188,7 +186,6 @@ class Plan(NamedTuple):
     steps: int
     on_device: bool
     placement: Placement
-    run_epoch: Callable
     evaluate: Callable[[TrainState, Any, Any], dict[str, float]]
     feed_plateau: Callable | None
     identity: dict[str, Any]
@@ -381,8 +378,8 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
                                             else type(optimizer).__name__),
                     batch_size=batching.changes(sizes), seed=seed)
     return Plan(model, opt, x, y, validation, test_data if test else None, epochs, sizes[0],
-                seed, monitor, len(x) // sizes[0], on_device, placement, runners[sizes[0]],
-                evaluate_placed, feed_plateau, identity, sizes, runners, scaled)
+                seed, monitor, len(x) // sizes[0], on_device, placement, evaluate_placed,
+                feed_plateau, identity, sizes, runners, scaled)
 
 
 def _scaled(optimizer: dict[str, Any], model: Any, sizes: tuple[int, ...], num_examples: int,

@@ -69,7 +69,7 @@ GROUPS = {
     "model and training": ("model", "api", "epochs", "batch_size", "batch_size_schedule",
                            "seed"),
     "optimizer": ("name", "learning_rate", "schedule", "lr_power", "weight_decay", "scaling",
-                  "scale_from"),
+                  "scale_from", "warmup_steps"),
     "regularization": ("l2", "batch_scaled", "l1", "proximal", "plateau", "plateau_factor",
                        "plateau_patience"),
     "run": ("checkpoint_every",),
@@ -120,7 +120,7 @@ def _add_described(group: Any, dest: str, field: dataclasses.Field) -> None:
         kwargs.update(type=field_type(field),
                       metavar=dict(validation_split="F", batch_size="B", lr_power="A",
                                    batch_size_schedule="EPOCH:B,...", scaling="RULE[,RULE]",
-                                   scale_from="B0",
+                                   scale_from="B0", warmup_steps="W",
                                    weight_decay="WD", l2="LAMBDA", l1="LAMBDA",
                                    plateau_factor="F", plateau_patience="N",
                                    checkpoint_every="N").get(field.name))

@@ -151,6 +151,10 @@ class OptimizerConfig:
               "scaling rules); the resolved values are printed and written to config.json", str)
     scale_from: int | None = option(None, "B0, the batch size the hyperparameters were tuned "
                                           "at; with --scaling", int, low=1)
+    warmup_steps: int = option(0, "linear warmup: the learning rate (any --schedule) times "
+                                  "min(1, (t+1)/W) at step t; with --scaling, W at --scale-from, "
+                                  "moved by the rule; 0: none", int, low=0, high=STEP_LIMIT,
+                               sweep="static")
 
     def __post_init__(self) -> None:
         _check_all(self)
@@ -165,8 +169,9 @@ class OptimizerConfig:
 
     def kwargs(self) -> dict[str, Any]:
         """:func:`jaxreg.train.make_optimizer`'s keyword arguments (``config.json``'s
-        ``optimizer``): ``plateau`` as ``dict(factor, patience)`` or ``None``; ``weight_decay``
-        and ``schedule_kwargs`` (``power``, with ``schedule="poly"``) only when they apply."""
+        ``optimizer``): ``plateau`` as ``dict(factor, patience)`` or ``None``; ``weight_decay``,
+        ``warmup_steps`` (when > 0) and ``schedule_kwargs`` (``power``, with ``schedule="poly"``)
+        only when they apply."""
         kwargs: dict[str, Any] = dict(
             name=self.name, learning_rate=self.learning_rate, schedule=self.schedule, l2=self.l2,
             l1=self.l1, batch_scaled=self.batch_scaled, proximal=self.proximal,
@@ -174,6 +179,8 @@ class OptimizerConfig:
                      if self.plateau else None))
         if self.weight_decay is not None:
             kwargs["weight_decay"] = self.weight_decay
+        if self.warmup_steps:
+            kwargs["warmup_steps"] = self.warmup_steps
         if self.schedule == "poly":
             kwargs["schedule_kwargs"] = {"power": POLY_POWER if self.lr_power is None
                                          else self.lr_power}

@@ -4,15 +4,15 @@ The chain, applied to the gradient ``g`` of the mean batch loss at parameters ``
 
     g <- g + l2 w                 (add_l2; batch_scaled: g + (l2 / B) w, B the batch size)
     g <- g + l1 sign(w)           (add_l1, unless proximal)
-    u <- optimizer(g; eta_t)      (adam, sgd, momentum, adamw)
+    u <- optimizer(g; eta_t)      (adam, sgd, momentum, adamw; eta_t warmed up, if warmup_steps)
     u <- s u                      (reduce_on_plateau's scale s, if plateau)
     u <- prox(w + u) - w          (proximal_l1: soft-threshold by s eta_t l1, if proximal)
 
 The penalties (and ``adamw``'s decoupled weight decay) apply to kernels only unless ``mask``
 says otherwise (:mod:`jaxreg.masks`). The soft threshold uses the learning rate actually
-applied, ``s eta_t`` (schedule times plateau scale), so that with SGD the iteration stays
-ISTA for ``l1 ||w||_1`` after every plateau reduction (with ``eta_t`` alone, a reduction of
-the scale to 0.25 would solve the problem with ``4 l1``).
+applied, ``s eta_t`` (schedule, warmup included, times plateau scale), so that with SGD the
+iteration stays ISTA for ``l1 ||w||_1`` after every plateau reduction (with ``eta_t`` alone, a
+reduction of the scale to 0.25 would solve the problem with ``4 l1``).
 
 ``learning_rate``, ``l2`` and ``l1`` go through :func:`optax.inject_hyperparams`, so they live
 in the optimizer state (``optax.tree_utils.tree_get(opt_state, "hyperparams")`` is the dict
@@ -129,12 +129,13 @@ SCALED = {"adam": ("b1", "b2", "eps"), "adamw": ("b1", "b2", "eps", "weight_deca
 def scaled_hyperparams(name: str, learning_rate: float, l2: float, optimizer_kwargs: Mapping,
                        *, scaling: str | Sequence[str], scale_from: Any, batch_size: Any,
                        num_examples: int | None = None, epochs: int | None = None,
-                       bn_momentum: float | None = None) -> dict[str, Any]:
+                       bn_momentum: float | None = None, warmup_steps: int = 0) -> dict[str, Any]:
     """The hyperparameters of a run tuned at batch ``scale_from`` (``B0``), moved to
     ``batch_size`` by the rule(s) ``scaling`` (:func:`jaxreg.scaling.scale`): ``learning_rate``,
-    ``l2``, the optimizer's of :data:`SCALED` (optax's defaults unless given), and
-    ``bn_momentum`` when given (the model's, for rule ``"ema"``); ``num_examples`` (``N``)
-    and ``epochs`` (``T``) for the rules that need them. ValueError naming the argument (a
+    ``l2``, the optimizer's of :data:`SCALED` (optax's defaults unless given), ``warmup_steps``
+    (the reference's, moved by the rule), and ``bn_momentum`` when given (the model's, for
+    rule ``"ema"``); ``num_examples`` (``N``) and ``epochs`` (``T``) for the rules that need
+    them. ValueError naming the argument (a
     rule that does not apply to the optimizer, a missing ``N``, ``B`` not a positive integer).
     """
     check_choice("name", name, OPTIMIZERS)
@@ -147,14 +148,15 @@ def scaled_hyperparams(name: str, learning_rate: float, l2: float, optimizer_kwa
         optimizer=name, l2=l2, weight_decay=kwargs.get("weight_decay", 0.0),
         momentum=optimizer_kwargs.get("momentum", 0.9) if name == "momentum" else None,
         **{k: kwargs[k] for k in ("b1", "b2", "eps") if k in kwargs},
-        bn_momentum=bn_momentum, epochs=epochs, num_examples=num_examples)
+        bn_momentum=bn_momentum, warmup_steps=warmup_steps, epochs=epochs,
+        num_examples=num_examples)
     try:
         new = rules.scale(recipe, batch_size, scaling)
     except ValueError as e:  # the argument here is `scaling`
         raise ValueError(str(e).replace("`rule`", "`scaling`").replace("got rule=", "got scaling=")
                          ) from None
-    keys = ("learning_rate", "l2", *SCALED[name], *(() if bn_momentum is None else
-                                                    ("bn_momentum",)))
+    keys = ("learning_rate", "l2", *SCALED[name], "warmup_steps",
+            *(() if bn_momentum is None else ("bn_momentum",)))
     return {k: getattr(new, k) for k in keys}
 
 
@@ -192,6 +194,7 @@ def make_optimizer(
     batch_size: int | Mapping[int, int] | None = None,
     num_examples: int | None = None,
     epochs: int | None = None,
+    warmup_steps: int = 0,
     **optimizer_kwargs: Any,
 ) -> RunOptimizer:
     """Builds the chain in this module's docstring.
@@ -226,12 +229,15 @@ def make_optimizer(
         batch_size: ``B``, or ``{step: B}`` (a batch-size schedule): each scaled
             hyperparameter is then a piecewise-constant schedule of the step.
         num_examples, epochs: ``N`` and ``T`` of the rules that need them.
+        warmup_steps: ``w``, a linear warmup multiplying the learning rate (any schedule):
+            ``eta_t min(1, (t + 1) / w)`` (:func:`jaxreg.schedules.linear_warmup`); with
+            ``scaling``, the reference's ``w``, moved by the rule (at the first batch size).
         **optimizer_kwargs: keyword arguments of the optax constructor.
 
     Raises:
         ValueError, TypeError: ``learning_rate`` not positive, ``l2`` or ``l1`` negative (or
-            not numbers), ``name`` or ``schedule`` unknown, a keyword neither this function
-            nor the optax constructor takes.
+            not numbers), ``name`` or ``schedule`` unknown, ``warmup_steps`` not an integer
+            >= 0, a keyword neither this function nor the optax constructor takes.
 
     Examples:
       SGD at learning rate 0.1 after a batch-scaled L2 of 0.5, at batch size 10:
@@ -249,6 +255,7 @@ def make_optimizer(
     check_hyperparam("learning_rate", learning_rate, positive=True)  # a negative one ascends
     check_hyperparam("l2", l2)
     check_hyperparam("l1", l1)
+    check_int("warmup_steps", warmup_steps, 0, exact=True)
     injected: dict[str, Any] = {}
     if scaling is not None:
         require(isinstance(learning_rate, (int, float)), "learning_rate",
@@ -257,8 +264,11 @@ def make_optimizer(
                            else [(0, batch_size)])
         resolved = [scaled_hyperparams(name, learning_rate, l2, optimizer_kwargs,
                                        scaling=_optimizer_rules(scaling), scale_from=scale_from,
-                                       batch_size=b, num_examples=num_examples, epochs=epochs)
+                                       batch_size=b, num_examples=num_examples, epochs=epochs,
+                                       warmup_steps=warmup_steps)
                     for _, b in steps_and_sizes]
+        warmup_steps = resolved[0]["warmup_steps"]  # the warmup is at the first batch size
+        resolved = [{k: v for k, v in r.items() if k != "warmup_steps"} for r in resolved]
         starts = [s for s, _ in steps_and_sizes]
         injected = {k: _piecewise(starts, [r[k] for r in resolved]) for k in resolved[0]}
         if callable(injected["learning_rate"]) and schedule != "fixed":
@@ -273,7 +283,8 @@ def make_optimizer(
                 optimizer_kwargs[k] = injected.pop(k)
         if callable(learning_rate):
             schedule = "fixed"  # the piecewise schedule (times the named one) is the rate
-    lr = learning_rate_schedule(learning_rate, schedule, total_steps, **(schedule_kwargs or {}))
+    lr = schedules.linear_warmup(learning_rate_schedule(
+        learning_rate, schedule, total_steps, **(schedule_kwargs or {})), warmup_steps)
     plateau_tx = None if plateau is None else reduce_on_plateau(**plateau)
     if name == "adamw":
         optimizer_kwargs.setdefault("mask", lambda params: masks.resolve(mask, params))

@@ -400,11 +400,12 @@ def _scaled(optimizer: dict[str, Any], model: Any, sizes: tuple[int, ...], num_e
                  "batch_size": sizes[0] if len(steps) == 1 else steps}
     kwargs = {k: v for k, v in optimizer.items() if k not in (
         "name", "learning_rate", "l2", "scaling", "scale_from", "batch_size", "num_examples",
-        "epochs")}
+        "epochs", "warmup_steps")}
     scaled = {b: scaled_hyperparams(
         optimizer.get("name", "adam"), optimizer.get("learning_rate", 1e-3),
         optimizer.get("l2", 0.0), kwargs, scaling=rules, scale_from=optimizer.get("scale_from"),
-        batch_size=b, num_examples=num_examples, epochs=optimizer["epochs"], bn_momentum=bn)
+        batch_size=b, num_examples=num_examples, epochs=optimizer["epochs"], bn_momentum=bn,
+        warmup_steps=optimizer.get("warmup_steps", 0))
         for b in sorted(set(sizes))}
     return optimizer, scaled
 

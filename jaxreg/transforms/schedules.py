@@ -101,6 +101,38 @@ def linear_step(init_value: float, step_size: float, floor: float = 0.0) -> opta
     return schedule
 
 
+def linear_warmup(schedule: float | optax.Schedule, warmup_steps: int) -> float | optax.Schedule:
+    r"""``schedule`` (a float or an ``optax.Schedule``) times a linear warmup over ``w`` steps.
+
+    :math:`\eta'_t = \eta_t \min(1, (t + 1) / w)` for :math:`w` = ``warmup_steps`` > 0: the
+    first step already moves (PyTorch's ``LinearLR(start_factor=1/w)``, not optax's
+    ``warmup_*`` schedules, which start at 0), and from step :math:`w - 1` on it is
+    :math:`\eta_t`. Any schedule, whatever its formula (Goyal et al. 2017's gradual warmup).
+
+    Args:
+        schedule: :math:`\eta_t`, a number or ``step -> value``.
+        warmup_steps: :math:`w \ge 0`; 0 returns ``schedule`` itself.
+
+    Returns:
+        An ``optax.Schedule``, or ``schedule`` unchanged when ``warmup_steps`` is 0.
+
+    Examples:
+      >>> import jaxreg
+      >>> s = jaxreg.schedules.linear_warmup(0.1, warmup_steps=4)
+      >>> [round(float(s(t)), 6) for t in (0, 1, 3, 100)]
+      [0.025, 0.05, 0.1, 0.1]
+    """
+    warmup_steps = check_int("warmup_steps", warmup_steps, 0)
+    if warmup_steps == 0:
+        return schedule
+    base = schedule if callable(schedule) else optax.constant_schedule(schedule)
+
+    def warmed(count):
+        return base(count) * jnp.minimum(1.0, (count + 1) / warmup_steps)
+
+    return warmed
+
+
 class BatchSizeSchedule(NamedTuple):
     """What ``batch_size_schedule`` returns.
 

@@ -158,3 +158,48 @@ def test_poly_and_step_are_different_schedules():
     assert POLY_POWER != 1 and np.abs(poly - step).max() > 0.01
     cubic = jax.vmap(learning_rate_schedule(0.1, "poly", total_steps=100, power=3.0))(t)
     np.testing.assert_allclose(cubic, 0.1 * (1 - t / 100) ** 3, rtol=1e-5, atol=1e-9)
+
+
+def test_fit_with_warmup_is_the_closed_form_sgd_trajectory():
+    """Full-batch SGD on least squares (``Linear``, one step per epoch) with ``warmup_steps=3``:
+    ``w_{t+1} = w_t - eta min(1, (t + 1) / 3) 2/n X^T (X w_t + b_t - y)`` in float64, and the
+    history's ``learning_rate`` is the warmed-up one (``eta / 3, 2 eta / 3, eta, eta``)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    y = (x @ rng.normal(size=5) + 0.3).astype(np.float32)
+    model, eta = models.Linear(), 0.05
+    opt = dict(name="sgd", learning_rate=eta, warmup_steps=3)
+    result = fit(model, opt, (x, y), epochs=4, batch_size=64, progress=False, test=False)
+    init = create_train_state(model, optax.sgd(eta), x[:1], seed=0).params["Dense_0"]
+    w, b = (np.asarray(init[k], np.float64) for k in ("kernel", "bias"))
+    xs, ys = x.astype(np.float64), y.astype(np.float64)
+    for t in range(4):
+        r = xs @ w[:, 0] + b[0] - ys
+        lr = eta * min(1.0, (t + 1) / 3)
+        w, b = w - lr * 2 / 64 * (xs.T @ r)[:, None], b - lr * 2 / 64 * r.sum()
+    got = result.state.params["Dense_0"]
+    np.testing.assert_allclose(np.asarray(got["kernel"]), w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got["bias"]), b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.history["learning_rate"],
+                               [eta / 3, 2 * eta / 3, eta, eta], rtol=1e-6)
+
+
+@pytest.mark.parametrize("plateau", [None, dict(factor=0.5, patience=1)])
+def test_proximal_threshold_uses_the_warmed_up_learning_rate(plateau):
+    """The first step's soft threshold is ``eta / w * l1`` (warmup ``w = 4``), with or without a
+    plateau on top: a zero gradient moves ``w`` to ``sign(w) max(|w| - eta l1 / 4, 0)``."""
+    eta, l1 = 0.5, 0.4
+    opt = make_optimizer("sgd", eta, l1=l1, proximal=True, warmup_steps=4, plateau=plateau)
+    params = {"kernel": jnp.array([1.0, -0.03, 0.2])}
+    updates, _ = opt.tx.update({"kernel": jnp.zeros(3)}, opt.tx.init(params), params)
+    w = np.array([1.0, -0.03, 0.2])
+    want = np.sign(w) * np.maximum(np.abs(w) - eta * l1 / 4, 0.0) - w
+    np.testing.assert_allclose(np.asarray(updates["kernel"]), want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True])
+def test_bad_warmup_steps_is_one_line(bad):
+    with pytest.raises((TypeError, ValueError),
+                       match="`warmup_steps` must be an integer >= 0") as e:
+        make_optimizer("sgd", 0.1, warmup_steps=bad)
+    assert "\n" not in str(e.value)

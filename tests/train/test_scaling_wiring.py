@@ -144,3 +144,70 @@ def test_the_fingerprint_records_the_optimizer_as_given(digits):
                      validation_split=0.2)
     assert plan.identity["optimizer"] == opt
     assert plan.scaled[64]["learning_rate"] == pytest.approx(math.sqrt(2) * 1e-3)
+
+
+def test_the_rule_moves_the_warmup_and_the_run_trains_with_it(digits):
+    """Linear rule at ``k = 4``: ``w = 100`` at B0 = 32 becomes ``ceil(100 / 4) = 25`` steps at
+    B = 128; ``fit``'s learning rate after epoch 1 (5 steps) is ``4 eta min(1, 5 / 25)``."""
+    opt = make_optimizer("sgd", 0.1, scaling="linear", scale_from=32, batch_size=128,
+                         warmup_steps=100)
+    params = {"kernel": np.ones(2, np.float32)}
+    state = opt.tx.init(params)
+    for t in range(30):
+        _, state = opt.tx.update(params, state, params)
+        lr = float(optax.tree_utils.tree_get(state, "hyperparams")["learning_rate"])
+        assert lr == pytest.approx(0.4 * min(1, (t + 1) / 25), rel=1e-6), t
+    from jaxreg.train.plan import make_plan
+
+    given = dict(name="sgd", learning_rate=0.1, scaling="linear", scale_from=32,
+                 warmup_steps=100)
+    plan = make_plan(models.SeedMLP(), given, digits, epochs=2, batch_size=128)
+    assert plan.scaled[128]["warmup_steps"] == 25
+    result = fit(models.SeedMLP(), given, digits, epochs=2, batch_size=128, progress=False,
+                 test=False)
+    np.testing.assert_allclose(result.history["learning_rate"], [0.4 * 5 / 25, 0.4 * 10 / 25],
+                               rtol=1e-6)
+
+
+def test_cli_warmup_round_trip(tmp_path, xdg_cache):
+    """``--warmup-steps`` reaches config.json (read back by ``jaxreg eval``), the printed and
+    written ``scaled`` values (moved by the linear rule) and the trained learning rate."""
+    run_dir = tmp_path / "run"
+    status, out, err = run_main(["train", "--dataset", "digits", "--epochs", "1", "--optimizer",
+                                 "sgd", "--lr", "0.05", "--batch-size", "128", "--scale-from",
+                                 "32", "--scaling", "linear", "--warmup-steps", "400",
+                                 "--no-progress", "--out", str(run_dir)])
+    assert status == 0, err
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["optimizer"]["warmup_steps"] == 400
+    assert config["scaled"]["128"]["warmup_steps"] == 100
+    assert "warmup_steps 100" in [x for x in out.splitlines() if x.startswith("scaled:")][0]
+    from jaxreg.data import load
+
+    steps = len(load("digits").x_train) // 128
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["history"]["learning_rate"][0] == pytest.approx(0.2 * steps / 100, rel=1e-6)
+    assert run_main(["eval", "--run", str(run_dir)])[0] == 0  # config.json reads back
+
+
+@pytest.mark.parametrize("value, message", [
+    ("-1", "--warmup-steps: expected an integer in [0, 2147483647], got '-1'"),
+    ("2.5", "--warmup-steps: expected an integer in [0, 2147483647], got '2.5'"),
+])
+def test_cli_bad_warmup_exits_2_with_one_line(value, message, xdg_cache):
+    status, _, err = run_main(["train", "--dataset", "digits", "--epochs", "1",
+                               "--warmup-steps", value])
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert message in err and "Traceback" not in err
+
+
+def test_config_json_warmup_is_checked_when_read(tmp_path):
+    from jaxreg.train.config import RunConfig
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"optimizer": {"name": "sgd", "warmup_steps": -3}}))
+    with pytest.raises(ValueError,
+                       match=r"`optimizer.warmup_steps` must be an integer in \[0, ") as e:
+        RunConfig.read(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    assert RunConfig.from_dict({"optimizer": {"warmup_steps": 7}}).optimizer.warmup_steps == 7

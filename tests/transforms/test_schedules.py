@@ -162,3 +162,34 @@ def test_linear_step_agrees_with_optax_linear_schedule_to_float_rounding(steps):
     np.testing.assert_allclose(got, want, rtol=0, atol=np.finfo(np.float32).eps)  # an ulp of 1
     conventions = Path(__file__).resolve().parents[2] / "docs" / "conventions.md"
     assert "differ by an ulp under `jit`" in conventions.read_text()  # the documented rounding
+
+
+@pytest.mark.parametrize("name", ["fixed", "poly", "step", "cosine"])
+@pytest.mark.parametrize("w", [1, 7, 40])
+def test_linear_warmup_multiplies_any_schedule(name, w):
+    """``eta_t min(1, (t + 1) / w)`` in float64, eagerly and under jit of vmap (``_eval``)."""
+    t = STEPS.astype(np.float64)
+    bases = {"fixed": (0.1, np.full(t.shape, 0.1)),
+             "poly": (schedules.poly_to_zero(0.1, 200, 2.0), 0.1 * np.clip(1 - t / 200, 0, 1) ** 2),
+             "step": (schedules.linear_step(0.1, 150, 0.01), np.maximum(0.1 * (1 - t / 150), 0.01)),
+             "cosine": (optax.cosine_decay_schedule(0.1, 250),
+                        0.1 * (1 + np.cos(np.pi * np.minimum(t, 250) / 250)) / 2)}
+    schedule, eta = bases[name]
+    with jax.enable_x64(True):
+        got = _eval(schedules.linear_warmup(schedule, w))
+    np.testing.assert_allclose(got, eta * np.minimum(1.0, (t + 1) / w), rtol=1e-12, atol=1e-15)
+    assert got[0] == pytest.approx(eta[0] / w)  # the first step is not zero (LinearLR)
+
+
+def test_linear_warmup_of_zero_steps_is_the_schedule_itself():
+    schedule = schedules.poly_to_zero(0.1, 10, 1.0)
+    assert schedules.linear_warmup(schedule, 0) is schedule
+    assert schedules.linear_warmup(0.1, 0) == 0.1  # a float stays a float (vmappable in a sweep)
+
+
+@pytest.mark.parametrize("w", [-1, 2.5, True, "3"])
+def test_linear_warmup_bad_steps_one_line(w):
+    with pytest.raises((TypeError, ValueError),
+                       match="`warmup_steps` must be an integer >= 0") as e:
+        schedules.linear_warmup(0.1, w)
+    assert "\n" not in str(e.value)

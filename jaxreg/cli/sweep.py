@@ -20,6 +20,11 @@ is chosen. ``last_epoch_loss`` in ``sweep.json`` is the mean over the last epoch
 batches (training mode), not ``metrics.json``'s ``train_loss`` (the final model on the whole
 training set).
 
+With ``--scaling none,sqrt+ema --scale-from B0`` (grid values separated by commas, rules applied
+together by ``+``) each setting's hyperparameters are those tuned at batch ``B0``, trained moved to
+``--batch-size`` by its rules (:class:`jaxreg.train.Setting`'s ``scaling``); each row of
+``sweep.json`` has the resolved values under ``scaled``.
+
 ``jaxreg sweep --study batch-scaling`` tests seed 000's claim that dividing the L2 strength by
 the batch size, ``lambda / b``, makes the regularization effect independent of ``b``: for each
 batch size of ``--batch-sizes`` (its own group) it trains a fixed-strength model
@@ -154,9 +159,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="at most K settings per compiled call (default: as many as fit in memory)")
     p.add_argument("--study", choices=("batch-scaling", "batch-size-rules"),
                    help="run a study instead of a grid")
-    p.add_argument("--scaling", type=_rule_list, metavar="RULE[,RULE]",
-                   help="--study batch-size-rules: this rule (several: applied together) "
-                        "against the unchanged hyperparameters (default: the optimizer's rules)")
+    p.add_argument("--scaling", type=rule_grid, metavar="RULES[,RULES]",
+                   help="scaling rules, one grid value per comma, rules applied together joined "
+                        "by + (none,sqrt+ema: unchanged, then sqrt with ema): the hyperparameters "
+                        "given are tuned at --scale-from and moved to --batch-size (docs: "
+                        "Batch-size scaling rules); --study batch-size-rules: these against the "
+                        "unchanged ones (default: the optimizer's rules)")
+    p.add_argument("--scale-from", type=field_type(field(OptimizerConfig, "scale_from")),
+                   metavar="B0", help="the batch size the hyperparameters were tuned at; with "
+                                      "--scaling (the study: --batch-size is B0)")
+    p.add_argument("--warmup-steps", type=field_type(field(OptimizerConfig, "warmup_steps")),
+                   default=default(OptimizerConfig, "warmup_steps"), metavar="W",
+                   help=field(OptimizerConfig, "warmup_steps").metadata["help"]
+                   + " (default: %(default)s)")
     p.add_argument("--batch-sizes", type=int_list, default=list(STUDY_BATCH_SIZES), metavar="LIST",
                    help="the study's batch sizes (default: 32,64,...,1024)")
     p.add_argument(
@@ -170,13 +185,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_sweep, parser=p)
 
 
-def _rule_list(text: str) -> str:
+def rule_grid(text: str) -> list[str]:
+    """An argparse ``type`` for ``--scaling``: ``"none,sqrt+ema"`` -> ``["none", "sqrt,ema"]``,
+    grid values separated by commas, the rules of one value (applied together) by ``+``; each
+    value as :class:`jaxreg.train.Setting`'s ``scaling`` spells it (rules separated by
+    commas)."""
     from jaxreg.transforms.scaling import RULES
 
-    if not all(rule in RULES for rule in text.split(",")):
-        raise argparse.ArgumentTypeError(f"expected rule names separated by commas, each one of "
-                                         f"{', '.join(RULES)}; got {text!r}")
-    return text
+    values = [value.replace("+", ",") for value in text.split(",")]
+    if not all(rule in RULES for value in values for rule in value.split(",")):
+        raise argparse.ArgumentTypeError(
+            f"expected rule names, grid values separated by commas and rules applied together "
+            f"by +, each one of {', '.join(RULES)}; got {text!r}")
+    return values
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -188,14 +209,16 @@ def kernel_norm(params: Any) -> float:
     return float(np.sqrt(penalties.l2(params)))
 
 
-HYPERPARAMETERS = ("l2", "l1", "learning_rate", "batch_scaled", "batch_size", "optimizer")
+HYPERPARAMETERS = ("l2", "l1", "learning_rate", "batch_scaled", "batch_size", "optimizer",
+                   "scaling", "scale_from", "warmup_steps")
 
 
 def summarize(result: SweepResult) -> list[dict[str, Any]]:
     """One row per setting: its hyperparameters and, over its seeds, mean and std of the
     final metrics and of the kernel norm; ``seconds``: mean wall time of the chunks that
     trained it (shared by the settings of a chunk); ``history``: the mean over its seeds of
-    each per-epoch history list (what ``jaxreg compare`` draws)."""
+    each per-epoch history list (what ``jaxreg compare`` draws); ``scaled``: with
+    ``scaling``, the hyperparameters the rules resolved (those of every seed)."""
     by_setting: dict[tuple, list] = {}
     for r in result.results:
         by_setting.setdefault(tuple(r.setting[k] for k in HYPERPARAMETERS), []).append(r)
@@ -209,6 +232,8 @@ def summarize(result: SweepResult) -> list[dict[str, Any]]:
             [kernel_norm(r.params) for r in runs]
         )
         row["seconds"] = float(np.mean([r.seconds for r in runs]))
+        if runs[0].scaled:
+            row["scaled"] = runs[0].scaled
         row["history"] = {k: np.mean([r.history[k] for r in runs], axis=0).tolist()
                           for k in runs[0].history}  # per epoch, mean over the seeds
         rows.append(row)
@@ -298,11 +323,12 @@ def _rules_study(args: argparse.Namespace, out: Path, seeds: list[int], data: An
     from jaxreg.train import fit
 
     b0, lr = args.batch_size, args.lr[0]
-    rules = ("none", args.scaling) if args.scaling else STUDY_RULES[args.optimizer]
+    rules = (tuple(dict.fromkeys(("none", *args.scaling))) if args.scaling
+             else STUDY_RULES[args.optimizer])
     rows: list[dict[str, Any]] = []
     for rule, b in itertools.product(rules, args.batch_sizes):
         optimizer = dict(name=args.optimizer, learning_rate=lr, scaling=rule.split(","),
-                         scale_from=b0)
+                         scale_from=b0, warmup_steps=args.warmup_steps)
         row: dict[str, Any] = {"rule": rule, "batch_size": b}
         try:
             runs = []
@@ -369,6 +395,12 @@ def run_sweep(args: argparse.Namespace) -> int:
 def _run_sweep(args: argparse.Namespace, out: Path, seeds: list[int]) -> int:
     from jaxreg.train.sweep import sweep  # the sweep engine, only for this command
 
+    if args.study and args.scale_from is not None:
+        raise ValueError(f"--scale-from is not used by --study {args.study} (batch-size-rules: "
+                         f"B0 is --batch-size)")
+    if args.study == "batch-scaling" and args.scaling:
+        raise ValueError("--scaling is not used by --study batch-scaling (it compares lambda "
+                         "with lambda/b)")
     data, why = load_dataset(args.dataset, args.data_dir)
     print(why)
     model = models.get(args.model, data.num_classes)
@@ -391,11 +423,13 @@ def _run_sweep(args: argparse.Namespace, out: Path, seeds: list[int]) -> int:
             "l1": args.l1,
             "learning_rate": args.lr,
             "batch_scaled": scaled,
+            **({"scaling": args.scaling} if args.scaling else {}),
         }
         name = "sweep"
     result = sweep(model, data, grid, epochs=args.epochs, batch_size=args.batch_size, seeds=seeds,
                    optimizer=args.optimizer, data_seed=args.data_seed, chunk_size=args.chunk_size,
-                   validation_split=args.validation_split,
+                   validation_split=args.validation_split, scale_from=args.scale_from,
+                   warmup_steps=args.warmup_steps,
                    progress=not args.no_progress)
     rows = summarize(result)
     config = {

@@ -102,6 +102,20 @@ def check(field: dataclasses.Field, value: Any, name: str | None = None) -> Any:
     return float(value) if kind is float else int(value) if kind is int else value
 
 
+def check_scaling(scaling: str | None, scale_from: int | None) -> None:
+    """ValueError naming ``scaling`` unless it is ``None`` or rule names of
+    :data:`jaxreg.scaling.RULES` separated by commas, or naming ``scale_from`` unless it is
+    given with ``scaling`` (and only with it)."""
+    if scaling is not None:
+        for rule in scaling.split(","):
+            if rule not in RULES:
+                raise ValueError(message("scaling", "rule names separated by commas, each one "
+                                         "of " + ", ".join(RULES), scaling))
+    if (scaling is None) != (scale_from is None):
+        raise ValueError(message("scale_from", "given with scaling (and only with it)",
+                                 scale_from))
+
+
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
@@ -148,9 +162,10 @@ class OptimizerConfig:
     scaling: str | None = option(
         None, "RULE[,RULE]: move the hyperparameters tuned at batch --scale-from to --batch-size "
               "(and along --batch-size-schedule): " + ", ".join(RULES) + " (docs: Batch-size "
-              "scaling rules); the resolved values are printed and written to config.json", str)
+              "scaling rules); the resolved values are printed and written to config.json", str,
+        sweep="static")
     scale_from: int | None = option(None, "B0, the batch size the hyperparameters were tuned "
-                                          "at; with --scaling", int, low=1)
+                                          "at; with --scaling", int, low=1, sweep="static")
     warmup_steps: int = option(0, "linear warmup: the learning rate (any --schedule) times "
                                   "min(1, (t+1)/W) at step t; with --scaling, W at --scale-from, "
                                   "moved by the rule; 0: none", int, low=0, high=STEP_LIMIT,
@@ -158,14 +173,7 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         _check_all(self)
-        if self.scaling is not None:
-            for rule in self.scaling.split(","):
-                if rule not in RULES:
-                    raise ValueError(message("scaling", "rule names separated by commas, each "
-                                             "one of " + ", ".join(RULES), self.scaling))
-        if (self.scaling is None) != (self.scale_from is None):
-            raise ValueError(message("scale_from", "given with scaling (and only with it)",
-                                     self.scale_from))
+        check_scaling(self.scaling, self.scale_from)
 
     def kwargs(self) -> dict[str, Any]:
         """:func:`jaxreg.train.make_optimizer`'s keyword arguments (``config.json``'s
@@ -350,4 +358,4 @@ def check_steps(epochs: int, steps_per_epoch: int) -> int:
 
 
 __all__ = ["FLOAT_LIMIT", "POWER_LIMIT", "STEP_LIMIT", "OptimizerConfig", "RunConfig", "check",
-           "check_steps", "condition", "default", "field", "flag_name", "option"]
+           "check_scaling", "check_steps", "condition", "default", "field", "flag_name", "option"]

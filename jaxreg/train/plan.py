@@ -308,7 +308,7 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
     scaled: dict[int, dict[str, Any]] = {}
     resolved = optimizer  # the run's optimizer dict; a checkpoint records the one given
     if isinstance(optimizer, dict) and optimizer.get("scaling") is not None:
-        resolved, scaled = _scaled(optimizer, model, sizes, len(x), epochs)
+        resolved, scaled = resolve_scaling(optimizer, model, sizes, len(x), epochs)
     opt = resolve_optimizer(resolved, total_steps=total_steps, monitor=monitor)
     loss_fn = default_loss(y) if loss_fn is None else loss_fn
     mesh = distributed.default_mesh() if mesh is None else mesh
@@ -382,8 +382,9 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
                 feed_plateau, identity, sizes, runners, scaled)
 
 
-def _scaled(optimizer: dict[str, Any], model: Any, sizes: tuple[int, ...], num_examples: int,
-            epochs: int) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+def resolve_scaling(optimizer: dict[str, Any], model: Any, sizes: tuple[int, ...],
+                    num_examples: int, epochs: int
+                    ) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
     """``fit``'s optimizer dict with ``scaling`` given the run's batch size (``{step: size}``
     for a schedule), ``num_examples`` and ``epochs``, and the resolved hyperparameters of each
     size (the model's ``bn_momentum`` too, moved by rule ``"ema"``); ValueError naming

@@ -263,6 +263,9 @@ def test_setting_schema_is_one_frozen_dataclass():
         "schedule_kwargs",
         "proximal",
         "bn_momentum",
+        "scaling",
+        "scale_from",
+        "warmup_steps",
     )
     s = Setting(l2=0.1, schedule_kwargs={"power": 2.0})
     assert s.schedule_kwargs == (("power", 2.0),) and s.as_dict()["schedule_kwargs"] == {
@@ -304,3 +307,114 @@ def test_sweep_selection_uses_validation_not_test():
         "val_loss_mean": 1.0
     }
     assert select_best([{"test_accuracy_mean": 0.9}]) is None
+
+
+class NoBiasBNMLP(nn.Module):
+    """``Dense(16, no bias) -> BatchNorm -> relu -> Dense(10)``: with Adam, a bias before
+    BatchNorm has an exactly-zero gradient whose rounding noise Adam turns into full steps
+    (see ``KW``); without it every parameter has a real gradient."""
+    bn_momentum: float = 0.99
+
+    @nn.compact
+    def __call__(self, x, train):
+        x = nn.Dense(16, use_bias=False)(x.reshape(x.shape[0], -1))
+        x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
+        return nn.Dense(10)(nn.relu(x))
+
+
+@pytest.mark.parametrize("case", ["adam-sqrt-ema", "sgd-linear-warmup"])
+def test_sweep_with_a_scaling_rule_equals_fit(digits, case):
+    """At ``k = 64 / 16 = 4``, each setting trains as ``fit`` with the same rule (seed 1, the
+    data seed): Adam + sqrt + ema on a BatchNorm model (``b1``, ``b2``, ``eps`` and the BN
+    momentum are the group's, the learning rates vmapped), SGD + linear with a warmup of 30
+    steps at B0 (``ceil(30 / 4) = 8`` at B; the learning rate in each group's closure)."""
+    if case == "adam-sqrt-ema":
+        model, name, rules, extra = NoBiasBNMLP(), "adam", "sqrt,ema", {}
+        settings = [{"learning_rate": 1e-3, "seed": 1}, {"learning_rate": 3e-3, "seed": 1},
+                    {"learning_rate": 1e-3, "seed": 0}]
+    else:
+        model, name, rules, extra = MODEL, "sgd", "linear", {"warmup_steps": 30}
+        settings = [{"learning_rate": 0.02, "seed": 1},
+                    {"learning_rate": 0.05, "l2": 1e-3, "seed": 1}]
+    result = sweep(model, digits, settings, epochs=2, batch_size=64, optimizer=name,
+                   scaling=rules, scale_from=16, data_seed=1, progress=False, **extra)
+    for r in result.results[:2]:
+        s = r.setting
+        ref = fit(model, dict(name=name, learning_rate=s.learning_rate, l2=s.l2,
+                              scaling=rules.split(","), scale_from=16, **extra),
+                  digits, epochs=2, batch_size=64, seed=1, progress=False)
+        assert_close(r.params, ref.state.params)
+        assert_close(r.model_state, ref.state.model_state)
+        for k in ("loss", "learning_rate", "l2_strength"):
+            np.testing.assert_allclose(r.history[k], ref.history[k], rtol=1e-5, atol=1e-7)
+        if name == "adam":
+            want = dict(learning_rate=2 * s.learning_rate, l2=0.0, b1=0.6, b2=0.996, eps=5e-9,
+                        warmup_steps=0, bn_momentum=0.99 ** 4)
+        else:
+            want = dict(learning_rate=4 * s.learning_rate, l2=s.l2, warmup_steps=8,
+                        bn_momentum=0.99)  # the model's, which rule "linear" leaves
+        assert r.scaled.keys() == want.keys()
+        for k, v in want.items():
+            assert r.scaled[k] == pytest.approx(v, rel=1e-12), k
+    if name == "sgd":  # the first epoch's last step (t = 21) is past the warmup of 8 steps
+        assert result.results[0].history["learning_rate"][0] == pytest.approx(0.08, rel=1e-6)
+        assert len(result.groups) == 2  # a warmed-up learning rate is in the program
+    else:
+        assert len(result.groups) == 1
+        assert not np.allclose(leaves(result.results[2].params)[0],
+                               leaves(result.results[0].params)[0])  # its own init
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"scaling": "bogus", "scale_from": 16}, "`scaling` must be rule names separated by commas"),
+    ({"scaling": "sqrt"}, "`scale_from` must be given with scaling .*; got scale_from=None"),
+    ({"scale_from": 16}, "`scale_from` must be given with scaling .*; got scale_from=16"),
+    ({"scaling": "sqrt", "scale_from": 0}, r"`scale_from` must be a positive integer"),
+    ({"warmup_steps": -1}, r"`warmup_steps` must be an integer in \[0, "),
+    ({"scaling": "sqrt", "scale_from": 16, "optimizer": "sgd"},
+     "`scaling` must be a rule for the recipe's optimizer 'sgd'"),
+    ({"scaling": "sqrt", "scale_from": 1, "batch_size": 64},
+     r"`b1` must be a number in \[0, 1\) after the sqrt rule at k = 64"),
+])
+def test_bad_scaling_settings_name_the_field(spec, match):
+    xy = (np.zeros((96, 5), np.float32), np.zeros(96, np.int32))
+    with pytest.raises(ValueError, match=match) as e:
+        sweep(MomentumMLP(), xy, [spec], epochs=1, batch_size=32, optimizer="adam",
+              progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_ema_in_a_sweep_needs_a_model_with_bn_momentum():
+    xy = (np.zeros((96, 5), np.float32), np.zeros(96, np.int32))
+    with pytest.raises(ValueError, match="`scaling` must be rules for the model: 'ema' needs"):
+        sweep(Linear(num_classes=3), xy, [{"scaling": "sqrt,ema", "scale_from": 16}], epochs=1,
+              batch_size=32, progress=False)
+
+
+def test_cli_sweep_takes_rules(tmp_path, capsys):
+    """``--scaling none,sqrt+ema --scale-from 16`` at ``--batch-size 64``: a row per grid value,
+    each with the values its rules resolved (``k = 4``) in ``sweep.json``."""
+    from jaxreg.cli import main
+
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--dataset", "digits", "--l2", "0", "--epochs", "1", "--batch-size",
+                 "64", "--scale-from", "16", "--scaling", "none,sqrt+ema", "--no-progress",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [(r["scaling"], r["scale_from"]) for r in rows] == [("none", 16), ("sqrt,ema", 16)]
+    none, sqrt = (r["scaled"] for r in rows)
+    assert none["learning_rate"] == pytest.approx(1e-3) and none["b1"] == pytest.approx(0.9)
+    assert sqrt["learning_rate"] == pytest.approx(2e-3) and sqrt["b1"] == pytest.approx(0.6)
+    assert sqrt["bn_momentum"] == pytest.approx(0.99 ** 4) and none["bn_momentum"] == 0.99
+    assert rows[1]["history"]["learning_rate"] == [pytest.approx(2e-3)]
+    for argv, message in (
+        (["--scaling", "sqrt+bogus", "--scale-from", "16"], "--scaling: expected rule names"),
+        (["--scaling", "sqrt"], "`scale_from` must be given with scaling"),
+        (["--scale-from", "16"], "`scale_from` must be given with scaling"),
+        (["--warmup-steps", "-2"], "--warmup-steps: expected an integer in [0, "),
+    ):
+        code = main(["sweep", "--dataset", "digits", "--epochs", "1", *argv, "--out",
+                     str(tmp_path / "bad")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err and message in err, err

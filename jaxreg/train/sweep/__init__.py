@@ -23,10 +23,18 @@ seed=s)``, as ``fit(seed=s)``.
 
 What cannot (the ``static`` fields), and splits groups (run in turn, each compiled once): the batch
 size (array shapes), the optimizer and ``proximal`` (the chain's structure), the learning-rate
-schedule and its keyword arguments, and with a schedule other than ``fixed`` the learning rate too
-(a schedule is a Python closure over ``eta_0``, re-evaluated at every step), and ``bn_momentum`` (a
-static attribute of the model: ``model.clone(bn_momentum=m)``, so the model needs a ``bn_momentum``
-field).
+schedule and its keyword arguments, the warmup, and with a schedule other than ``fixed`` or a warmup
+the learning rate too (a schedule is a Python closure over ``eta_0``, re-evaluated at every step),
+and ``bn_momentum`` (a static attribute of the model: ``model.clone(bn_momentum=m)``, so the model
+needs a ``bn_momentum`` field).
+
+Scaling rules. A setting with ``scaling`` (and ``scale_from``, ``B0``) holds the hyperparameters
+tuned at ``B0``; they train moved to its batch size as :func:`jaxreg.train.fit` moves them (one
+function resolves both, :func:`jaxreg.train.plan.resolve_scaling`). The batch size being static,
+a group has one ``k = B / B0``: what a rule moves that the program bakes in (Adam's ``b1``,
+``b2``, ``eps``, AdamW's ``weight_decay``, the warmup, ``bn_momentum`` by rule ``"ema"``) is the
+group's, while each setting's moved ``learning_rate`` and ``l2`` stay vmapped. The resolved values
+are each :class:`SettingResult`'s ``scaled``.
 
 Data order. All settings, in all groups, see the same data stream: epoch ``e`` shuffles with
 ``fold_in(fold_in(key(data_seed), 1), e)``, the order of ``fit(seed=data_seed)``. Settings

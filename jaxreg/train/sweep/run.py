@@ -20,8 +20,8 @@ from jaxreg._validate import require
 from jaxreg.train import divergence, nnx_bridge
 from jaxreg.train.config import check_steps
 from jaxreg.train.epoch import scan_epoch
-from jaxreg.train.optimizer import effective_l2, make_optimizer
-from jaxreg.train.plan import append, epoch_entry, hyperparams, split_data
+from jaxreg.train.optimizer import SCALED, effective_l2, make_optimizer
+from jaxreg.train.plan import append, epoch_entry, hyperparams, resolve_scaling, split_data
 from jaxreg.train.state import create_train_state
 from jaxreg.train.step import EVAL_BATCH, default_loss, evaluation_sums, train_step
 from jaxreg.train.sweep.memory import chunk_capacity, chunk_layout, setting_bytes
@@ -49,6 +49,11 @@ class SettingResult(NamedTuple):
             chunk's settings).
         params, model_state: the final values, as numpy arrays (``model_state``: as
             :class:`jaxreg.train.TrainState`'s).
+        scaled: with the setting's ``scaling``, the hyperparameters it trained with, resolved
+            at its batch size as :func:`jaxreg.train.fit` resolves them
+            (:func:`jaxreg.train.plan.resolve_scaling`: ``learning_rate``, ``l2``, the
+            optimizer's of :data:`jaxreg.train.optimizer.SCALED`, ``warmup_steps``,
+            ``bn_momentum``); ``{}`` without.
     """
 
     setting: Setting
@@ -57,6 +62,7 @@ class SettingResult(NamedTuple):
     seconds: float
     params: Any
     model_state: Any
+    scaled: dict[str, Any] = {}
 
 
 class SweepResult(NamedTuple):
@@ -73,8 +79,9 @@ class GroupPlan(NamedTuple):
     """What one group of settings shares: its static ``key``, the indices of its ``members``
     among the sweep's settings, the ``model`` (with the group's ``bn_momentum``), the optax
     chain ``tx`` (L2/L1 included when any member's is non-zero), the ``batch_size``, the
-    ``steps`` per epoch, the ``schedule`` name, and how the members are cut: ``chunks`` calls
-    of ``chunk_size`` settings each."""
+    ``steps`` per epoch, whether the ``learning_rate`` is vmapped (not with a schedule other
+    than ``fixed`` or a warmup: then it is in the chain's closure), and how the members are
+    cut: ``chunks`` calls of ``chunk_size`` settings each."""
 
     key: tuple[tuple[str, Any], ...]
     members: list[int]
@@ -82,7 +89,7 @@ class GroupPlan(NamedTuple):
     tx: optax.GradientTransformation
     batch_size: int
     steps: int
-    schedule: str
+    vmapped_lr: bool
     chunks: int
     chunk_size: int
 
@@ -133,7 +140,7 @@ def sweep(
         settings_or_grid: a dict of lists (the cartesian product) or a list of dicts over the
             fields of :class:`Setting`: ``learning_rate``, ``l2``, ``l1``, ``batch_scaled``,
             ``seed``, ``batch_size``, ``optimizer``, ``schedule``, ``schedule_kwargs``,
-            ``proximal``, ``bn_momentum``.
+            ``proximal``, ``bn_momentum``, ``scaling``, ``scale_from``, ``warmup_steps``.
         epochs: training epochs of every setting.
         seeds: crosses settings without a ``seed`` (:func:`expand`).
         mask: which parameters the penalties apply to (default kernels only).
@@ -158,13 +165,16 @@ def sweep(
 
     Raises:
         ValueError: a bad setting (:func:`expand`), a batch size above the number of
-            training examples, ``bn_momentum`` for a model without that field.
+            training examples, ``bn_momentum`` for a model without that field, a ``scaling``
+            rule that does not apply (to the optimizer, the model, at ``k``); all before any
+            training.
     """
     start = time.perf_counter()
     model = nnx_bridge.wrap(model)
     settings = expand(settings_or_grid, seeds, **defaults)
     (x, y), validation, test_data = split_data(data, validation_split)
     _check_fits_model_and_data(settings, model, len(x))
+    scaled = [_resolved(s, model, len(x), epochs) for s in settings]
     mesh = _sweep_mesh(mesh)
     replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
     x, y = jax.device_put((x, y), replicated)
@@ -183,8 +193,8 @@ def sweep(
         skip_nonfinite,
         None if mesh is None else NamedSharding(mesh, PartitionSpec("sweep")),
     )
-    plans = [_plan_group(model, key, members, settings, epochs, mask, shared, mesh, chunk_size)
-             for key, members in group(settings).items()]
+    plans = [_plan_group(model, key, members, settings, scaled, epochs, mask, shared, mesh,
+                         chunk_size) for key, members in group(settings).items()]
 
     bar = tqdm(
         total=sum(p.chunks * epochs * p.steps for p in plans), unit="step", disable=not progress
@@ -196,7 +206,7 @@ def sweep(
         t_group = time.perf_counter()
         say(f"sweep group {g + 1}/{len(plans)} ({', '.join(f'{k}={v}' for k, v in plan.key)}): "
             f"{len(plan.members)} settings in {plan.chunks} chunk(s) of {plan.chunk_size}")
-        for i, result in _run_group(plan, settings, epochs, shared, mesh, bar):
+        for i, result in _run_group(plan, settings, scaled, epochs, shared, mesh, bar):
             results[i] = result
         group_info.append(
             {
@@ -227,6 +237,22 @@ def _check_fits_model_and_data(settings: list[Setting], model: Any, n_train: int
                          f"{type(model).__name__} has none")
 
 
+def _resolved(setting: Setting, model: Any, n_train: int, epochs: int) -> dict[str, Any]:
+    """The hyperparameters ``setting``'s ``scaling`` resolves to at its batch size, as ``fit``
+    resolves them (:func:`jaxreg.train.plan.resolve_scaling`, ``N`` the training examples,
+    ``T`` the epochs, ``"ema"`` moving the setting's ``bn_momentum`` or the model's), or ``{}``
+    without ``scaling``; ValueError naming ``scaling`` for a rule that does not apply."""
+    if setting.scaling is None:
+        return {}
+    if setting.bn_momentum is not None:
+        model = model.clone(bn_momentum=setting.bn_momentum)
+    optimizer = dict(name=setting.optimizer, learning_rate=setting.learning_rate, l2=setting.l2,
+                     scaling=setting.scaling.split(","), scale_from=setting.scale_from,
+                     warmup_steps=setting.warmup_steps)
+    b = setting.batch_size
+    return resolve_scaling(optimizer, model, (b,), n_train, epochs)[1][b]
+
+
 def _sweep_mesh(mesh: Mesh | None) -> Mesh | None:
     if mesh is None:
         if jax.local_device_count() == 1:
@@ -238,22 +264,26 @@ def _sweep_mesh(mesh: Mesh | None) -> Mesh | None:
     return mesh
 
 
-def _plan_group(model: Any, key: tuple, members: list[int], settings: list[Setting], epochs: int,
-                mask: Any, shared: _Shared, mesh: Mesh | None,
-                chunk_size: int | None) -> GroupPlan:
+def _plan_group(model: Any, key: tuple, members: list[int], settings: list[Setting],
+                scaled: list[dict[str, Any]], epochs: int, mask: Any, shared: _Shared,
+                mesh: Mesh | None, chunk_size: int | None) -> GroupPlan:
     """The group's model, shared transformation and chunks.
 
     The chain includes L2 (L1) when any member's is non-zero; members with zero get strength 0
     in their state. ``batch_scaled`` is not passed: the effective strength
-    (:func:`jaxreg.train.optimizer.effective_l2`) is put in the state instead.
+    (:func:`jaxreg.train.optimizer.effective_l2`) is put in the state instead. With
+    ``scaling``, the values a rule moves that the program bakes in (the optimizer's of
+    :data:`jaxreg.train.optimizer.SCALED`, ``warmup_steps``, ``bn_momentum``) depend only on
+    the group's static fields (the rules, ``k``, the optimizer): the first member's are used.
     """
-    first = settings[members[0]]
+    first, resolved = settings[members[0]], scaled[members[0]]
     b, steps = first.batch_size, len(shared.x) // first.batch_size
-    if first.bn_momentum is not None:
-        model = model.clone(bn_momentum=first.bn_momentum)
+    bn_momentum = resolved.get("bn_momentum", first.bn_momentum)
+    if bn_momentum is not None:
+        model = model.clone(bn_momentum=bn_momentum)
     opt = make_optimizer(
         first.optimizer,
-        first.learning_rate,
+        resolved.get("learning_rate", first.learning_rate),
         schedule=first.schedule,
         total_steps=check_steps(epochs, steps),
         l2=float(any(settings[i].l2 for i in members)),
@@ -261,23 +291,27 @@ def _plan_group(model: Any, key: tuple, members: list[int], settings: list[Setti
         proximal=first.proximal,
         mask=mask,
         schedule_kwargs=dict(first.schedule_kwargs),
+        warmup_steps=resolved.get("warmup_steps", first.warmup_steps),
+        **{k: resolved[k] for k in SCALED[first.optimizer] if k in resolved},
     )
     num_devices = 1 if mesh is None else mesh.shape["sweep"]
     device = jax.devices()[0] if mesh is None else mesh.devices.flat[0]
     capacity = chunk_capacity(setting_bytes(model, opt.tx, shared.x, b),
                               shared.x.nbytes + shared.y.nbytes, device, num_devices)
     chunks, size = chunk_layout(len(members), min(capacity, chunk_size or capacity), num_devices)
-    return GroupPlan(key, members, model, opt.tx, b, steps, first.schedule, chunks, size)
+    vmapped_lr = first.schedule == "fixed" and not first.warmup_steps
+    return GroupPlan(key, members, model, opt.tx, b, steps, vmapped_lr, chunks, size)
 
 
-def _run_group(plan: GroupPlan, settings: list[Setting], epochs: int, shared: _Shared,
-               mesh: Mesh | None, bar: Any):
+def _run_group(plan: GroupPlan, settings: list[Setting], scaled: list[dict[str, Any]],
+               epochs: int, shared: _Shared, mesh: Mesh | None, bar: Any):
     """Yields ``(index, SettingResult)`` for every member of the group, chunk after chunk."""
     run_chunk = _chunk_runner(plan, shared)
     size = plan.chunk_size
     for c in range(plan.chunks):
         chunk = plan.members[c * size:(c + 1) * size]
-        padded = [settings[i] for i in chunk] + [settings[chunk[-1]]] * (size - len(chunk))
+        padded = [(settings[i], scaled[i]) for i in chunk] + [
+            (settings[chunk[-1]], scaled[chunk[-1]])] * (size - len(chunk))
         t0 = time.perf_counter()
         # An Explicit-axes mesh must be the context mesh of the jitted vmapped programs
         # (jax.set_mesh); harmless for Auto axes.
@@ -296,13 +330,15 @@ def _run_group(plan: GroupPlan, settings: list[Setting], epochs: int, shared: _S
                     seconds=seconds,
                     params=jax.tree.map(lambda a, j=j: a[j], host[0]),
                     model_state=jax.tree.map(lambda a, j=j: a[j], host[1]),
+                    scaled=scaled[i],
                 ),
             )
 
 
 def _chunk_runner(plan: GroupPlan, shared: _Shared):
-    """``run_chunk(settings, epochs, bar) -> (history, states)`` for one group: a vmapped init
-    and one jitted vmapped epoch, compiled on the first chunk and reused."""
+    """``run_chunk(members, epochs, bar) -> (history, states)`` for one group (``members``:
+    ``(setting, resolved scaling)`` pairs): a vmapped init and one jitted vmapped epoch,
+    compiled on the first chunk and reused."""
     model, tx, b = plan.model, plan.tx, plan.batch_size
 
     def init(seeds, hyperparams, sample_x):
@@ -327,11 +363,13 @@ def _chunk_runner(plan: GroupPlan, shared: _Shared):
     )
     run_epoch = jax.jit(functools.partial(scan_epoch, step=step, batch_size=b), donate_argnums=0)
 
-    def run_chunk(settings, epochs, bar):
-        values = {"l2": [effective_l2(s.l2, b, s.batch_scaled) for s in settings],
+    def run_chunk(members, epochs, bar):
+        settings = [s for s, _ in members]
+        values = {"l2": [effective_l2(r.get("l2", s.l2), b, s.batch_scaled) for s, r in members],
                   "l1": [s.l1 for s in settings]}
-        if plan.schedule == "fixed":  # a schedule's learning rate is in its closure
-            values["learning_rate"] = [s.learning_rate for s in settings]
+        if plan.vmapped_lr:  # else the learning rate is in the chain's closure
+            values["learning_rate"] = [r.get("learning_rate", s.learning_rate)
+                                       for s, r in members]
         states = init(jnp.asarray([s.seed for s in settings], jnp.uint32),
                       {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}, shared.x[:1])
         history: dict[str, list] = {}

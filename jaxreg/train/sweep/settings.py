@@ -44,10 +44,13 @@ class Setting:
     (:mod:`jaxreg.train.config`). A field's ``metadata["vmapped"]`` says where it lives:
     *vmapped* fields (``learning_rate``, ``l2``, ``l1``, ``batch_scaled``, ``seed``) are values
     in the stacked state, so any mix shares one program; *static* fields (``batch_size``,
-    ``optimizer``, ``schedule``, ``schedule_kwargs``, ``proximal``, ``bn_momentum``) are baked
-    into the program, and each
+    ``optimizer``, ``schedule``, ``schedule_kwargs``, ``proximal``, ``bn_momentum``,
+    ``scaling``, ``scale_from``, ``warmup_steps``) are baked into the program, and each
     distinct combination is its own group (:func:`group_key`). ``bn_momentum=None`` keeps the
     model's own; ``schedule_kwargs`` is stored as sorted ``(name, value)`` pairs (hashable).
+    With ``scaling`` (rule names of :data:`jaxreg.scaling.RULES`, comma-separated) the
+    hyperparameters are those tuned at batch ``scale_from`` (``B0``), moved to ``batch_size``
+    as :func:`jaxreg.train.fit` moves them.
     """
 
     learning_rate: float = _described(OptimizerConfig, "learning_rate")
@@ -61,6 +64,9 @@ class Setting:
     schedule_kwargs: tuple[tuple[str, Any], ...] = _static(())
     proximal: bool = _described(OptimizerConfig, "proximal")
     bn_momentum: float | None = _static(None)
+    scaling: str | None = _described(OptimizerConfig, "scaling")
+    scale_from: int | None = _described(OptimizerConfig, "scale_from")
+    warmup_steps: int = _described(OptimizerConfig, "warmup_steps")
 
     def __post_init__(self):
         for name in ("learning_rate", "l2", "l1"):
@@ -87,6 +93,7 @@ class Setting:
         for f in dataclasses.fields(self):  # the run description's bounds
             if "described" in f.metadata:
                 run_config.check(f.metadata["described"], getattr(self, f.name), f.name)
+        run_config.check_scaling(self.scaling, self.scale_from)
 
     @classmethod
     def fields(cls, vmapped: bool | None = None) -> tuple[str, ...]:
@@ -159,12 +166,12 @@ def expand(settings_or_grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str,
 
 def group_key(setting: Setting | Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     """The static part of ``setting`` as ``(name, value)`` pairs: settings with equal keys
-    share a compiled program. With a schedule other than ``fixed`` the learning rate is static
-    too (a schedule is a Python closure over ``eta_0``)."""
+    share a compiled program. With a schedule other than ``fixed`` or a warmup the learning rate
+    is static too (a schedule is a Python closure over ``eta_0``)."""
     if not isinstance(setting, Setting):
         setting = Setting.from_mapping(setting)
     key = {name: getattr(setting, name) for name in Setting.fields(vmapped=False)}
-    if setting.schedule != "fixed":
+    if setting.schedule != "fixed" or setting.warmup_steps:
         key["learning_rate"] = setting.learning_rate
     return tuple(key.items())
 

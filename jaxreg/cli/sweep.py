@@ -34,12 +34,13 @@ batch size of ``--batch-sizes`` (its own group) it trains a fixed-strength model
 
 ``jaxreg sweep --study batch-size-rules`` trains the model at each of ``--batch-sizes`` with the
 hyperparameters of ``--optimizer``/``--lr`` tuned at ``--batch-size`` (B0) unchanged and moved by
-each scaling rule that applies (:data:`STUDY_RULES`, or ``--scaling RULE[,RULE]``), with
-:func:`jaxreg.train.fit` per seed (the rules change Adam's ``b1``/``b2``/``eps`` and the
-BatchNorm momentum, which a vmapped sweep does not vary), and writes ``rules.json`` (a row per
-rule and size: test accuracy mean and std, steps, seconds, whether it is within one point of
-B0's, the learning rate in effect; or why the rule does not apply) and ``rules.png`` (test
-accuracy against ``b``).
+each scaling rule that applies (:data:`STUDY_RULES`, or ``--scaling RULES[,RULES]``), one
+vmapped sweep per rule and size with the seeds vmapped (the seeds vary the initialization; the
+data order is the first seed's, whose run is ``fit(seed=...)``'s), and writes ``rules.json`` (a
+row per rule and size: test accuracy mean and std over the seeds, steps, the sweep's seconds
+(all seeds, compilation included), whether it is within one point of B0's, the learning rate in
+effect and the resolved values; or why the rule does not apply) and ``rules.png`` (test accuracy
+against ``b``).
 
 One such study's results (Fashion-MNIST, Adam) are in ``benchmarks/RESULTS.md`` ("Notes moved
 from docstrings"); "seed NNN": the project's numbered source documents, ``docs/formulas.md``.
@@ -318,34 +319,32 @@ def _rules_study(args: argparse.Namespace, out: Path, seeds: list[int], data: An
                  model: Any) -> int:
     """``--study batch-size-rules`` (the module docstring): ``rules.json``, ``rules.png`` and
     a table on stdout."""
-    import time
-
-    from jaxreg.train import fit
+    from jaxreg.train.plan import split_data
+    from jaxreg.train.sweep import sweep
 
     b0, lr = args.batch_size, args.lr[0]
     rules = (tuple(dict.fromkeys(("none", *args.scaling))) if args.scaling
              else STUDY_RULES[args.optimizer])
+    n_train = len(split_data(data, args.validation_split)[0][0])
     rows: list[dict[str, Any]] = []
     for rule, b in itertools.product(rules, args.batch_sizes):
-        optimizer = dict(name=args.optimizer, learning_rate=lr, scaling=rule.split(","),
-                         scale_from=b0, warmup_steps=args.warmup_steps)
         row: dict[str, Any] = {"rule": rule, "batch_size": b}
-        try:
-            runs = []
-            for seed in seeds:
-                t0 = time.perf_counter()
-                r = fit(model, optimizer, data, epochs=args.epochs, batch_size=b, seed=seed,
-                        validation_split=args.validation_split, progress=False)
-                runs.append((r, time.perf_counter() - t0))
+        try:  # the group's seeds vmapped, sharing the first seed's data order
+            result = sweep(model, data, [{"seed": s} for s in seeds], epochs=args.epochs,
+                           batch_size=b, optimizer=args.optimizer, learning_rate=lr,
+                           scaling=rule, scale_from=b0, warmup_steps=args.warmup_steps,
+                           data_seed=seeds[0], validation_split=args.validation_split,
+                           chunk_size=args.chunk_size, progress=False)
         except ValueError as e:  # the rule does not apply at this k
             rows.append({**row, "error": str(e)})
             continue
-        mean, std = _stats([r.test["accuracy"] for r, _ in runs if r.test is not None])
+        runs = result.results
+        mean, std = _stats([r.final["test_accuracy"] for r in runs])
         rows.append({**row, "test_accuracy_mean": mean, "test_accuracy_std": std,
-                     "steps": int(runs[0][0].state.step),
-                     "learning_rate": runs[0][0].history["learning_rate"][-1],
-                     "seconds": float(np.mean([t for _, t in runs])),
-                     "loss": np.mean([r.history["loss"] for r, _ in runs], axis=0).tolist()})
+                     "steps": args.epochs * (n_train // b),
+                     "learning_rate": runs[0].history["learning_rate"][-1],
+                     "seconds": result.seconds, "scaled": runs[0].scaled,
+                     "loss": np.mean([r.history["loss"] for r in runs], axis=0).tolist()})
     for row in rows:
         ref = next((r for r in rows if r["rule"] == row["rule"] and r["batch_size"] == b0), {})
         if "test_accuracy_mean" in row and "test_accuracy_mean" in ref:

@@ -50,3 +50,34 @@ def test_linear_rule_learning_rate_in_the_study(tmp_path):
     assert [r["rule"] for r in rows] == ["none", "linear"]
     assert all(math.isfinite(r["test_accuracy_mean"]) for r in rows)
     assert [r["learning_rate"] for r in rows] == pytest.approx([0.01, 0.01 * 64 / 32])
+
+
+def test_the_study_is_a_vmapped_sweep_whose_first_seed_is_fit(tmp_path):
+    """A (rule, size) group is one sweep over the seeds: the first seed's run is
+    ``fit(seed=0)``'s with the same rules (SGD with momentum: Adam turns the rounding noise of
+    the zero-gradient bias before BatchNorm into full steps), the resolved values are in the row,
+    and the rules take the grid syntax (``linear+ema``)."""
+    import numpy as np
+
+    from jaxreg import models
+    from jaxreg.data import load
+    from jaxreg.train import fit
+
+    out = tmp_path / "study"
+    status, _, err = run_main([
+        "sweep", "--study", "batch-size-rules", "--dataset", "digits", "--epochs", "2",
+        "--optimizer", "momentum", "--lr", "0.05", "--batch-size", "32", "--batch-sizes", "64",
+        "--scaling", "linear+ema", "--seeds", "1", "--validation-split", "0", "--no-progress",
+        "--out", str(out)])
+    assert status == 0, err
+    rows = json.loads((out / "rules.json").read_text())["rows"]
+    assert [r["rule"] for r in rows] == ["none", "linear,ema"]
+    assert rows[1]["scaled"]["learning_rate"] == pytest.approx(0.1) and rows[1]["scaled"][
+        "bn_momentum"] == pytest.approx(0.99 ** 2)
+    for row in rows:
+        ref = fit(models.get("seed-mlp", 10), dict(name="momentum", learning_rate=0.05,
+                                                   scaling=row["rule"].split(","), scale_from=32),
+                  load("digits"), epochs=2, batch_size=64, seed=0, progress=False)
+        assert row["steps"] == int(ref.state.step)
+        assert row["test_accuracy_mean"] == pytest.approx(ref.test["accuracy"], abs=1e-6)
+        np.testing.assert_allclose(row["loss"], ref.history["loss"], rtol=1e-5)

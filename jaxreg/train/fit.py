@@ -9,13 +9,14 @@ dict(name="adam"), mnist, epochs=10, batch_size=128)``.
 
 Compilation: a call compiles the initial state (the model's and optimizer's initializers and the
 keys, one program), the epoch (every call: its step closes over the optimizer built for the call),
-the epoch keys (:func:`jaxreg.train.plan.epoch_key`), the evaluation (once per model and data shape
-in a process: validation, test) and, with a plateau, its update. On one device all but the state
-compile in a background thread while the state compiles (:func:`jaxreg.train.plan.make_plan`). The
-compile times are in ``benchmarks/RESULTS.md`` ("Fixed costs of jaxreg train"). ``fit`` leaves
-JAX's configuration alone; to keep compiled programs across
-calls and processes, enable JAX's persistent compilation cache first, as the ``jaxreg`` command
-does::
+the epoch keys (:func:`jaxreg.train.plan.epoch_key`), the evaluation (once per model in a process:
+one program on blocks of ``EVAL_BATCH`` examples serves validation, test and training data of any
+size, :func:`jaxreg.train.evaluate`) and, with a plateau, its update. On one device all but the
+state compile in a background thread while the state compiles
+(:func:`jaxreg.train.plan.make_plan`). The compile times are in ``benchmarks/RESULTS.md``
+("Fixed costs of jaxreg train"). ``fit`` leaves JAX's configuration alone; to keep compiled
+programs across calls and processes, enable JAX's persistent compilation cache first, as the
+``jaxreg`` command does::
 
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/jaxreg/xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # default: only >= 1 s

@@ -36,7 +36,14 @@ from jaxreg.train.optimizer import (
     update_plateau,
 )
 from jaxreg.train.state import TrainState, create_train_state
-from jaxreg.train.step import EVAL_BATCH, default_loss, evaluate, evaluation_sums, train_step
+from jaxreg.train.step import (
+    EVAL_BATCH,
+    default_loss,
+    evaluate,
+    evaluation_blocks,
+    evaluation_sums,
+    train_step,
+)
 
 DEVICE_DATA_BYTES = 1 << 30
 """Training sets up to this size run in scan mode by default."""
@@ -345,11 +352,13 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
             epoch_compiled.extend(
                 compile_ahead(run, state, _spec(x), _spec(y), jax.eval_shape(jax.random.key, 0))
                 for run in runners.values())
-        evaluations_compiled.extend(
-            compile_ahead(evaluation_sums, model, state.params, state.model_state, _spec(xe),
-                          _spec(ye), loss_fn=loss_fn, batch_size=min(EVAL_BATCH, len(xe)),
-                          compute_dtype=compute_dtype)
-            for xe, ye in evaluated)
+        if evaluated:  # one program for every split: a block of EVAL_BATCH rows
+            evaluations_compiled.append(compile_ahead(
+                evaluation_sums, model, state.params, state.model_state,
+                *(jax.ShapeDtypeStruct((EVAL_BATCH, *np.shape(a)[1:]),
+                                       jax.dtypes.canonicalize_dtype(np.asarray(a).dtype))
+                  for a in evaluated[0]), jax.ShapeDtypeStruct((), np.int32),
+                loss_fn=loss_fn, compute_dtype=compute_dtype))
 
     placement = place(functools.partial(create_train_state, model, opt.tx, x[:1], seed), mesh,
                       ahead)
@@ -363,14 +372,16 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
         x, y = placement.put_data(x), placement.put_data(y)
     evaluate_run = _after(evaluations_compiled, functools.partial(
         evaluate, model, loss_fn=loss_fn, compute_dtype=compute_dtype))
-
-    def evaluate_placed(state, x, y):
-        x, y = (a if isinstance(a, jax.Array) else placement.put_data(np.asarray(a))
-                for a in (x, y))
-        return evaluate_run(state, x, y)
-
+    validation_blocks = None
     if validation is not None:  # placed once, not at every epoch's evaluation
+        validation_blocks = evaluation_blocks(*validation, put=placement.put_data)
         validation = tuple(placement.put_data(np.asarray(a)) for a in validation)
+
+    def evaluate_placed(state, xe, ye):
+        own = validation is not None and xe is validation[0] and ye is validation[1]
+        return evaluate_run(state, xe, ye, blocks=validation_blocks if own else
+                            evaluation_blocks(xe, ye, put=placement.put_data))
+
     feed_plateau = None if not has_plateau else jax.jit(
         update_plateau,
         **({} if mesh is None else dict(out_shardings=placement.state_sharding.opt_state)))

@@ -167,11 +167,16 @@ def fit(
 def fit_plan(plan: Plan, *, callbacks: Sequence[Callback] = (), progress: bool = True,
              checkpoint_dir: str | Path | None = None, resume: bool = False,
              checkpoint_every: int = 1, claimed: bool = False,
-             max_consecutive_skips: int | None = MAX_CONSECUTIVE_SKIPS) -> FitResult:
+             max_consecutive_skips: int | None = MAX_CONSECUTIVE_SKIPS,
+             at_end: Callable[[FitResult], Any] | None = None) -> FitResult:
     """Trains a :class:`jaxreg.train.plan.Plan` (the loop of :func:`fit`, whose arguments these
     are). ``claimed``: the caller has already checked and locked the run directory holding
     ``checkpoint_dir`` (``jaxreg train``'s ``--out``), so it is neither checked nor locked again.
-    A plan trains once: its initial state's buffers are donated to the first epoch.
+    ``at_end(result)``: the caller's end-of-run work, called with the result after the test
+    evaluation and before the last checkpoint is waited for, so that the two overlap (it must
+    not read the checkpoints); a failed write is still raised, after it (in place of its
+    error, if any). A plan trains once: its initial state's buffers are donated to the first
+    epoch.
     """
     _check_loop(checkpoint_every, max_consecutive_skips)
     state, start, consecutive_skips = plan.placement.state, 0, 0
@@ -233,11 +238,14 @@ def fit_plan(plan: Plan, *, callbacks: Sequence[Callback] = (), progress: bool =
             interrupt.check()  # a safe point: the epoch's checkpoint is written (or being written)
             if stop:
                 break
-        # the test evaluation overlaps the last checkpoint's writing
+        # the test evaluation and at_end overlap the last checkpoint's writing
         test_metrics = None if plan.test_data is None else plan.evaluate(state, *plan.test_data)
+        result = FitResult(state=state, history=history, test=test_metrics,
+                           evaluate=plan.evaluate, model=nnx_bridge.merge(plan.model, state))
+        if at_end is not None:
+            at_end(result)
     # leaving the block closed the manager: every checkpoint is complete on disk
-    return FitResult(state=state, history=history, test=test_metrics, evaluate=plan.evaluate,
-                     model=nnx_bridge.merge(plan.model, state))
+    return result
 
 
 def _check_loop(checkpoint_every: Any, max_consecutive_skips: Any) -> None:

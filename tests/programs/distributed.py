@@ -95,7 +95,7 @@ def compiles() -> None:
     class Recorder(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             if record.getMessage().startswith("Finished XLA compilation of "):
-                compiled.append([record.getMessage().split()[4], record.threadName])
+                compiled.append([record.getMessage().split()[4], str(record.threadName)])
 
     logging.getLogger("jax._src.dispatch").addHandler(Recorder())
     distributed.FSDP_MIN_SIZE = 64  # split the 6x6x16 kernel (and its momentum) over fsdp

@@ -372,6 +372,7 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
     require(not has_plateau or not monitor.startswith("val_") or validation is not None,
             "validation_split", f"> 0, or validation_data given: the plateau monitors {monitor!r}",
             validation_split)
+    host = x, y
     if on_device:
         x, y = placement.put_data(x), placement.put_data(y)
     evaluate_run = _after(evaluations_compiled, functools.partial(
@@ -381,10 +382,11 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
         validation_blocks = evaluation_blocks(*validation, put=placement.put_data)
         validation = tuple(placement.put_data(np.asarray(a)) for a in validation)
 
-    def evaluate_placed(state, xe, ye):
-        own = validation is not None and xe is validation[0] and ye is validation[1]
-        return evaluate_run(state, xe, ye, blocks=validation_blocks if own else
-                            evaluation_blocks(xe, ye, put=placement.put_data))
+    def evaluate_placed(state, xe, ye):  # the plan's own splits: blocks cut on the host
+        if validation is not None and xe is validation[0] and ye is validation[1]:
+            return evaluate_run(state, xe, ye, blocks=validation_blocks)
+        cut = host if xe is x and ye is y else (xe, ye)  # no copy back from the device
+        return evaluate_run(state, xe, ye, blocks=evaluation_blocks(*cut, put=placement.put_data))
 
     feed_plateau = None if not has_plateau else jax.jit(
         update_plateau,

@@ -128,6 +128,7 @@ PUBLIC_NAMES = {
     "jaxlib._jax.Sharding": "jax.sharding.Sharding",
     "jaxlib._jax.Device": "jax.Device",
     "jax._src.mesh.Mesh": "jax.sharding.Mesh",
+    "jax._src.stages.Lowered": "jax.stages.Lowered",
     "optax._src.base.GradientTransformation": "optax.GradientTransformation",
     "optax._src.base.GradientTransformationExtraArgs": "optax.GradientTransformationExtraArgs",
     "flax.linen.module.Module": "flax.linen.Module",

@@ -17,6 +17,13 @@ Layers, lowest first, one folder each; a lower layer never imports a higher one:
 
 __version__ = "0.1.0"
 
+import sys as _sys
+
+if _sys.argv[:1] == ["-m"]:  # Python locates a ``python -m`` module: jaxreg's command?
+    import _jaxreg_command  # the standard library only
+
+    _jaxreg_command.located_by_python_m()  # ``python -m jaxreg``: as the console script
+
 from jaxreg import transforms
 from jaxreg.transforms import (
     ReduceOnPlateauState,

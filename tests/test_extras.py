@@ -4,6 +4,7 @@ Each case runs in a fresh interpreter (``sys.modules`` of this one already holds
 A missing extra is simulated with ``sys.modules[name] = None``, which makes ``import name``
 raise and ``importlib.util.find_spec(name)`` report it absent, as on a core-only install.
 """
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import pytest
 
 import jaxreg
 from jaxreg import _extras
+from tests.helpers import source_env
 
 HEAVY = ("orbax", "tqdm", "matplotlib", "sklearn")
 CORE = ("jaxreg", "jaxreg.masks", "jaxreg.penalties", "jaxreg.transforms", "jaxreg.proximal",
@@ -81,6 +83,21 @@ def test_python_m_jaxreg_runs_the_command():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "train" in result.stdout and "sweep" in result.stdout
+
+
+@pytest.mark.parametrize("module", ["jaxreg", "jaxreg.cli"])
+def test_python_m_jaxreg_handles_a_signal_while_importing_as_the_console_script(tmp_path, module):
+    """``python -m jaxreg`` (and ``jaxreg.cli``): a SIGINT while Python imports the package,
+    before its ``__main__`` runs, is one line and status 130 (was a KeyboardInterrupt
+    traceback). A stand-in ``jax`` first on the path sends it, during the import of jaxreg."""
+    (tmp_path / "jax").mkdir()
+    (tmp_path / "jax" / "__init__.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)\n")
+    env = source_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                            text=True, timeout=120, env=env, cwd=tmp_path)
+    assert (result.returncode, result.stderr, result.stdout) == (130, "jaxreg: interrupted\n", "")
 
 
 def test_missing_reports_only_absent_modules(monkeypatch):

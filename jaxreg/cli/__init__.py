@@ -18,7 +18,8 @@ complete) with the one line ``jaxreg <command>: interrupted`` and exit status 13
 clusters and preemptible VMs stop a job) the same way with ``jaxreg <command>: terminated`` and
 exit status 143: ``jaxreg train --out DIR --resume`` continues the run. Before ``main`` runs,
 while Python imports jaxreg, the console script's first module (``_jaxreg_command``) handles
-them: the same line, ``jaxreg: interrupted`` (130) or ``jaxreg: terminated`` (143).
+them, and for ``python -m jaxreg`` the package's first lines call it: the same line,
+``jaxreg: interrupted`` (130) or ``jaxreg: terminated`` (143).
 
 Every command keeps XLA's compiled programs in JAX's persistent compilation cache,
 ``$XDG_CACHE_HOME/jaxreg/xla`` (``~/.cache/jaxreg/xla``), so a repeated run (the same model,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import IO, Any
 
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -51,9 +51,10 @@ def history_panels(history: Mapping[str, Sequence[float]]) -> list[tuple[str, li
     return panels
 
 
-def plot_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike,
+def plot_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike | IO[bytes],
                  title: str | None = None, test: Mapping[str, float] | None = None) -> None:
-    """Writes ``path`` (PNG): one panel per epoch curve of :data:`PANELS` with data.
+    """Writes ``path`` (PNG; a file name or a binary file): one panel per epoch curve of
+    :data:`PANELS` with data.
 
     Training curves are solid, validation (``val_*``) curves dashed; ``test`` (the final test
     metrics, e.g. ``FitResult.test``) adds a star at the last epoch of the accuracy (else the

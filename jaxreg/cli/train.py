@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +53,7 @@ from jaxreg.cli._common import (
 from jaxreg.data import Dataset, load
 from jaxreg.train import distributed, rundir
 from jaxreg.train.config import OptimizerConfig, RunConfig, flag_name
-from jaxreg.train.fit import fit_plan
+from jaxreg.train.fit import FitResult, fit_plan
 from jaxreg.train.plan import Plan
 from jaxreg.train.tensorboard import TensorBoardCallback
 
@@ -249,29 +250,42 @@ def train_run(config: RunConfig, plan: Plan, run_dir: Path, *, resume: bool = Fa
     checkpoint in ``run_dir`` when ``resume``; ``run_dir`` claimed by the caller), writes
     ``metrics.json`` and ``curves.png`` (process 0 only), and returns the metrics.
     ``train_seconds`` is the wall time of the training (epochs, validation, checkpoints, test
-    evaluation); a resumed run counts only its own part, from ``resumed_from_epoch`` on. With
-    ``tensorboard_dir``, each epoch is also written there (:class:`TensorBoardCallback`)."""
+    evaluation); a resumed run counts only its own part, from ``resumed_from_epoch`` on. The
+    training-set evaluation and the plot run while the last checkpoint is written
+    (``fit_plan``'s ``at_end``) and are not counted; ``curves.png`` is written once that
+    checkpoint is complete. With ``tensorboard_dir``, each epoch is also written there
+    (:class:`TensorBoardCallback`)."""
     ran: list[int] = []
     callbacks: list[Any] = [lambda epoch, state, logs: ran.append(epoch)]
     if tensorboard_dir is not None:
         callbacks.append(TensorBoardCallback(tensorboard_dir, config.to_dict()))
+    end: dict[str, Any] = {}
+
+    def at_end(result: FitResult) -> None:  # overlaps the last checkpoint's write
+        started = time.perf_counter()
+        with ThreadPoolExecutor(1) as pool:  # the plot (Python) overlaps the evaluation (XLA)
+            plotted = None
+            if distributed.is_primary():
+                from jaxreg.cli.plots import plot_history  # matplotlib: here, not in the thread
+
+                end["png"] = io.BytesIO()
+                plotted = pool.submit(plot_history, result.history, end["png"],
+                                      title=f"{config.model} on {config.dataset}",
+                                      test=result.test)
+            end["train"] = result.evaluate(result.state, plan.x, plan.y)  # fit's training part
+            if plotted is not None:
+                plotted.result()  # its error, if any, is raised here
+        end["seconds"] = time.perf_counter() - started
+
     t0 = time.perf_counter()
     result = fit_plan(plan, callbacks=callbacks, progress=progress,
                       checkpoint_dir=run_dir / "checkpoints", resume=resume,
-                      checkpoint_every=config.checkpoint_every, claimed=True)
-    train_seconds = time.perf_counter() - t0
+                      checkpoint_every=config.checkpoint_every, claimed=True, at_end=at_end)
+    train_seconds = time.perf_counter() - t0 - end["seconds"]
+    if "png" in end:
+        (run_dir / "curves.png").write_bytes(end["png"].getvalue())
     start = len(result.history.get("loss", [])) - len(ran)  # the epochs restored
-    plotted = None
-    with ThreadPoolExecutor(1) as pool:  # the plot (Python) overlaps the evaluation (XLA)
-        if distributed.is_primary():
-            from jaxreg.cli.plots import plot_history  # matplotlib: here, not in the thread
-
-            plotted = pool.submit(plot_history, result.history, run_dir / "curves.png",
-                                  title=f"{config.model} on {config.dataset}",
-                                  test=result.test)
-        train = result.evaluate(result.state, plan.x, plan.y)  # fit's training part
-        if plotted is not None:
-            plotted.result()  # its error, if any, is raised here
+    train = end["train"]
     assert result.test is not None  # a dataset's test split is evaluated
     metrics = dict(
         config.to_dict(), data_source=data_source,

@@ -138,14 +138,25 @@ def state_sharding(state: Any, mesh: Mesh, fsdp_min_size: int | None = None) -> 
     return jax.tree.map(lambda a: NamedSharding(mesh, _leaf_spec(a.shape, fsdp, min_size)), state)
 
 
+def lower_sharded(
+    init: Callable[[], Any], mesh: Mesh, fsdp_min_size: int | None = None
+) -> tuple[jax.stages.Lowered, Any]:
+    """``(lowered, shardings)``: ``init`` (e.g. ``create_train_state``) lowered under
+    ``jax.jit`` with its outputs placed by :func:`state_sharding`, not yet compiled (its
+    ``out_info``: the state's shapes and shardings)."""
+    shardings = state_sharding(jax.eval_shape(init), mesh, fsdp_min_size)
+    return jax.jit(init, out_shardings=shardings).lower(), shardings
+
+
 def create_sharded(
     init: Callable[[], Any], mesh: Mesh, fsdp_min_size: int | None = None
 ) -> tuple[Any, Any]:
-    """``(state, shardings)``: ``init()`` (e.g. ``create_train_state``) run under ``jax.jit``
-    with its outputs placed by :func:`state_sharding`. Each device materializes only its
-    shards, and every process gets the same global state (``init`` is deterministic)."""
-    shardings = state_sharding(jax.eval_shape(init), mesh, fsdp_min_size)
-    return jax.jit(init, out_shardings=shardings)(), shardings
+    """``(state, shardings)``: ``init()`` run under ``jax.jit`` with its outputs placed by
+    :func:`state_sharding` (:func:`lower_sharded`, compiled and called). Each device
+    materializes only its shards, and every process gets the same global state (``init`` is
+    deterministic)."""
+    lowered, shardings = lower_sharded(init, mesh, fsdp_min_size)
+    return lowered.compile()(), shardings
 
 
 def put(tree: Any, sharding: jax.sharding.Sharding) -> Any:

@@ -9,13 +9,14 @@ dict(name="adam"), mnist, epochs=10, batch_size=128)``.
 
 Compilation: a call compiles the initial state (the model's and optimizer's initializers and the
 keys, one program), the epoch (every call: its step closes over the optimizer built for the call),
-the epoch keys (:func:`jaxreg.train.plan.epoch_key`), the evaluation (once per model and data shape
-in a process: validation, test) and, with a plateau, its update. On one device all but the state
-compile in a background thread while the state compiles (:func:`jaxreg.train.plan.make_plan`). The
-compile times are in ``benchmarks/RESULTS.md`` ("Fixed costs of jaxreg train"). ``fit`` leaves
-JAX's configuration alone; to keep compiled programs across
-calls and processes, enable JAX's persistent compilation cache first, as the ``jaxreg`` command
-does::
+the epoch keys (:func:`jaxreg.train.plan.epoch_key`), the evaluation (once per model in a process:
+one program on blocks of ``EVAL_BATCH`` examples serves validation, test and training data of any
+size, :func:`jaxreg.train.evaluate`) and, with a plateau, its update. On one device all but the
+state compile in a background thread while the state compiles
+(:func:`jaxreg.train.plan.make_plan`). The compile times are in ``benchmarks/RESULTS.md``
+("Fixed costs of jaxreg train"). ``fit`` leaves JAX's configuration alone; to keep compiled
+programs across calls and processes, enable JAX's persistent compilation cache first, as the
+``jaxreg`` command does::
 
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/jaxreg/xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # default: only >= 1 s
@@ -166,11 +167,16 @@ def fit(
 def fit_plan(plan: Plan, *, callbacks: Sequence[Callback] = (), progress: bool = True,
              checkpoint_dir: str | Path | None = None, resume: bool = False,
              checkpoint_every: int = 1, claimed: bool = False,
-             max_consecutive_skips: int | None = MAX_CONSECUTIVE_SKIPS) -> FitResult:
+             max_consecutive_skips: int | None = MAX_CONSECUTIVE_SKIPS,
+             at_end: Callable[[FitResult], Any] | None = None) -> FitResult:
     """Trains a :class:`jaxreg.train.plan.Plan` (the loop of :func:`fit`, whose arguments these
     are). ``claimed``: the caller has already checked and locked the run directory holding
     ``checkpoint_dir`` (``jaxreg train``'s ``--out``), so it is neither checked nor locked again.
-    A plan trains once: its initial state's buffers are donated to the first epoch.
+    ``at_end(result)``: the caller's end-of-run work, called with the result after the test
+    evaluation and before the last checkpoint is waited for, so that the two overlap (it must
+    not read the checkpoints); a failed write is still raised, after it (in place of its
+    error, if any). A plan trains once: its initial state's buffers are donated to the first
+    epoch.
     """
     _check_loop(checkpoint_every, max_consecutive_skips)
     state, start, consecutive_skips = plan.placement.state, 0, 0
@@ -232,11 +238,14 @@ def fit_plan(plan: Plan, *, callbacks: Sequence[Callback] = (), progress: bool =
             interrupt.check()  # a safe point: the epoch's checkpoint is written (or being written)
             if stop:
                 break
-        # the test evaluation overlaps the last checkpoint's writing
+        # the test evaluation and at_end overlap the last checkpoint's writing
         test_metrics = None if plan.test_data is None else plan.evaluate(state, *plan.test_data)
+        result = FitResult(state=state, history=history, test=test_metrics,
+                           evaluate=plan.evaluate, model=nnx_bridge.merge(plan.model, state))
+        if at_end is not None:
+            at_end(result)
     # leaving the block closed the manager: every checkpoint is complete on disk
-    return FitResult(state=state, history=history, test=test_metrics, evaluate=plan.evaluate,
-                     model=nnx_bridge.merge(plan.model, state))
+    return result
 
 
 def _check_loop(checkpoint_every: Any, max_consecutive_skips: Any) -> None:

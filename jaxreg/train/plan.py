@@ -36,7 +36,14 @@ from jaxreg.train.optimizer import (
     update_plateau,
 )
 from jaxreg.train.state import TrainState, create_train_state
-from jaxreg.train.step import EVAL_BATCH, default_loss, evaluate, evaluation_sums, train_step
+from jaxreg.train.step import (
+    EVAL_BATCH,
+    default_loss,
+    evaluate,
+    evaluation_blocks,
+    evaluation_sums,
+    train_step,
+)
 
 DEVICE_DATA_BYTES = 1 << 30
 """Training sets up to this size run in scan mode by default."""
@@ -129,23 +136,26 @@ class Placement(NamedTuple):
 
 
 def place(init: Callable[[], TrainState], mesh: jax.sharding.Mesh | None,
-          ahead: Callable[[Any], Any] = lambda shapes: None) -> Placement:
-    """The state made by ``init`` and the placement functions, for ``mesh`` or one device. On
-    one device the state is one compiled program (its key derivation, the model's and the
-    optimizer's initializers), and ``ahead`` gets the state's shapes before that program
-    compiles, to start other compilations alongside (:func:`compile_ahead`)."""
+          ahead: Callable[[Placement], Any] = lambda placement: None) -> Placement:
+    """The state made by ``init`` and the placement functions, for ``mesh`` or one device. The
+    state is one compiled program (its key derivation, the model's and the optimizer's
+    initializers); ``ahead`` gets the placement with the state's shapes (and shardings) in
+    place of the state before that program compiles, to start other compilations alongside
+    (:func:`compile_ahead`)."""
     if mesh is None:
         lowered = jax.jit(init).lower()
-        ahead(lowered.out_info)
-        options = INIT_CPU_OPTIONS if jax.default_backend() == "cpu" else None
-        return Placement(lowered.compile(options)(), None, {}, jax.device_put, jax.device_put,
-                         None)
-    state, state_sharding = distributed.create_sharded(init, mesh)
-    return Placement(
-        state, state_sharding, dict(out_shardings=(state_sharding, distributed.replicated(mesh))),
-        functools.partial(distributed.put, sharding=distributed.batch_sharding(mesh)),
-        functools.partial(distributed.put, sharding=distributed.replicated(mesh)),
-        distributed.batch_sharding(mesh))
+        placement = Placement(lowered.out_info, None, {}, jax.device_put, jax.device_put, None)
+    else:
+        lowered, state_sharding = distributed.lower_sharded(init, mesh)
+        placement = Placement(
+            lowered.out_info, state_sharding,
+            dict(out_shardings=(state_sharding, distributed.replicated(mesh))),
+            functools.partial(distributed.put, sharding=distributed.batch_sharding(mesh)),
+            functools.partial(distributed.put, sharding=distributed.replicated(mesh)),
+            distributed.batch_sharding(mesh))
+    ahead(placement)
+    options = INIT_CPU_OPTIONS if jax.default_backend() == "cpu" else None
+    return placement._replace(state=lowered.compile(options)())
 
 
 class Plan(NamedTuple):
@@ -253,11 +263,6 @@ def epoch_key(seed: Any, epoch: Any) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), epoch)
 
 
-def _spec(a: Any) -> jax.ShapeDtypeStruct:
-    """The shape and dtype of an array."""
-    return jax.ShapeDtypeStruct(np.shape(a), a.dtype)
-
-
 def _epoch_runner(step: Callable, placement: Placement, *, on_device: bool, batch_size: int,
                   unroll: int) -> Callable:
     """``run_epoch(state, x, y, key, ...) -> (state, metrics)``: one jitted ``lax.scan`` over
@@ -283,10 +288,11 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
               trains: bool = True, evaluates_train: bool = False) -> Plan:
     """Checks the arguments (as :func:`jaxreg.train.fit` documents them) and plans the run.
 
-    On one device, the programs the run will need compile while its state is initialized
-    (:func:`jaxreg.train.plan.compile_ahead`): the epoch and its keys unless ``trains=False``
-    (only the state's shapes are wanted), and the evaluation of the validation and test data,
-    and of the training data with ``evaluates_train``.
+    The programs the run will need compile while its state is initialized
+    (:func:`jaxreg.train.plan.compile_ahead`), on a mesh for the state's and data's shardings:
+    the epoch and its keys unless ``trains=False`` (only the state's shapes are wanted), and
+    the evaluation (one program for the validation and test data, and for the training data
+    with ``evaluates_train``).
 
     Returns:
         A :class:`Plan`: the initial state in ``plan.placement.state``; nothing is trained.
@@ -335,21 +341,28 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
     evaluations_compiled: list[Future] = []
     runners: dict[int, Callable] = {}
 
-    def ahead(state):  # one device: the epochs and evaluations compile while the state does
-        runners.update(runners_for(Placement(state, None, {}, jax.device_put, jax.device_put,
-                                             None)))
+    data_sharding = None if mesh is None else distributed.replicated(mesh)  # put_data's
+
+    def spec(a, rows=None):  # a placed array's shape (``rows`` first), dtype and sharding
+        return jax.ShapeDtypeStruct((len(a) if rows is None else rows, *np.shape(a)[1:]),
+                                    jax.dtypes.canonicalize_dtype(np.asarray(a).dtype),
+                                    sharding=data_sharding)
+
+    def ahead(abstract):  # the epochs and evaluations compile while the state does
+        state = abstract.state
+        runners.update(runners_for(abstract))
         if trains:
             scalar = jax.ShapeDtypeStruct((), np.uint32)
             epoch_compiled.append(compile_ahead(epoch_key, scalar, scalar))
         if on_device and trains:  # one program per distinct batch size
             epoch_compiled.extend(
-                compile_ahead(run, state, _spec(x), _spec(y), jax.eval_shape(jax.random.key, 0))
+                compile_ahead(run, state, spec(x), spec(y), jax.eval_shape(jax.random.key, 0))
                 for run in runners.values())
-        evaluations_compiled.extend(
-            compile_ahead(evaluation_sums, model, state.params, state.model_state, _spec(xe),
-                          _spec(ye), loss_fn=loss_fn, batch_size=min(EVAL_BATCH, len(xe)),
-                          compute_dtype=compute_dtype)
-            for xe, ye in evaluated)
+        if evaluated:  # one program for every split: a block of EVAL_BATCH rows
+            evaluations_compiled.append(compile_ahead(
+                evaluation_sums, model, state.params, state.model_state,
+                *(spec(a, EVAL_BATCH) for a in evaluated[0]), jax.ShapeDtypeStruct((), np.int32),
+                loss_fn=loss_fn, compute_dtype=compute_dtype))
 
     placement = place(functools.partial(create_train_state, model, opt.tx, x[:1], seed), mesh,
                       ahead)
@@ -359,18 +372,22 @@ def make_plan(model: Any, optimizer: Any, data: Any, *, epochs: int = RunConfig.
     require(not has_plateau or not monitor.startswith("val_") or validation is not None,
             "validation_split", f"> 0, or validation_data given: the plateau monitors {monitor!r}",
             validation_split)
+    host = x, y
     if on_device:
         x, y = placement.put_data(x), placement.put_data(y)
     evaluate_run = _after(evaluations_compiled, functools.partial(
         evaluate, model, loss_fn=loss_fn, compute_dtype=compute_dtype))
-
-    def evaluate_placed(state, x, y):
-        x, y = (a if isinstance(a, jax.Array) else placement.put_data(np.asarray(a))
-                for a in (x, y))
-        return evaluate_run(state, x, y)
-
+    validation_blocks = None
     if validation is not None:  # placed once, not at every epoch's evaluation
+        validation_blocks = evaluation_blocks(*validation, put=placement.put_data)
         validation = tuple(placement.put_data(np.asarray(a)) for a in validation)
+
+    def evaluate_placed(state, xe, ye):  # the plan's own splits: blocks cut on the host
+        if validation is not None and xe is validation[0] and ye is validation[1]:
+            return evaluate_run(state, xe, ye, blocks=validation_blocks)
+        cut = host if xe is x and ye is y else (xe, ye)  # no copy back from the device
+        return evaluate_run(state, xe, ye, blocks=evaluation_blocks(*cut, put=placement.put_data))
+
     feed_plateau = None if not has_plateau else jax.jit(
         update_plateau,
         **({} if mesh is None else dict(out_shardings=placement.state_sharding.opt_state)))

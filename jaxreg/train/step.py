@@ -12,12 +12,13 @@ an epoch, vmapped over states (hyperparameter sweeps) or sharded.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxreg._validate import require
@@ -44,7 +45,8 @@ def default_loss(targets: Any) -> LossFn:
 
 
 EVAL_BATCH = 1000
-"""Examples per chunk of :func:`evaluate` (one inference batch)."""
+"""Examples per block of :func:`evaluate` (one inference batch; every split is cut into
+blocks of this many rows, so one compiled program evaluates them all)."""
 
 
 def _cast(tree: Any, dtype: Any) -> Any:
@@ -174,29 +176,43 @@ def train_step(
     return new_state, metrics
 
 
-@functools.partial(jax.jit, static_argnames=("model", "loss_fn", "batch_size", "compute_dtype"))
-def evaluation_sums(model, params, model_state, x, y, *, loss_fn, batch_size, compute_dtype):
-    """The jitted, pure core of :func:`evaluate`: mean metrics as device scalars, over
-    ``batch_size`` chunks (the last padded and masked out). Pure, so a sweep can vmap it over
-    stacked ``params``/``model_state``."""
-    n = x.shape[0]
-    chunks = -(-n // batch_size)
-    pad = chunks * batch_size - n
-    xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(chunks, batch_size, *x.shape[1:])
-    ys = jnp.pad(y, [(0, pad)] + [(0, 0)] * (y.ndim - 1)).reshape(chunks, batch_size, *y.shape[1:])
+@functools.partial(jax.jit, static_argnames=("model", "loss_fn", "compute_dtype"))
+def evaluation_sums(model, params, model_state, x, y, count, *, loss_fn, compute_dtype):
+    """The jitted, pure core of :func:`evaluate`: the metric sums (device scalars) of the
+    first ``count`` examples of one block ``(x, y)`` (:func:`evaluation_blocks`; the padding
+    rows are masked out). Every split of a run's data, whatever its size, calls this one
+    program; a sweep vmaps it over stacked ``params``/``model_state``."""
     variables = {"params": _cast(params, compute_dtype), "batch_stats": model_state}
+    outputs = model.apply(variables, _cast(x, compute_dtype), train=False).astype(jnp.float32)
+    mask = jnp.arange(x.shape[0]) < count
+    return {k: jnp.where(mask, v, 0.0).sum()
+            for k, v in _metrics(outputs, y, loss_fn(outputs, y)).items()}
 
-    def chunk_sums(batch_and_mask):
-        (xb, yb), mask = batch_and_mask
-        outputs = model.apply(variables, _cast(xb, compute_dtype), train=False).astype(jnp.float32)
-        return {
-            k: jnp.where(mask, v, 0.0).sum(-1)
-            for k, v in _metrics(outputs, yb, loss_fn(outputs, yb)).items()
-        }
 
-    mask = (jnp.arange(chunks * batch_size) < n).reshape(chunks, batch_size)
-    sums = jax.lax.map(chunk_sums, ((xs, ys), mask))
-    return {k: v.sum() / n for k, v in sums.items()}
+def evaluation_blocks(x: Any, y: Any, *, batch_size: int = EVAL_BATCH,
+                      put: Callable[[Any], Any] = jax.device_put) -> tuple[tuple[Any, ...], ...]:
+    """``(x, y)`` cut on the host into ``(x block, y block, count)`` of ``batch_size`` rows each,
+    the last one zero-padded (``count``: its real rows, an ``np.int32``), the blocks placed with
+    ``put``: the fixed-shape inputs of :func:`evaluation_sums`."""
+    x, y = np.asarray(x), np.asarray(y)
+    blocks = []
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        pad = batch_size - len(xb)
+        if pad:
+            xb, yb = (np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in (xb, yb))
+        blocks.append((put(xb), put(yb), np.int32(batch_size - pad)))
+    return tuple(blocks)
+
+
+def block_means(sums: Sequence[dict[str, Any]], n: int) -> dict[str, np.ndarray]:
+    """Means over ``n`` examples of the per-block sums of :func:`evaluation_sums`, summed over
+    the blocks in float64 on the host: ``mean_k = sum_b sums_b[k] / n`` (0-d arrays for one
+    state, ``[K]`` for ``K`` vmapped ones). Each block's sum is float32 over at most
+    ``EVAL_BATCH`` rows; accuracy sums are exact counts."""
+    sums = jax.device_get(list(sums))
+    return {k: np.sum([np.asarray(s[k], np.float64) for s in sums], axis=0) / n
+            for k in sums[0]}
 
 
 def evaluate(
@@ -208,9 +224,12 @@ def evaluate(
     loss_fn: LossFn = cross_entropy,
     batch_size: int = EVAL_BATCH,
     compute_dtype: Any = None,
+    blocks: Sequence[tuple[Any, ...]] | None = None,
 ) -> dict[str, float]:
     """Mean loss (and accuracy for integer labels) of ``model`` in inference mode (running
-    batch statistics) over all of ``(x, y)``, in one dispatch of ``batch_size`` chunks.
+    batch statistics) over all of ``(x, y)``: one compiled program (:func:`evaluation_sums`)
+    run on each ``batch_size`` block (:func:`evaluation_blocks`, or the ``blocks`` given, cut
+    from ``(x, y)`` and placed already), whatever the number of examples.
 
     ``model`` is a linen module or an ``nnx.Module`` (evaluated in ``.eval()`` mode); ``state``
     may be ``None`` for an ``nnx.Module``, which is then evaluated with its own weights."""
@@ -221,8 +240,8 @@ def evaluate(
         variables = model.variables
     else:
         variables = {"params": state.params, "batch_stats": state.model_state}
-    sums = evaluation_sums(
-        model, variables["params"], variables["batch_stats"], jnp.asarray(x), jnp.asarray(y),
-        loss_fn=loss_fn, batch_size=min(batch_size, len(x)), compute_dtype=compute_dtype,
-    )
-    return {k: float(v) for k, v in sums.items()}
+    if blocks is None:
+        blocks = evaluation_blocks(x, y, batch_size=batch_size)
+    sums = [evaluation_sums(model, variables["params"], variables["batch_stats"], *block,
+                            loss_fn=loss_fn, compute_dtype=compute_dtype) for block in blocks]
+    return {k: float(v) for k, v in block_means(sums, len(x)).items()}

@@ -405,3 +405,55 @@ def test_console_script_freezes_the_collector_and_main_does_not():
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "0 True True"
+
+
+def test_the_last_checkpoint_wait_comes_after_the_training_evaluation_and_plot(tmp_path,
+                                                                               monkeypatch):
+    """The end of a run overlaps the last checkpoint's write: the training-set evaluation and
+    the plot run before the checkpoint manager is closed (its final wait); curves.png is
+    written after that wait, and holds the plot."""
+    import jaxreg.cli.plots
+    from jaxreg.train import checkpoint
+
+    order = []
+
+    def plot(*args, **kwargs):
+        order.append("plot")
+        plot_history(*args, **kwargs)
+
+    close = checkpoint._Manager.close
+
+    def recorded_close(self):
+        order.append("wait")
+        close(self)
+        order.append("curves.png" if (tmp_path / "run" / "curves.png").exists() else "no png")
+
+    monkeypatch.setattr(jaxreg.cli.plots, "plot_history", plot)
+    monkeypatch.setattr(checkpoint._Manager, "close", recorded_close)
+    status, _, err = run_main(["train", "--dataset", "digits", "--epochs", "1", "--no-progress",
+                               "--out", tmp_path / "run"])
+    assert status == 0, err
+    assert order == ["plot", "wait", "no png"], order
+    assert matplotlib.image.imread(tmp_path / "run" / "curves.png").ndim == 3
+
+
+def test_a_failed_last_checkpoint_is_the_error_and_leaves_no_metrics_or_plot(tmp_path,
+                                                                            monkeypatch):
+    """The last checkpoint's write fails while the end-of-run work overlaps it: the write's
+    one-line error is the command's, and neither metrics.json nor curves.png is written."""
+    from jaxreg.train import checkpoint
+
+    write_record = checkpoint._write_record
+
+    def full_disk(step_dir):
+        if step_dir.name == "2":
+            raise OSError(28, "No space left on device")
+        write_record(step_dir)
+
+    monkeypatch.setattr(checkpoint, "_write_record", full_disk)
+    run_dir = tmp_path / "run"
+    status, _, err = run_main(["train", "--dataset", "digits", "--epochs", "2", "--no-progress",
+                               "--out", run_dir])
+    assert status == 2 and "could not write the checkpoint of epoch 2" in err, err
+    assert "No space left on device" in err and len(err.splitlines()) == 1, err
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "curves.png").exists()

@@ -10,6 +10,7 @@ The run: SeedMLP (batch normalization) with SGD + momentum and a batch-scaled L2
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any
 
@@ -85,7 +86,29 @@ def two_processes() -> None:
     assert (multihost_utils.process_allgather(batch, tiled=True) == rows).all()
 
 
-SCENARIOS = {"eight": eight, "resume": resume, "two_processes": two_processes}
+def compiles() -> None:
+    """compiles.json: per mesh (all devices on data; data=2, fsdp=2 with the kernel split), the
+    programs a 2-epoch run compiled, each as ``[name, thread]``."""
+    jax.config.update("jax_log_compiles", True)
+    compiled: list[list[str]] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Finished XLA compilation of "):
+                compiled.append([record.getMessage().split()[4], str(record.threadName)])
+
+    logging.getLogger("jax._src.dispatch").addHandler(Recorder())
+    distributed.FSDP_MIN_SIZE = 64  # split the 6x6x16 kernel (and its momentum) over fsdp
+    runs = {}
+    for name, mesh in (("data", None), ("fsdp", distributed.make_mesh(data=2, fsdp=2))):
+        run(epochs=2, mesh=mesh)
+        runs[name], compiled[:] = sorted(compiled), []
+    with open("compiles.json", "w") as f:
+        json.dump(runs, f)
+
+
+SCENARIOS = {"eight": eight, "resume": resume, "two_processes": two_processes,
+             "compiles": compiles}
 
 if __name__ == "__main__":
     if len(sys.argv) > 2:  # coordinator port, process id

@@ -125,6 +125,20 @@ def test_eight_devices_equal_one_device(eight, reference):
         _assert_states_close(_load(eight / name)[0], states[0])
 
 
+def test_a_mesh_run_compiles_its_programs_ahead_and_once(tmp_path):
+    """make_plan on a mesh (4 devices; data only, and data=2 x fsdp=2 with a split kernel)
+    compiles the epoch, its keys and the evaluation in the background thread while the sharded
+    state compiles, for the shardings the calls then use: each program is compiled once."""
+    _run("compiles", 4, tmp_path)
+    runs = json.loads((tmp_path / "compiles.json").read_text())
+    ahead = "jaxreg-compile_0"
+    sharded = [["jit(evaluation_sums)", ahead], ["jit(scan_epoch)", ahead]]
+    assert runs["data"] == [["jit(create_train_state)", "MainThread"],
+                            ["jit(epoch_key)", ahead], *sharded], runs["data"]
+    # the epoch keys' program (no sharding) is the first run's
+    assert runs["fsdp"] == [["jit(create_train_state)", "MainThread"], *sharded], runs["fsdp"]
+
+
 def test_eight_device_accumulation_equals_one_device(eight):
     accumulated, _ = _load(eight / "accumulate")
     _assert_states_close(accumulated, host(run(epochs=1, accumulate=2).state))

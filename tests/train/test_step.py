@@ -88,3 +88,45 @@ def test_scan_epoch_equals_stream_epoch():
         (streamed.params, streamed.model_state, m_stream),
     )
     assert int(scanned.step) == int(streamed.step) == 6
+
+
+def test_evaluate_runs_one_program_for_every_size_and_matches_float64(caplog):
+    """Splits of 1 to 2345 examples (under, at and over one block of EVAL_BATCH) compile one
+    evaluation program; the accuracy is the exact count over n, the loss the float64 mean of
+    the per-example losses up to float32 summation within a block (rtol 1e-6)."""
+    rng = np.random.default_rng(3)
+    model = models.SeedMLP(num_classes=3, hidden=8)
+    x_all = rng.normal(size=(2345, 43)).astype(np.float32)  # a width no other test evaluates
+    y_all = rng.integers(0, 3, len(x_all)).astype(np.int32)
+    state = create_train_state(model, optax.sgd(0.1), x_all[:1], seed=0)
+    logits = np.asarray(model.apply({"params": state.params, "batch_stats": state.model_state},
+                                    x_all, train=False), np.float64)  # float32 outputs
+    losses = (np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1))
+              + logits.max(-1) - logits[np.arange(len(y_all)), y_all])
+    logged = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level("WARNING", logger="jax._src.dispatch"):
+            for n in (1, 999, 1000, 1001, 2345):
+                got = jaxreg.train.evaluate(model, state, x_all[:n], y_all[:n])
+                assert got["accuracy"] == (logits[:n].argmax(-1) == y_all[:n]).sum() / n, n
+                np.testing.assert_allclose(got["loss"], losses[:n].mean(), rtol=1e-6)
+    finally:
+        jax.config.update("jax_log_compiles", logged)
+    names = [r.getMessage().split()[4] for r in caplog.records
+             if r.getMessage().startswith("Finished XLA compilation of ")]
+    assert names.count("jit(evaluation_sums)") == 1, names
+
+
+def test_evaluate_regression_mean_squared_error():
+    """Float targets: the mean squared error only (no accuracy), padding rows masked out."""
+    rng = np.random.default_rng(4)
+    model = models.SeedMLP(num_classes=1, hidden=8)
+    x = rng.normal(size=(1500, 5)).astype(np.float32)
+    y = rng.normal(size=1500).astype(np.float32)
+    state = create_train_state(model, optax.sgd(0.1), x[:1], seed=1)
+    outputs = np.asarray(model.apply({"params": state.params, "batch_stats": state.model_state},
+                                     x, train=False), np.float64).reshape(-1)
+    got = jaxreg.train.evaluate(model, state, x, y, loss_fn=jaxreg.train.squared_error)
+    assert set(got) == {"loss"}
+    np.testing.assert_allclose(got["loss"], ((outputs - y) ** 2).mean(), rtol=1e-6)

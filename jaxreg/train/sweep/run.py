@@ -23,7 +23,13 @@ from jaxreg.train.epoch import scan_epoch
 from jaxreg.train.optimizer import SCALED, effective_l2, make_optimizer
 from jaxreg.train.plan import append, epoch_entry, hyperparams, resolve_scaling, split_data
 from jaxreg.train.state import create_train_state
-from jaxreg.train.step import EVAL_BATCH, default_loss, evaluation_sums, train_step
+from jaxreg.train.step import (
+    block_means,
+    default_loss,
+    evaluation_blocks,
+    evaluation_sums,
+    train_step,
+)
 from jaxreg.train.sweep.memory import chunk_capacity, chunk_layout, setting_bytes
 from jaxreg.train.sweep.settings import Setting, expand, group
 
@@ -96,13 +102,14 @@ class GroupPlan(NamedTuple):
 
 class _Shared(NamedTuple):
     """What every group's run shares: the placed training data, the validation and test data
-    (``None``: not evaluated), the data-order key, the loss, dtype and NaN-skipping of the steps,
+    as placed evaluation blocks (:func:`jaxreg.train.step.evaluation_blocks`; ``None``: not
+    evaluated), the data-order key, the loss, dtype and NaN-skipping of the steps,
     and the mesh's shardings (``None`` on one device)."""
 
     x: jax.Array
     y: jax.Array
-    validation: tuple[jax.Array, jax.Array] | None
-    test_data: tuple[jax.Array, jax.Array] | None
+    validation: tuple[tuple[Any, ...], ...] | None
+    test_data: tuple[tuple[Any, ...], ...] | None
     data_key: jax.Array
     loss_fn: Callable
     compute_dtype: Any
@@ -178,10 +185,11 @@ def sweep(
     mesh = _sweep_mesh(mesh)
     replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
     x, y = jax.device_put((x, y), replicated)
+    put = functools.partial(jax.device_put, device=replicated)
     if test and test_data is not None:
-        test_data = jax.device_put(tuple(np.asarray(a) for a in test_data), replicated)
+        test_data = evaluation_blocks(*test_data, put=put)
     if validation is not None:
-        validation = jax.device_put(tuple(np.asarray(a) for a in validation), replicated)
+        validation = evaluation_blocks(*validation, put=put)
     shared = _Shared(
         x,
         y,
@@ -392,25 +400,29 @@ def _chunk_runner(plan: GroupPlan, shared: _Shared):
     return run_chunk
 
 
+@functools.partial(jax.jit, static_argnames=("model", "loss_fn", "compute_dtype"))
+def stacked_evaluation_sums(model, params, model_state, x, y, count, *, loss_fn, compute_dtype):
+    """:func:`jaxreg.train.step.evaluation_sums` of ``K`` stacked states on one block: ``[K]``
+    sums, one program for the validation and test blocks."""
+    return jax.vmap(functools.partial(evaluation_sums, model, loss_fn=loss_fn,
+                                      compute_dtype=compute_dtype),
+                    in_axes=(0, 0, None, None, None))(params, model_state, x, y, count)
+
+
 def _final_metrics(
     history: dict, plan: GroupPlan, states: Any, shared: _Shared
 ) -> dict[str, list[float]]:
     """Per chunk member: the last epoch's training means and, for the validation and test
-    data of ``shared`` (when given), their metrics from the same jitted evaluation as
-    :func:`jaxreg.train.evaluate`, vmapped."""
+    data of ``shared`` (when given), their metrics from the same evaluation program as
+    :func:`jaxreg.train.evaluate`, vmapped (:func:`stacked_evaluation_sums`)."""
     final = {f"last_epoch_{k}": history[k][-1] for k in ("loss", "accuracy") if k in history}
-    for name, split in (("val", shared.validation), ("test", shared.test_data)):
-        if split is None:
+    for name, blocks in (("val", shared.validation), ("test", shared.test_data)):
+        if blocks is None:
             continue
-        xs, ys = split
-        evaluate = functools.partial(
-            evaluation_sums,
-            plan.model,
-            loss_fn=shared.loss_fn,
-            batch_size=min(EVAL_BATCH, len(xs)),
-            compute_dtype=shared.compute_dtype,
-        )
-        metrics = jax.device_get(jax.vmap(evaluate, in_axes=(0, 0, None, None))(
-            states.params, states.model_state, xs, ys))
+        sums = [stacked_evaluation_sums(plan.model, states.params, states.model_state, *block,
+                                        loss_fn=shared.loss_fn,
+                                        compute_dtype=shared.compute_dtype)
+                for block in blocks]
+        metrics = block_means(sums, sum(int(count) for _, _, count in blocks))
         final.update({f"{name}_{k}": [float(v) for v in vs] for k, vs in metrics.items()})
     return final

@@ -184,6 +184,21 @@ def test_fit_with_warmup_is_the_closed_form_sgd_trajectory():
                                [eta / 3, 2 * eta / 3, eta, eta], rtol=1e-6)
 
 
+def test_plateau_scale_applies_on_top_of_the_warmup():
+    """SGD with ``w = 4`` after a plateau reduction to 0.25: the step ``t`` update of a unit
+    gradient is ``-0.25 eta min(1, (t + 1) / 4)``."""
+    eta = 0.2
+    opt = make_optimizer("sgd", eta, warmup_steps=4, plateau=dict(factor=0.25, patience=0))
+    params = {"kernel": jnp.zeros(2)}
+    state = opt.tx.init(params)
+    for value in (1.0, 2.0):  # the second does not improve: scale 0.25
+        state = update_plateau(state, value)
+    for t in range(6):
+        updates, state = opt.tx.update({"kernel": jnp.ones(2)}, state, params)
+        np.testing.assert_allclose(np.asarray(updates["kernel"]),
+                                   -0.25 * eta * min(1, (t + 1) / 4), rtol=1e-6)
+
+
 @pytest.mark.parametrize("plateau", [None, dict(factor=0.5, patience=1)])
 def test_proximal_threshold_uses_the_warmed_up_learning_rate(plateau):
     """The first step's soft threshold is ``eta / w * l1`` (warmup ``w = 4``), with or without a

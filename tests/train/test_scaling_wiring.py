@@ -211,3 +211,18 @@ def test_config_json_warmup_is_checked_when_read(tmp_path):
         RunConfig.read(path)
     assert "\n" not in str(e.value) and str(path) in str(e.value)
     assert RunConfig.from_dict({"optimizer": {"warmup_steps": 7}}).optimizer.warmup_steps == 7
+
+
+def test_warmup_along_a_batch_size_schedule_is_the_first_sizes():
+    """``{0: 64, 10: 128}`` from B0 = 32 by the linear rule, ``w = 40`` at B0: the warmup is
+    the first size's, ``ceil(40 / 2) = 20`` steps, multiplying the piecewise rate (``2 eta``
+    until step 10, ``4 eta`` after): ``eta_t = 0.1 k_t min(1, (t + 1) / 20)``."""
+    opt = make_optimizer("sgd", 0.1, scaling="linear", scale_from=32,
+                         batch_size={0: 64, 10: 128}, warmup_steps=40)
+    params = {"kernel": np.ones(2, np.float32)}
+    state = opt.tx.init(params)
+    for t in range(25):
+        _, state = opt.tx.update(params, state, params)
+        lr = float(optax.tree_utils.tree_get(state, "hyperparams")["learning_rate"])
+        want = 0.1 * (2 if t < 10 else 4) * min(1, (t + 1) / 20)
+        assert lr == pytest.approx(want, rel=1e-6), t

@@ -50,9 +50,10 @@ def test_one_element_leaves_divide_exactly_op_by_op():
 
 @pytest.mark.slow
 def test_bit_identical_under_jit_without_fma_and_algsimp():
-    """Under jit the per-leaf and the raveled programs round differently in exactly two
-    places; with both off (``tests/programs/ravel_bits.py``'s XLA_FLAGS) they are equal bit
-    for bit. x86-64 only: ``--xla_cpu_max_isa=AVX`` names an x86 ISA."""
+    """Under jit the per-leaf and the raveled programs round differently for two reasons
+    (FMA contraction, the reciprocal rewrite); with both off (``tests/programs/ravel_bits.py``'s
+    XLA_FLAGS) every case, on mixed dtypes and all float32, is equal bit for bit. x86-64 only:
+    ``--xla_cpu_max_isa=AVX`` names an x86 ISA."""
     assert platform.machine().lower() in ("x86_64", "amd64"), "needs x86-64: XLA_FLAGS name AVX"
     proc = subprocess.run([sys.executable, "-m", "tests.programs.ravel_bits"], cwd=ROOT,
                           env=source_env(XLA_FLAGS=FLAGS, JAX_PLATFORMS="cpu"),

@@ -92,7 +92,10 @@ def raveled(inner: optax.GradientTransformation) -> optax.GradientTransformation
 
     Params and updates are raveled (:func:`ravel`), ``inner`` updates the buffers, and the
     updates are split back; extra arguments are forwarded. For elementwise transforms and
-    global reductions, not per-leaf ones: ``docs/conventions.md``, "Many leaves".
+    global reductions, not per-leaf ones. Bit-identical to the per-leaf chain op by op
+    (``jax.disable_jit``; one-element leaves aside under Adam) and to ``optax.flatten(inner)``
+    under jit; jitted against the per-leaf chain, within a few ulps (XLA's FMA contraction and
+    ``x / c -> x * (1 / c)`` rewrite differ per program): ``docs/conventions.md``, "Many leaves".
 
     Args:
       inner: the transformation (e.g. an :func:`optax.chain`).

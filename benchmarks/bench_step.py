@@ -14,12 +14,14 @@ alternation).
 The other rows toggle one thing of the recipe's step at a time, to attribute the difference:
 no non-finite skip, batches from pre-permuted slabs (no gather), ``optax.adam`` instead of
 ``make_optimizer``'s chain (``inject_hyperparams``, masks), flax's ``BatchNorm`` instead of
-jaxreg's (its ill-conditioning ``cond``). Run alone it prints the table::
+jaxreg's (its ill-conditioning ``cond``); and the epoch's data permuted once at its start
+(one full-data gather an epoch) instead of a batch gathered per step. Run alone it prints the
+table::
 
     python -m benchmarks.bench_step [--quick]
 
 Sizes: Fashion-MNIST's 60000 training images (468 steps an epoch), 7 epochs timed per
-program (5 on GPU, with two of the toggles); ``--quick``: 2048 random images (16 steps), 3
+program (5 on GPU, with two variants); ``--quick``: 2048 random images (16 steps), 3
 epochs. Rows are yielded as measured: the recipe's first, then the toggles'.
 """
 from __future__ import annotations
@@ -112,9 +114,10 @@ def _epochs(run: Callable, state: Any, args: Callable[[int], tuple]) -> Callable
 
 
 TOGGLES = ("no skip_nonfinite", "optax.adam", "flax BatchNorm", "slabs (no gather)",
-           "all four toggled")
+           "all four toggled", "pre-permuted epoch")
 """The variants of the recipe's step: one thing toggled, then all four (what is left is
-jaxreg's ``TrainState`` and metrics)."""
+jaxreg's ``TrainState`` and metrics); and the alternative to the in-scan gather with its cost
+counted: the epoch's data permuted at its start, in the program, then scanned as slabs."""
 
 
 def programs(x: np.ndarray, y: np.ndarray,
@@ -150,6 +153,14 @@ def programs(x: np.ndarray, y: np.ndarray,
     toggles = {"no skip_nonfinite": dict(skip_nonfinite=False), "optax.adam": dict(tx=adam),
                "flax BatchNorm": dict(model=flax_model), "slabs (no gather)": {}}
     toggles["all four toggled"] = {k: v for t in toggles.values() for k, v in t.items()}
+    toggles["pre-permuted epoch"] = {}
+
+    def prepermuted(state: Any, x: jax.Array, y: jax.Array, key: jax.Array, *, step: Callable):
+        perm = jax.random.permutation(key, x.shape[0])[: steps * BATCH_SIZE]
+        return jax.lax.scan(lambda c, b: step(c, *b), state,
+                            (x[perm].reshape(steps, BATCH_SIZE, *x.shape[1:]),
+                             y[perm].reshape(steps, BATCH_SIZE)))
+
     for label in variants:
         kwargs = {**base, **toggles[label]}
         step = functools.partial(train_step, **kwargs)
@@ -157,16 +168,18 @@ def programs(x: np.ndarray, y: np.ndarray,
         if label in ("slabs (no gather)", "all four toggled"):
             out[label] = (slab_scan(step), state, lambda e: slabs)
         else:
-            out[label] = (jax.jit(functools.partial(scan_epoch, step=step, batch_size=BATCH_SIZE),
-                                  donate_argnums=0), state, gathered)
+            epoch = prepermuted if label == "pre-permuted epoch" else functools.partial(
+                scan_epoch, batch_size=BATCH_SIZE)
+            out[label] = (jax.jit(functools.partial(epoch, step=step), donate_argnums=0), state,
+                          gathered)
     return out
 
 
 def run(quick: bool) -> Iterator[dict[str, Any]]:
     x, y, name = _data(quick)
     gpu = jax.default_backend() == "gpu"
-    # on a GPU (a 15 s part of gpu.sh) the two toggles that remove the most kernels on CPU
-    progs = programs(x, y, TOGGLES[::3] if gpu else TOGGLES)
+    # on a GPU (a 15 s part of gpu.sh): the skip, and the gather against the permuted epoch
+    progs = programs(x, y, ("no skip_nonfinite", "pre-permuted epoch") if gpu else TOGGLES)
     epochs = 3 if quick else 5 if gpu else 7
     steps = len(x) // BATCH_SIZE
     config = f"seed recipe (SeedMLP, adam, batch {BATCH_SIZE}), {name}"

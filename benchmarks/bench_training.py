@@ -17,11 +17,8 @@ Rows:
   sides, so this is the training speed; the target is at least 1.15x the flax loop on CPU
   (ratio <= 0.87), 15x on GPU.
 - ``scan over a pre-permuted slab`` (informational): the same scan without the epoch's
-  permutation and gather, which are done before timing: what the in-jit gather costs.
-- ``us per step`` (issue 26 item 2): the scanned epoch's time per step against a plain
-  ``lax.scan`` of the flax loop's step over the same pre-permuted slabs (no gather, no
-  non-finite check, flax's BatchNorm): what a step costs beyond the model's own work; the
-  goal on an H100/H200 is at most 45 us per step.
+  permutation and gather, which are done before timing: what the in-jit gather costs. (The
+  step itself, its HLO and us per step against a plain ``lax.scan`` step: ``bench_step``.)
 - ``fit(...) end to end`` (informational): a whole ``fit(progress=False, test=False)`` call,
   compilation included, against the flax loop including the compilation of its step, i.e.
   what a script waits for (one call each on GPU and with --quick).
@@ -176,7 +173,6 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
         )
         fns[f"unroll={unroll}"] = functools.partial(_jaxreg_train, epoch, state0, xd, yd, epochs)
     fns["slab"] = _slab_train(step, state0, xd, yd, epochs)
-    fns["plain"] = _slab_train(flax_step, flax_state0, xd, yd, epochs)
     torch_fn = _torch_train(x, y, epochs)
     if torch_fn is not None:
         fns["torch"] = torch_fn
@@ -187,12 +183,6 @@ def run(quick: bool) -> Iterator[dict[str, Any]]:
                   "flax TrainState per-step loop", times["flax"], target)
     yield row("training", f"{config}, scan over a pre-permuted slab", times["slab"],
               "flax TrainState per-step loop", times["flax"], "info")
-    steps = epochs * (len(x) // BATCH_SIZE)
-    yield row("training", f"{config}, us per step: jaxreg.train scanned epoch", times["unroll=1"],
-              "plain lax.scan of the flax step over pre-permuted slabs", times["plain"],
-              "<= 45 us/step (H100/H200)" if gpu else "info",
-              us_per_step=1e6 * times["unroll=1"] / steps,
-              reference_us_per_step=1e6 * times["plain"] / steps)
     if torch_fn is not None:
         yield row("training", f"{config}, jaxreg.train epochs unroll=1", times["unroll=1"],
                   "torch eager per-step loop", times["torch"], torch_target)

@@ -27,7 +27,9 @@
 #   setup      jax sees a GPU; Fashion-MNIST found by jaxreg.data.load(download=False)
 #   update     jaxreg chain vs optax, 1x100M / 100x1M / 1000x100k, and the many-leaf case
 #              where bench_update has it (benchmarks.run --only update)
-#   training   seed MLP epochs vs flax / torch loops, us per step vs a plain lax.scan step
+#   training   seed MLP epochs vs flax / torch loops
+#   step       jaxreg train's scanned step vs a plain lax.scan step: us per step, and the
+#              scan body's HLO instructions by opcode and by kernel root (bench_step)
 #   batchnorm  128x56x56x256 fp32 / bf16: jaxreg vs flax.linen and torch cuDNN
 #   sweep      K=16 vmapped sweep vs 16 fits (4 run, scaled)
 #   cnn        SmallCNN scanned epoch vs flax Conv + max_pool
@@ -107,7 +109,8 @@ assert jax.default_backend() == '$WANT', f'jax backend {jax.default_backend()}, 
 ds = jaxreg.data.load('fashion-mnist', download=False)
 print('fashion-mnist from', ds.source, ds.x_train.shape, ds.x_test.shape)"
 bench update 40 200
-bench training 45 300
+bench training 30 300
+bench step 15 200
 bench batchnorm 35 200
 bench sweep 55 300
 bench cnn 20 300

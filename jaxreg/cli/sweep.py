@@ -86,9 +86,10 @@ SWEEP_VALIDATION_SPLIT = 0.1
 """Default ``--validation-split``: what the best setting is chosen by."""
 REFERENCE_BATCH = default(RunConfig, "batch_size")
 """The study's fixed-strength model uses ``lambda / REFERENCE_BATCH`` (equal to lambda/b there)."""
-STUDY_RULES = {"adam": ("none", "sqrt", "sqrt,ema"), "adamw": ("none", "sqrt", "sqrt,ema",
-                                                              "timescale"),
-               "momentum": ("none", "linear"), "sgd": ("none", "linear")}
+STUDY_RULES = {"adam": ("none", "sqrt", "sqrt,ema", "sqrt_lr,ema"),
+               "adamw": ("none", "sqrt", "sqrt,ema", "sqrt_lr,ema", "timescale"),
+               "momentum": ("none", "linear", "linear,ema", "sqrt_lr,ema"),
+               "sgd": ("none", "linear", "linear,ema", "sqrt_lr,ema")}
 """The rules ``--study batch-size-rules`` compares, per optimizer (``none``: unchanged)."""
 
 
@@ -329,11 +330,11 @@ def _rules_study(args: argparse.Namespace, out: Path, seeds: list[int], data: An
     rows: list[dict[str, Any]] = []
     for rule, b in itertools.product(rules, args.batch_sizes):
         row: dict[str, Any] = {"rule": rule, "batch_size": b}
-        try:  # the group's seeds vmapped, sharing the first seed's data order
+        try:  # the group's seeds vmapped, each with its own data order (fit(seed=s)'s)
             result = sweep(model, data, [{"seed": s} for s in seeds], epochs=args.epochs,
                            batch_size=b, optimizer=args.optimizer, learning_rate=lr,
                            scaling=rule, scale_from=b0, warmup_steps=args.warmup_steps,
-                           data_seed=seeds[0], validation_split=args.validation_split,
+                           data_seed=None, validation_split=args.validation_split,
                            chunk_size=args.chunk_size, progress=False)
         except ValueError as e:  # the rule does not apply at this k
             rows.append({**row, "error": str(e)})

@@ -139,6 +139,18 @@ def sqrt(recipe: Recipe, k: float) -> dict[str, Any]:
             "eps": recipe.eps / math.sqrt(k), "warmup_steps": _warmup(recipe, k)}
 
 
+def sqrt_lr(recipe: Recipe, k: float) -> dict[str, Any]:
+    """Square-root learning-rate scaling alone (Krizhevsky 2014, arXiv:1404.5997; Hoffer et
+    al. 2017, arXiv:1705.08741): ``eta' = sqrt(k) eta``, the momenta and ``eps`` unchanged,
+    the warmup kept at its number of examples as in :func:`linear`.
+
+    Keeps the update's noise (``eta / sqrt(B)``) constant. Any optimizer, at any ``k``: where
+    :func:`sqrt` cannot go (``k > 1 / (1 - b1)``) this still applies.
+    """
+    return {"learning_rate": math.sqrt(k) * recipe.learning_rate,
+            "warmup_steps": _warmup(recipe, k)}
+
+
 def normalized_weight_decay(recipe: Recipe, k: float) -> dict[str, Any]:
     """AdamW's normalized weight decay (Loshchilov & Hutter 2019, arXiv:1711.05101).
 
@@ -179,7 +191,7 @@ def ema(recipe: Recipe, k: float) -> dict[str, Any]:
 
 
 RULES: dict[str, Callable[[Recipe, float], dict[str, Any]]] = {
-    "none": none, "batch_scaled": batch_scaled, "linear": linear, "sqrt": sqrt,
+    "none": none, "batch_scaled": batch_scaled, "linear": linear, "sqrt": sqrt, "sqrt_lr": sqrt_lr,
     "normalized_weight_decay": normalized_weight_decay, "timescale": timescale, "ema": ema,
 }
 """Rule name -> ``rule(recipe, k) -> {field: new value}``, for :func:`scale` and the CLI."""

@@ -22,7 +22,7 @@ def test_rules_study_on_digits(tmp_path):
     assert status == 0, err
     rows = json.loads((out / "rules.json").read_text())["rows"]
     assert [(r["rule"], r["batch_size"]) for r in rows] == [
-        (rule, b) for rule in ("none", "sqrt", "sqrt,ema") for b in (32, 128, 1024)]
+        (rule, b) for rule in ("none", "sqrt", "sqrt,ema", "sqrt_lr,ema") for b in (32, 128, 1024)]
     by = {(r["rule"], r["batch_size"]): r for r in rows}
     # sqrt at k = 32 pushes b1 to 1 - 32 * 0.1 < 0: not applicable, said why
     assert "`b1` must be a number in [0, 1)" in by["sqrt", 1024]["error"]

@@ -285,6 +285,21 @@ def test_setting_schema_is_one_frozen_dataclass():
             Setting(**bad)
 
 
+def test_sweep_without_a_data_seed_trains_each_setting_as_fit_at_its_seed(digits):
+    # data_seed=None: each setting shuffles as fit(seed=setting.seed), so seeds 0 and 2 (neither
+    # a shared data seed) both reproduce their own fit runs, and their data orders differ.
+    settings = [{"l2": 0.01, "seed": 0}, {"l2": 0.01, "seed": 2}]
+    result = sweep(MODEL, digits, settings, **{**KW, "data_seed": None})
+    for r in result.results:
+        ref = fit(MODEL, dict(name="momentum", learning_rate=0.01, l2=0.01), digits, epochs=2,
+                  batch_size=64, seed=r.setting.seed, progress=False)
+        assert_close(r.params, ref.state.params)
+        assert_close(r.model_state, ref.state.model_state)
+        np.testing.assert_allclose(r.history["loss"], ref.history["loss"], rtol=1e-5, atol=1e-6)
+    shared = sweep(MODEL, digits, settings[1:], **{**KW, "data_seed": 0})
+    assert not np.allclose(shared.results[0].history["loss"], result.results[1].history["loss"])
+
+
 def test_sweep_validation_split_equals_fit_validation(digits):
     """sweep(validation_split=f) trains on what fit(validation_split=f) trains on and reports
     fit's final val_* metrics per setting."""

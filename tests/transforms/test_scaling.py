@@ -50,6 +50,17 @@ def test_sqrt_sde_rule():
     assert small.learning_rate == pytest.approx(0.5e-3) and 1 - small.b1 == pytest.approx(0.025)
 
 
+def test_sqrt_lr_hoffer():
+    for recipe in (SGD, ADAMW):
+        new = scale(recipe, recipe.batch_size * 64, "sqrt_lr")  # k = 64: beyond the SDE rule
+        assert new.learning_rate == pytest.approx(8 * recipe.learning_rate, rel=1e-15)
+        assert new.warmup_steps == math.ceil(recipe.warmup_steps / 64)
+        assert dataclasses.replace(new, learning_rate=recipe.learning_rate, warmup_steps=recipe
+                                   .warmup_steps, batch_size=recipe.batch_size) == recipe
+    with pytest.raises(ValueError, match="b1"):
+        scale(ADAMW, 64 * 64, "sqrt")
+
+
 def test_normalized_weight_decay_loshchilov_hutter():
     n, t = 60_000, 10
     lam_norm = 0.05 / math.sqrt(64 / (n * t))
@@ -74,15 +85,15 @@ def test_ema_busbridge():
 
 
 def test_rules_listed_for_the_cli():
-    assert set(RULES) == {"none", "batch_scaled", "linear", "sqrt", "normalized_weight_decay",
-                          "timescale", "ema"}
+    assert set(RULES) == {"none", "batch_scaled", "linear", "sqrt", "sqrt_lr",
+                          "normalized_weight_decay", "timescale", "ema"}
     for fn in RULES.values():
         assert fn.__doc__
 
 
 # ---- laws ----------------------------------------------------------------------------------
 
-MULTIPLICATIVE = {"sgd": ["none", "batch_scaled", "linear", "ema"],
+MULTIPLICATIVE = {"sgd": ["none", "batch_scaled", "linear", "sqrt_lr", "ema"],
                   "adamw": ["none", "batch_scaled", "sqrt", "normalized_weight_decay",
                             "timescale", "ema"]}
 FLOATS = ("learning_rate", "l2", "weight_decay", "b1", "b2", "eps", "bn_momentum")

@@ -42,6 +42,9 @@ therefore differ only in their hyperparameters and init seed, and a setting with
 ``seed == data_seed`` reproduces ``fit`` exactly; for other seeds ``fit`` would also reshuffle.
 Sharing the batches is also what makes the sweep fast: under ``vmap`` a shared input times
 ``K`` kernels is one wide matrix product, ``x [B, n] @ [W_1 ... W_K]``.
+``data_seed=None`` gives each setting the order of ``fit(seed=setting.seed)`` instead (the whole
+epoch vmapped, one gather per setting and step): its seeds then vary the data order too, as
+independent runs do, and every setting reproduces ``fit`` (what error bars over seeds need).
 
 Memory. A group is cut into chunks that fit on the device (:func:`chunk_capacity`: the state
 and activation bytes of one setting against the free device memory); chunks run one after

@@ -21,7 +21,14 @@ from jaxreg.train import divergence, nnx_bridge
 from jaxreg.train.config import check_steps
 from jaxreg.train.epoch import scan_epoch
 from jaxreg.train.optimizer import SCALED, effective_l2, make_optimizer
-from jaxreg.train.plan import append, epoch_entry, hyperparams, resolve_scaling, split_data
+from jaxreg.train.plan import (
+    append,
+    epoch_entry,
+    epoch_key,
+    hyperparams,
+    resolve_scaling,
+    split_data,
+)
 from jaxreg.train.state import create_train_state
 from jaxreg.train.step import (
     block_means,
@@ -103,14 +110,14 @@ class GroupPlan(NamedTuple):
 class _Shared(NamedTuple):
     """What every group's run shares: the placed training data, the validation and test data
     as placed evaluation blocks (:func:`jaxreg.train.step.evaluation_blocks`; ``None``: not
-    evaluated), the data-order key, the loss, dtype and NaN-skipping of the steps,
-    and the mesh's shardings (``None`` on one device)."""
+    evaluated), the data-order seed (``None``: each setting's own), the loss, dtype and
+    NaN-skipping of the steps, and the mesh's shardings (``None`` on one device)."""
 
     x: jax.Array
     y: jax.Array
     validation: tuple[tuple[Any, ...], ...] | None
     test_data: tuple[tuple[Any, ...], ...] | None
-    data_key: jax.Array
+    data_seed: int | None
     loss_fn: Callable
     compute_dtype: Any
     skip_nonfinite: bool
@@ -125,7 +132,7 @@ def sweep(
     epochs: int,
     seeds: int | Sequence[int] = 1,
     mask: Any = None,
-    data_seed: int = 0,
+    data_seed: int | None = 0,
     loss_fn: Any = None,
     skip_nonfinite: bool = True,
     compute_dtype: Any = None,
@@ -151,7 +158,10 @@ def sweep(
         epochs: training epochs of every setting.
         seeds: crosses settings without a ``seed`` (:func:`expand`).
         mask: which parameters the penalties apply to (default kernels only).
-        data_seed: the data order of every setting is that of ``fit(seed=data_seed)``.
+        data_seed: the data order of every setting is that of ``fit(seed=data_seed)`` (one
+            gather per step serves them all); ``None``: each setting's is that of
+            ``fit(seed=setting.seed)``, so its seeds also vary the data order and each
+            setting trains as ``fit`` does (a gather per setting).
         loss_fn: as for :func:`jaxreg.train.fit`.
         skip_nonfinite: as for :func:`jaxreg.train.fit`.
         compute_dtype: as for :func:`jaxreg.train.fit`.
@@ -195,7 +205,7 @@ def sweep(
         y,
         validation,
         test_data if test else None,
-        jax.random.fold_in(jax.random.key(data_seed), 1),
+        data_seed,
         default_loss(y) if loss_fn is None else loss_fn,
         compute_dtype,
         skip_nonfinite,
@@ -358,18 +368,21 @@ def _chunk_runner(plan: GroupPlan, shared: _Shared):
         )
         return states if shared.stacked is None else jax.device_put(states, shared.stacked)
 
-    step = jax.vmap(
-        functools.partial(
-            train_step,
-            model=model,
-            tx=tx,
-            loss_fn=shared.loss_fn,
-            compute_dtype=shared.compute_dtype,
-            skip_nonfinite=shared.skip_nonfinite,
-        ),
-        in_axes=(0, None, None),
+    step = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        loss_fn=shared.loss_fn,
+        compute_dtype=shared.compute_dtype,
+        skip_nonfinite=shared.skip_nonfinite,
     )
-    run_epoch = jax.jit(functools.partial(scan_epoch, step=step, batch_size=b), donate_argnums=0)
+    if shared.data_seed is None:  # each setting's own order: the epoch vmapped, keys too
+        epoch_fn = jax.vmap(functools.partial(scan_epoch, step=step, batch_size=b),
+                            in_axes=(0, None, None, 0), out_axes=(0, 1))
+    else:  # one order: the step vmapped inside one scan, one gather per step
+        epoch_fn = functools.partial(scan_epoch, step=jax.vmap(step, in_axes=(0, None, None)),
+                                     batch_size=b)
+    run_epoch = jax.jit(epoch_fn, donate_argnums=0)
 
     def run_chunk(members, epochs, bar):
         settings = [s for s, _ in members]
@@ -378,14 +391,16 @@ def _chunk_runner(plan: GroupPlan, shared: _Shared):
         if plan.vmapped_lr:  # else the learning rate is in the chain's closure
             values["learning_rate"] = [r.get("learning_rate", s.learning_rate)
                                        for s, r in members]
-        states = init(jnp.asarray([s.seed for s in settings], jnp.uint32),
+        seeds = jnp.asarray([s.seed for s in settings], jnp.uint32)
+        states = init(seeds,
                       {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}, shared.x[:1])
         history: dict[str, list] = {}
         for epoch in range(epochs):
             t0 = time.perf_counter()
-            states, metrics = run_epoch(
-                states, shared.x, shared.y, jax.random.fold_in(shared.data_key, epoch)
-            )
+            at = np.uint32(epoch)
+            key = (jax.vmap(epoch_key, in_axes=(0, None))(seeds, at) if shared.data_seed is None
+                   else epoch_key(np.uint32(shared.data_seed), at))
+            states, metrics = run_epoch(states, shared.x, shared.y, key)
             metrics = jax.device_get(metrics)
             seconds = time.perf_counter() - t0
             hyper = hyperparams(states.opt_state, b, False)  # l2 is the effective strength

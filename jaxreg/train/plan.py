@@ -141,9 +141,12 @@ def place(init: Callable[[], TrainState], mesh: jax.sharding.Mesh | None,
     state is one compiled program (its key derivation, the model's and the optimizer's
     initializers); ``ahead`` gets the placement with the state's shapes (and shardings) in
     place of the state before that program compiles, to start other compilations alongside
-    (:func:`compile_ahead`)."""
-    if mesh is None:
-        lowered = jax.jit(init).lower()
+    (:func:`compile_ahead`). On one device the state is committed to it, so that the programs
+    compiled ahead for it also serve a state restored from a checkpoint (orbax's are committed).
+    """
+    if mesh is None:  # committed to the device, as a state restored from a checkpoint is
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        lowered = jax.jit(init, out_shardings=device).lower()
         placement = Placement(lowered.out_info, None, {}, jax.device_put, jax.device_put, None)
     else:
         lowered, state_sharding = distributed.lower_sharded(init, mesh)

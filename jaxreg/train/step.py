@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxreg._validate import require
+from jaxreg._validate import check_int, require
 from jaxreg.train import nnx_bridge
 from jaxreg.train.state import TrainState
 from jaxreg.transforms import ReduceOnPlateauState
@@ -233,6 +233,8 @@ def evaluate(
 
     ``model`` is a linen module or an ``nnx.Module`` (evaluated in ``.eval()`` mode); ``state``
     may be ``None`` for an ``nnx.Module``, which is then evaluated with its own weights."""
+    require(len(x) > 0, "x", "at least one example", x)
+    check_int("batch_size", batch_size, 1, exact=True)
     model = nnx_bridge.wrap(model)
     if state is None:
         require(isinstance(model, nnx_bridge.NNXModel), "state",

@@ -1,4 +1,6 @@
 """jaxreg.train.fit: a real short fit on digits, history, skipped-step counting, modes agree."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,6 +175,30 @@ def test_divergence_is_skipped_and_stops(digits, tmp_path):
                  max_consecutive_skips=None, progress=False)
     assert result.history["skipped_steps"] == [8]
     assert all(np.isfinite(a).all() for a in jax.tree.leaves(result.state.params))
+
+
+def test_a_resumed_fit_compiles_each_program_once(caplog, tmp_path):
+    """A state restored from a checkpoint (orbax's arrays are committed to the device) is
+    placed as a fresh one, so the epoch and evaluation compiled ahead serve it: each program
+    of the resumed fit compiles at most once (was twice: ahead, then for the restored state)."""
+    rng = np.random.default_rng(1)
+    x = rng.random((200, 39), dtype=np.float32)  # a shape no other test compiles
+    y = rng.integers(0, 3, 200).astype(np.int32)
+    run = functools.partial(fit, models.SeedMLP(num_classes=3), dict(name="adam"), (x, y),
+                            batch_size=32, validation_split=0.2, progress=False,
+                            checkpoint_dir=tmp_path / "ckpt")
+    run(epochs=1)
+    logged = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level("WARNING", logger="jax._src.dispatch"):
+            resumed = run(epochs=2, resume=True)
+    finally:
+        jax.config.update("jax_log_compiles", logged)
+    names = [r.getMessage().split()[4] for r in caplog.records
+             if r.getMessage().startswith("Finished XLA compilation of ")]
+    assert len(resumed.history["loss"]) == 2 and names.count("jit(scan_epoch)") == 1, names
+    assert all(names.count(name) == 1 for name in names), names
 
 
 def test_fit_compiles_each_program_once_and_no_eager_op(caplog):

@@ -197,3 +197,13 @@ def test_evaluate_regression_mean_squared_error():
     got = jaxreg.train.evaluate(model, state, x, y, loss_fn=jaxreg.train.squared_error)
     assert set(got) == {"loss"}
     np.testing.assert_allclose(got["loss"], ((outputs - y) ** 2).mean(), rtol=1e-6)
+
+
+def test_evaluate_refuses_no_examples_and_a_bad_block_size():
+    model = models.SeedMLP(num_classes=2, hidden=8)
+    x, y = tiny_data(8)
+    state = create_train_state(model, optax.sgd(0.1), x[:1], seed=0)
+    with pytest.raises(ValueError, match=r"`x` must be at least one example"):
+        jaxreg.train.evaluate(model, state, x[:0], y[:0])
+    with pytest.raises(ValueError, match=r"`batch_size` must be .*; got batch_size=0"):
+        jaxreg.train.evaluate(model, state, x, y, batch_size=0)

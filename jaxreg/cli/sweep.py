@@ -35,9 +35,9 @@ batch size of ``--batch-sizes`` (its own group) it trains a fixed-strength model
 ``jaxreg sweep --study batch-size-rules`` trains the model at each of ``--batch-sizes`` with the
 hyperparameters of ``--optimizer``/``--lr`` tuned at ``--batch-size`` (B0) unchanged and moved by
 each scaling rule that applies (:data:`STUDY_RULES`, or ``--scaling RULES[,RULES]``), one
-vmapped sweep per rule and size with the seeds vmapped (the seeds vary the initialization; the
-data order is the first seed's, whose run is ``fit(seed=...)``'s), and writes ``rules.json`` (a
-row per rule and size: test accuracy mean and std over the seeds, steps, the sweep's seconds
+vmapped sweep per rule and size with the seeds vmapped (each seed's run is ``fit(seed=...)``'s:
+its own initialization and data order, ``sweep(data_seed=None)``), and writes ``rules.json`` (a
+row per rule and size: test accuracy per seed, its mean and std, steps, the sweep's seconds
 (all seeds, compilation included), whether it is within one point of B0's, the learning rate in
 effect and the resolved values; or why the rule does not apply) and ``rules.png`` (test accuracy
 against ``b``).
@@ -342,6 +342,7 @@ def _rules_study(args: argparse.Namespace, out: Path, seeds: list[int], data: An
         runs = result.results
         mean, std = _stats([r.final["test_accuracy"] for r in runs])
         rows.append({**row, "test_accuracy_mean": mean, "test_accuracy_std": std,
+                     "test_accuracy": {r.setting.seed: r.final["test_accuracy"] for r in runs},
                      "steps": args.epochs * (n_train // b),
                      "learning_rate": runs[0].history["learning_rate"][-1],
                      "seconds": result.seconds, "scaled": runs[0].scaled,

@@ -3,6 +3,7 @@ the rules' closed-form learning rate in effect, "n/a" where a rule cannot be app
 import json
 import math
 
+import numpy as np
 import pytest
 
 from tests.helpers import run_main
@@ -27,6 +28,9 @@ def test_rules_study_on_digits(tmp_path):
     # sqrt at k = 32 pushes b1 to 1 - 32 * 0.1 < 0: not applicable, said why
     assert "`b1` must be a number in [0, 1)" in by["sqrt", 1024]["error"]
     assert by["none", 1024]["steps"] == 1437 // 1024
+    per_seed = by["sqrt", 128]["test_accuracy"]  # seeds 0 and 1, JSON keys
+    assert sorted(per_seed) == ["0", "1"]
+    assert np.mean(list(per_seed.values())) == pytest.approx(by["sqrt", 128]["test_accuracy_mean"])
     assert by["sqrt", 128]["steps"] == 1437 // 128
     assert by["none", 32]["within_one_point"] is True  # B0 itself
     assert (out / "rules.png").stat().st_size > 0

@@ -221,3 +221,19 @@ def run_main(argv: list) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = main([str(a) for a in argv])
     return status, out.getvalue(), err.getvalue()
+
+
+def fill_disk_at(monkeypatch, step: int) -> None:
+    """Makes the checkpoint of ``step`` fail to write, as a full disk (ENOSPC) would, in the
+    integrity record's write (the last file of a checkpoint); the other steps write normally."""
+    from jaxreg.train import checkpoint
+
+    write_record = checkpoint._write_record
+
+    def full_disk(step_dir):
+        if step_dir.name == str(step):
+            raise OSError(28, "No space left on device")
+        write_record(step_dir)
+
+    monkeypatch.setattr(checkpoint, "_write_record", full_disk)
+

@@ -22,7 +22,7 @@ from jaxreg import cli
 from jaxreg.cli import train as train_cli
 from jaxreg.cli.plots import plot_history
 from jaxreg.data import DataError, sources
-from tests.helpers import run_main, write_dataset
+from tests.helpers import fill_disk_at, run_main, write_dataset
 
 RUN_ARGS = [
     "--dataset",
@@ -441,16 +441,7 @@ def test_a_failed_last_checkpoint_is_the_error_and_leaves_no_metrics_or_plot(tmp
                                                                             monkeypatch):
     """The last checkpoint's write fails while the end-of-run work overlaps it: the write's
     one-line error is the command's, and neither metrics.json nor curves.png is written."""
-    from jaxreg.train import checkpoint
-
-    write_record = checkpoint._write_record
-
-    def full_disk(step_dir):
-        if step_dir.name == "2":
-            raise OSError(28, "No space left on device")
-        write_record(step_dir)
-
-    monkeypatch.setattr(checkpoint, "_write_record", full_disk)
+    fill_disk_at(monkeypatch, 2)
     run_dir = tmp_path / "run"
     status, _, err = run_main(["train", "--dataset", "digits", "--epochs", "2", "--no-progress",
                                "--out", run_dir])

@@ -21,7 +21,7 @@ import pytest
 
 from jaxreg import models
 from jaxreg.train import checkpoint, fit, rundir
-from tests.helpers import source_env
+from tests.helpers import fill_disk_at, source_env
 
 SIGINT_IN_FIT = 12
 """SIGINTs sent to one process looping over ``fit`` (each must stop it at a safe point)."""
@@ -394,14 +394,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_naming_the_intact_one(
     """Issue 25 item 13: a disk that fills while epoch 3's checkpoint is written (ENOSPC
     injected into the save path) ends the command with one line: what could not be written and
     which checkpoint is intact (was: exit 2 after 39 lines of orbax's traceback)."""
-    write_record = checkpoint._write_record
-
-    def full_disk(step_dir):
-        if step_dir.name == "3":
-            raise OSError(28, "No space left on device")
-        write_record(step_dir)
-
-    monkeypatch.setattr(checkpoint, "_write_record", full_disk)
+    fill_disk_at(monkeypatch, 3)
     out = tmp_path / "run"
     status, _, err = _main(["train", "--dataset", "digits", "--model", "linear", "--epochs", "5",
                             "--no-progress", "--out", str(out)], capsys)

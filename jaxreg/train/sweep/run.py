@@ -317,8 +317,8 @@ def _plan_group(model: Any, key: tuple, members: list[int], settings: list[Setti
     capacity = chunk_capacity(setting_bytes(model, opt.tx, shared.x, b),
                               shared.x.nbytes + shared.y.nbytes, device, num_devices)
     chunks, size = chunk_layout(len(members), min(capacity, chunk_size or capacity), num_devices)
-    vmapped_lr = first.schedule == "fixed" and not first.warmup_steps
-    return GroupPlan(key, members, model, opt.tx, b, steps, vmapped_lr, chunks, size)
+    return GroupPlan(key, members, model, opt.tx, b, steps, first.vmapped_learning_rate, chunks,
+                     size)
 
 
 def _run_group(plan: GroupPlan, settings: list[Setting], scaled: list[dict[str, Any]],

@@ -95,6 +95,12 @@ class Setting:
                 run_config.check(f.metadata["described"], getattr(self, f.name), f.name)
         run_config.check_scaling(self.scaling, self.scale_from)
 
+    @property
+    def vmapped_learning_rate(self) -> bool:
+        """Whether the learning rate is a value in the stacked state (``schedule="fixed"``, no
+        warmup); else it is in the chain's closure and part of :func:`group_key`."""
+        return self.schedule == "fixed" and not self.warmup_steps
+
     @classmethod
     def fields(cls, vmapped: bool | None = None) -> tuple[str, ...]:
         """The field names, in order; only the vmapped (or static) ones when given."""
@@ -171,7 +177,7 @@ def group_key(setting: Setting | Mapping[str, Any]) -> tuple[tuple[str, Any], ..
     if not isinstance(setting, Setting):
         setting = Setting.from_mapping(setting)
     key = {name: getattr(setting, name) for name in Setting.fields(vmapped=False)}
-    if setting.schedule != "fixed" or setting.warmup_steps:
+    if not setting.vmapped_learning_rate:
         key["learning_rate"] = setting.learning_rate
     return tuple(key.items())
 
